@@ -1,0 +1,153 @@
+/**
+ * The graph IR: a flat list of nodes over a small set of primitives.
+ *
+ * Every tensor op in the engine is traced into one of these nodes. Shapes and dtypes are fixed while tracing, so
+ * executors never infer anything. Node ids are indices into `Graph.nodes`, and a node only refers to earlier nodes,
+ * so the list is always in topological order.
+ *
+ * @module
+ */
+
+/** Element types. Floats are float32 on real executors and float64 on the reference. */
+export type DType = "f32" | "i32" | "bool";
+
+/** Unary elementwise primitives. */
+export const UNARY_OPS = [
+  "neg",
+  "exp",
+  "log",
+  "sqrt",
+  "reciprocal",
+  "sin",
+  "cos",
+  "tanh",
+  "sigmoid",
+  "erf",
+  "abs",
+  "sign",
+] as const;
+/** A unary elementwise primitive. */
+export type UnaryOp = typeof UNARY_OPS[number];
+
+/** Binary elementwise primitives, with numpy broadcasting. */
+export const BINARY_OPS = ["add", "sub", "mul", "div", "pow", "maximum", "minimum"] as const;
+/** A binary elementwise primitive. */
+export type BinaryOp = typeof BINARY_OPS[number];
+
+/** Comparisons, giving bool, with numpy broadcasting. */
+export const COMPARE_OPS = ["less", "greater", "equal"] as const;
+/** A comparison primitive. */
+export type CompareOp = typeof COMPARE_OPS[number];
+
+/** Attributes of a 2-D convolution (NCHW input, OIHW weight). */
+export interface ConvAttrs {
+  stride: [number, number];
+  /** [top, left, bottom, right] */
+  pad: [number, number, number, number];
+  groups: number;
+}
+
+/** One node of the graph. `attrs` depends on `op`; see `Attrs`. */
+export type Node =
+  | NodeBase<"input", { name: string }>
+  | NodeBase<"const", { data: Float32Array | Int32Array | Uint8Array }>
+  | NodeBase<UnaryOp, Record<string, never>>
+  | NodeBase<BinaryOp, Record<string, never>>
+  | NodeBase<CompareOp, Record<string, never>>
+  | NodeBase<"where", Record<string, never>>
+  | NodeBase<"sum" | "max", { axes: number[]; keepdims: boolean }>
+  | NodeBase<"matmul", Record<string, never>>
+  | NodeBase<"conv2d" | "conv2d_grad_input" | "conv2d_grad_weight", ConvAttrs>
+  | NodeBase<"reshape", Record<string, never>>
+  | NodeBase<"transpose", { perm: number[] }>
+  | NodeBase<"slice", { starts: number[]; ends: number[] }>
+  | NodeBase<"pad", { before: number[]; after: number[] }>
+  | NodeBase<"concat", { axis: number }>
+  | NodeBase<"expand", Record<string, never>>
+  | NodeBase<"gather", { axis: number }>
+  | NodeBase<"cast", Record<string, never>>
+  | NodeBase<"stop_gradient", Record<string, never>>;
+
+interface NodeBase<O extends string, A> {
+  op: O;
+  inputs: number[];
+  attrs: A;
+  shape: number[];
+  dtype: DType;
+}
+
+/** The primitive names. */
+export type Op = Node["op"];
+
+/** A traced program: nodes in topological order, and named outputs. */
+export interface Graph {
+  nodes: Node[];
+  outputs: { name: string; node: number }[];
+}
+
+/** Number of elements of a shape. */
+export function size(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/** Row-major strides of a shape. */
+export function strides(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i];
+  }
+  return s;
+}
+
+/** The graph's input nodes by name, in order of appearance. */
+export function graphInputs(g: Graph): { name: string; node: number; shape: number[]; dtype: DType }[] {
+  const out = [];
+  for (let i = 0; i < g.nodes.length; i++) {
+    const n = g.nodes[i];
+    if (n.op === "input") out.push({ name: n.attrs.name, node: i, shape: n.shape, dtype: n.dtype });
+  }
+  return out;
+}
+
+/**
+ * Removes nodes no output depends on and merges identical nodes (same op, inputs and attrs), renumbering the rest.
+ * Inputs are always kept, so a graph's signature does not change with what it happens to use.
+ */
+export function simplify(g: Graph): Graph {
+  const n = g.nodes.length;
+  const live = new Uint8Array(n);
+  for (const o of g.outputs) live[o.node] = 1;
+  for (let i = n - 1; i >= 0; i--) {
+    if (g.nodes[i].op === "input") live[i] = 1;
+    if (live[i]) for (const j of g.nodes[i].inputs) live[j] = 1;
+  }
+  const remap = new Int32Array(n).fill(-1);
+  const nodes: Node[] = [];
+  const seen = new Map<string, number>();
+  for (let i = 0; i < n; i++) {
+    if (!live[i]) continue;
+    const old = g.nodes[i];
+    const inputs = old.inputs.map((j) => remap[j]);
+    let key: string | null = null;
+    if (old.op !== "input") {
+      key = old.op === "const"
+        ? null
+        : `${old.op}|${inputs.join(",")}|${JSON.stringify(old.attrs)}|${old.shape.join(",")}|${old.dtype}`;
+      if (key !== null) {
+        const hit = seen.get(key);
+        if (hit !== undefined) {
+          remap[i] = hit;
+          continue;
+        }
+      }
+    }
+    remap[i] = nodes.length;
+    if (key !== null) seen.set(key, nodes.length);
+    nodes.push({ ...old, inputs } as Node);
+  }
+  return { nodes, outputs: g.outputs.map((o) => ({ name: o.name, node: remap[o.node] })) };
+}

@@ -1,0 +1,81 @@
+/**
+ * Optimizers written inside the traced graph, so one compiled step does forward, backward and update.
+ *
+ * They work on any tensor, and are meant for packed flat parameter buffers (see `pack.ts`): one elementwise update
+ * over a whole parameter group instead of hundreds of small ones. Per-group settings come from calling them once per
+ * group.
+ *
+ * @module
+ */
+import { add, div, minimum, mul, pow, sqrt, square, sub } from "./math.ts";
+import { sum } from "./ops.ts";
+import type { Tensor, TensorLike } from "./tensor.ts";
+
+/** AdamW settings (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"). */
+export interface AdamWConfig {
+  /** Learning rate: a number, or a traced scalar for schedules. */
+  lr: TensorLike;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  /** Decoupled weight decay: p ← p − lr·wd·p, applied beside (not through) the Adam moments. */
+  weightDecay?: number;
+}
+
+/** The new parameter and moments of one AdamW step. */
+export interface AdamWResult {
+  p: Tensor;
+  m: Tensor;
+  v: Tensor;
+}
+
+/**
+ * One AdamW step (Kingma & Ba 2015, with decoupled decay). `step` is the 1-based step count as a traced f32 scalar,
+ * for the bias corrections 1 − βᵗ. With β1 = 0 (the ADD discriminator) the first moment is just the gradient.
+ */
+export function adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: Tensor, cfg: AdamWConfig): AdamWResult {
+  const b1 = cfg.beta1 ?? 0.9, b2 = cfg.beta2 ?? 0.999, eps = cfg.eps ?? 1e-8, wd = cfg.weightDecay ?? 0;
+  const m1 = add(mul(m, b1), mul(g, 1 - b1));
+  const v1 = add(mul(v, b2), mul(square(g), 1 - b2));
+  const bc1 = sub(1, pow(b1, step)), bc2 = sub(1, pow(b2, step));
+  const mhat = b1 === 0 ? m1 : div(m1, bc1);
+  const update = div(mhat, add(sqrt(div(v1, bc2)), eps));
+  const decayed = wd === 0 ? p : sub(p, mul(p, mul(cfg.lr, wd)));
+  return { p: sub(decayed, mul(update, cfg.lr)), m: m1, v: v1 };
+}
+
+/** SGD settings. */
+export interface SgdConfig {
+  lr: TensorLike;
+  momentum?: number;
+  weightDecay?: number;
+}
+
+/** One SGD step with optional heavy-ball momentum buffer `buf` (pass and keep it when momentum > 0). */
+export function sgd(p: Tensor, g: Tensor, cfg: SgdConfig, buf?: Tensor): { p: Tensor; buf?: Tensor } {
+  const wd = cfg.weightDecay ?? 0, mom = cfg.momentum ?? 0;
+  const d = wd === 0 ? g : add(g, mul(p, wd));
+  if (mom === 0 || !buf) return { p: sub(p, mul(d, cfg.lr)) };
+  const b = add(mul(buf, mom), d);
+  return { p: sub(p, mul(b, cfg.lr)), buf: b };
+}
+
+/** Exponential moving average of weights: e ← decay·e + (1 − decay)·p. */
+export function ema(e: Tensor, p: Tensor, decay: TensorLike): Tensor {
+  return add(mul(e, decay), mul(p, sub(1, decay)));
+}
+
+/** The global L2 norm of several tensors. */
+export function globalNorm(gs: readonly Tensor[]): Tensor {
+  return sqrt(gs.map((g) => sum(square(g))).reduce((a, b) => add(a, b)));
+}
+
+/**
+ * Scales gradients so their global norm is at most `maxNorm` (Pascanu et al. 2013). Returns the scaled gradients
+ * and the norm before clipping, which is worth logging.
+ */
+export function clipByGlobalNorm(gs: readonly Tensor[], maxNorm: number): { grads: Tensor[]; norm: Tensor } {
+  const norm = globalNorm(gs);
+  const scale = minimum(div(maxNorm, add(norm, 1e-6)), 1);
+  return { grads: gs.map((g) => mul(g, scale)), norm };
+}
