@@ -26,7 +26,6 @@ import {
 import { add, cos, div, equal, exp, greater, less, log, mul, neg, pow, sign, sin, sub, zerosLike } from "./math.ts";
 import { fail, flattenTree, isTensor, Tensor, type Tree, unflattenTree } from "./tensor.ts";
 
-
 /** What a rule sees: the node, its input tensors, its output, the output cotangent, and which inputs need one. */
 export interface RuleArgs {
   node: Node;
@@ -164,7 +163,8 @@ export const RULES: Record<Op, Rule> = {
     const axis = (node.attrs as { axis: number }).axis;
     let at = 0;
     return x.map((xi) => {
-      const s = g.shape.map((_, i) => i === axis ? at : 0), e = g.shape.map((d, i) => i === axis ? at + xi.shape[axis] : d);
+      const s = g.shape.map((_, i) => i === axis ? at : 0),
+        e = g.shape.map((d, i) => i === axis ? at + xi.shape[axis] : d);
       at += xi.shape[axis];
       return slice(g, s, e);
     });
@@ -211,7 +211,7 @@ export function vjp(y: Tensor, wrt: readonly Tensor[], seed?: Tensor): Tensor[] 
   }
   const toY = new Uint8Array(nodes.length);
   toY[y.id] = 1;
-  for (let i = nodes.length - 1; i >= 0; i--) if (toY[i]) for (const j of nodes[i].inputs) toY[j] = 1;
+  for (let i = nodes.length - 1; i >= 0; i--) if (toY[i]) { for (const j of nodes[i].inputs) toY[j] = 1; }
   const ct = new Map<number, Tensor>();
   ct.set(y.id, seed ?? reshape(tr.scalar(1), y.shape));
   for (let i = y.id; i >= 0; i--) {
@@ -249,4 +249,3 @@ export function valueAndGrad<T extends Tree, A extends unknown[]>(
     return [y, grad(y, params)];
   };
 }
-

@@ -123,7 +123,7 @@ export function simplify(g: Graph): Graph {
   for (const o of g.outputs) live[o.node] = 1;
   for (let i = n - 1; i >= 0; i--) {
     if (g.nodes[i].op === "input") live[i] = 1;
-    if (live[i]) for (const j of g.nodes[i].inputs) live[j] = 1;
+    if (live[i]) { for (const j of g.nodes[i].inputs) live[j] = 1; }
   }
   const remap = new Int32Array(n).fill(-1);
   const nodes: Node[] = [];

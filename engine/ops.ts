@@ -90,7 +90,9 @@ function reduce(op: "sum" | "max", x: Tensor, axes: number | readonly number[] |
   const ax = axes === undefined ? x.shape.map((_, i) => i) : (typeof axes === "number" ? [axes] : [...axes]);
   const norm = [...new Set(ax.map((a) => normAxis(op, a, x.ndim)))].sort((p, q) => p - q);
   if (x.dtype !== "f32") fail(op, `expects f32, got ${x}`);
-  const shape = keepdims ? x.shape.map((d, i) => norm.includes(i) ? 1 : d) : x.shape.filter((_, i) => !norm.includes(i));
+  const shape = keepdims
+    ? x.shape.map((d, i) => norm.includes(i) ? 1 : d)
+    : x.shape.filter((_, i) => !norm.includes(i));
   if (norm.length === 0) return x;
   return push(x.trace, { op, inputs: [x.id], attrs: { axes: norm, keepdims }, shape, dtype: x.dtype });
 }
@@ -215,7 +217,13 @@ export function slice(x: Tensor, starts: readonly number[], ends: readonly numbe
   }
   if (starts.every((s, i) => s === 0 && ends[i] === x.shape[i])) return x;
   const shape = starts.map((s, i) => ends[i] - s);
-  return push(x.trace, { op: "slice", inputs: [x.id], attrs: { starts: [...starts], ends: [...ends] }, shape, dtype: x.dtype });
+  return push(x.trace, {
+    op: "slice",
+    inputs: [x.id],
+    attrs: { starts: [...starts], ends: [...ends] },
+    shape,
+    dtype: x.dtype,
+  });
 }
 
 /** Takes `[start, end)` along one axis. */
@@ -231,7 +239,13 @@ export function pad(x: Tensor, before: readonly number[], after: readonly number
   if ([...before, ...after].some((p) => !Number.isInteger(p) || p < 0)) fail("pad", `pads must be ≥ 0`);
   if ([...before, ...after].every((p) => p === 0)) return x;
   const shape = x.shape.map((d, i) => d + before[i] + after[i]);
-  return push(x.trace, { op: "pad", inputs: [x.id], attrs: { before: [...before], after: [...after] }, shape, dtype: x.dtype });
+  return push(x.trace, {
+    op: "pad",
+    inputs: [x.id],
+    attrs: { before: [...before], after: [...after] },
+    shape,
+    dtype: x.dtype,
+  });
 }
 
 /** Joins tensors along `axis`; all other dimensions must agree. */

@@ -51,7 +51,11 @@ export class Trace {
   constant(data: ArrayLike<number>, shape: readonly number[], dtype: DType = "f32"): Tensor {
     const n = shape.reduce((a, b) => a * b, 1);
     if (data.length !== n) fail("constant", `${data.length} values for shape [${shape}]`);
-    const arr = dtype === "f32" ? Float32Array.from(data) : dtype === "i32" ? Int32Array.from(data) : Uint8Array.from(data);
+    const arr = dtype === "f32"
+      ? Float32Array.from(data)
+      : dtype === "i32"
+      ? Int32Array.from(data)
+      : Uint8Array.from(data);
     return this.push({ op: "const", inputs: [], attrs: { data: arr }, shape: [...shape], dtype });
   }
 
