@@ -152,7 +152,10 @@ function checkShape(source: string, name: string, shape: unknown): number {
 }
 
 function inferDType(data: TensorData): SafetensorsDType {
-  for (const [dt, ctor] of Object.entries(RAW)) if (data.constructor === ctor) return dt as SafetensorsDType;
+  // F16, BF16 and BOOL share a typed array with U16/U8, so they are never inferred, only asked for.
+  for (const [dt, ctor] of Object.entries(RAW)) {
+    if (data.constructor === ctor && dt !== "F16" && dt !== "BF16" && dt !== "BOOL") return dt as SafetensorsDType;
+  }
   throw new TypeError("unsupported typed array");
 }
 
