@@ -8,7 +8,7 @@ import type { Graph } from "../engine/ir.ts";
 import { add } from "../engine/math.ts";
 import { attention, avgPool, conv, groupNorm, linear, mse, silu, upsampleNearest } from "../engine/nn.ts";
 import { adamw } from "../engine/optim.ts";
-import { layoutOf, type Layout, pack, unpack } from "../engine/pack.ts";
+import { type Layout, layoutOf, pack, unpack } from "../engine/pack.ts";
 import { reshape, transpose } from "../engine/ops.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
 

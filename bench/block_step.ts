@@ -1,0 +1,162 @@
+/**
+ * `deno task bench`: times the prototype's block training step on every executor and the same step in PyTorch CPU
+ * (Debian's python3-torch) in the same run, then the session start-up time of a graph of more than 10,000 nodes.
+ *
+ * Ends with one line per executor:
+ *   RESULT block_step executor=<name> ms=<median> torch_ms=<median> ratio=<ms/torch_ms>
+ *
+ * Flags: --executors cpu,wasm,webgpu  --steps N  --warmup N
+ */
+import { createExecutor } from "../engine/executors/auto.ts";
+import type { ExecutorName } from "../engine/executors/executor.ts";
+import { grad } from "../engine/grad.ts";
+import { add } from "../engine/math.ts";
+import { mse } from "../engine/nn.ts";
+import { adamw } from "../engine/optim.ts";
+import { layoutOf, pack, packHost, unpack } from "../engine/pack.ts";
+import { StepProgram } from "../engine/program.ts";
+import { Rng } from "../engine/rng.ts";
+import { Trace } from "../engine/tensor.ts";
+import { blockForward, blockShapes, type BlockSize, blockStepGraph } from "./block.ts";
+
+const args = new Map<string, string>();
+for (let i = 0; i < Deno.args.length; i += 2) args.set(Deno.args[i].replace(/^--/, ""), Deno.args[i + 1]);
+const SIZE: BlockSize = { batch: 8, channels: 32, size: 32 };
+const executors = (args.get("executors") ?? "cpu,wasm,webgpu").split(",") as ExecutorName[];
+const steps = Number(args.get("steps") ?? 30), warmup = Number(args.get("warmup") ?? 3);
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+function initialParams(rng: Rng) {
+  const shapes = blockShapes(SIZE.channels);
+  const layout = layoutOf(shapes);
+  const arrays: Record<string, Float32Array> = {};
+  for (const e of layout.entries) {
+    const fanIn = e.shape.length === 4 ? e.shape[1] * 9 : e.shape.length === 2 ? e.shape[1] : 0;
+    arrays[e.path] = fanIn
+      ? rng.fold(e.path).normal(e.size).map((v) => v / Math.sqrt(fanIn))
+      : new Float32Array(e.size).fill(e.path === "gn.w" ? 1 : 0);
+  }
+  return packHost(arrays, layout);
+}
+
+async function timeExecutor(name: ExecutorName, n: number): Promise<{ ms: number; nodes: number; loss: number }> {
+  const ex = await createExecutor(name);
+  try {
+    const { graph, layout } = blockStepGraph(SIZE);
+    const prog = await StepProgram.create(ex, graph, { state: { params: "params", m: "m", v: "v" } });
+    const rng = new Rng(0);
+    prog.setState("params", initialParams(rng));
+    prog.setState("m", new Float32Array(layout.total));
+    prog.setState("v", new Float32Array(layout.total));
+    const numel = SIZE.batch * SIZE.channels * SIZE.size * SIZE.size;
+    const x = rng.fold("x").normal(numel), y = rng.fold("y").normal(numel);
+    const times: number[] = [];
+    let loss = NaN;
+    for (let s = 1; s <= warmup + n; s++) {
+      const t0 = performance.now();
+      loss = (await prog.run({ x, y, step: Float32Array.of(s) }, ["loss"])).loss[0];
+      if (s > warmup) times.push(performance.now() - t0);
+    }
+    await prog.dispose();
+    return { ms: median(times), nodes: graph.nodes.length, loss };
+  } finally {
+    await ex.close();
+  }
+}
+
+async function torchPeer(blas: "default" | "openblas"): Promise<number | null> {
+  const py = "/usr/bin/python3";
+  const env: Record<string, string> = blas === "openblas"
+    ? { LD_LIBRARY_PATH: "/usr/lib/x86_64-linux-gnu/openblas-pthread", OPENBLAS_NUM_THREADS: "1" }
+    : { LD_LIBRARY_PATH: "/usr/lib/x86_64-linux-gnu/blas" };
+  if (blas === "openblas") {
+    try {
+      await Deno.stat("/usr/lib/x86_64-linux-gnu/openblas-pthread");
+    } catch {
+      return null;
+    }
+  }
+  const script = new URL("./block_step_torch.py", import.meta.url).pathname;
+  const { batch, channels, size } = SIZE;
+  try {
+    const cmd = new Deno.Command(py, {
+      args: [script, ...[batch, channels, size, steps, warmup].map(String)],
+      env: { ...Deno.env.toObject(), ...env, OPENBLAS_CORETYPE: "", OPENBLAS_L2_SIZE: "" },
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const out = await cmd.output();
+    if (!out.success) return null;
+    return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!).ms;
+  } catch {
+    return null;
+  }
+}
+
+/** A deep stack of blocks (forward, backward and Adam) to measure session start-up on a graph of ≥ 10k nodes. */
+async function startup(name: ExecutorName): Promise<{ nodes: number; ms: number }> {
+  const depth = 24;
+  const shapes: Record<string, number[]> = {};
+  for (let d = 0; d < depth; d++) for (const [k, v] of Object.entries(blockShapes(16))) shapes[`b${d}.${k}`] = v;
+  const layout = layoutOf(shapes);
+  const tr = new Trace();
+  const flat = tr.input("params", [layout.total]), m = tr.input("m", [layout.total]), v = tr.input("v", [layout.total]);
+  const x = tr.input("x", [2, 16, 8, 8]);
+  const p = unpack(flat, layout);
+  let h = x;
+  for (let d = 0; d < depth; d++) {
+    const pd: typeof p = {};
+    for (const k of Object.keys(blockShapes(16))) pd[k] = p[`b${d}.${k}`];
+    h = add(h, blockForward(pd, h));
+  }
+  const loss = mse(h, x);
+  const upd = adamw(flat, pack(grad(loss, p), layout), m, v, tr.input("step", []), { lr: 1e-3 });
+  const graph = tr.build({ loss, params: upd.p, m: upd.m, v: upd.v });
+  const ex = await createExecutor(name);
+  try {
+    const t0 = performance.now();
+    const prep = await ex.prepare(graph, { resident: ["params", "m", "v"] });
+    const ms = performance.now() - t0;
+    await prep.dispose();
+    return { nodes: graph.nodes.length, ms };
+  } finally {
+    await ex.close();
+  }
+}
+
+const torch = await torchPeer("default");
+const torchTuned = await torchPeer("openblas");
+console.log(
+  torch === null
+    ? "PyTorch peer: /usr/bin/python3 with torch not found (apt-get install python3-torch); torch_ms=NaN"
+    : `PyTorch CPU peer (Debian python3-torch, reference BLAS): ${torch.toFixed(2)} ms/step`,
+);
+if (torchTuned !== null) console.log(`PyTorch CPU peer with OpenBLAS (tuned): ${torchTuned.toFixed(2)} ms/step`);
+
+const results: string[] = [];
+for (const name of executors) {
+  const n = name === "webgpu" || name === "wasm" ? Math.min(steps, 10) : steps;
+  try {
+    const r = await timeExecutor(name, n);
+    console.log(
+      `${name}: ${r.ms.toFixed(2)} ms/step median of ${n} (graph ${r.nodes} nodes, loss ${r.loss.toFixed(4)})`,
+    );
+    const t = torch ?? NaN;
+    const tuned = torchTuned === null
+      ? ""
+      : ` torch_openblas_ms=${torchTuned.toFixed(2)} ratio_openblas=${(r.ms / torchTuned).toFixed(3)}`;
+    results.push(
+      `RESULT block_step executor=${name} ms=${r.ms.toFixed(2)} torch_ms=${t.toFixed(2)} ratio=${
+        (r.ms / t).toFixed(3)
+      }${tuned}`,
+    );
+  } catch (e) {
+    console.log(`${name}: failed: ${(e as Error).message}`);
+  }
+}
+for (const name of executors.filter((e) => e !== "webgpu" || args.get("startup-webgpu") === "1")) {
+  const s = await startup(name);
+  console.log(`STARTUP executor=${name} nodes=${s.nodes} ms=${s.ms.toFixed(0)}`);
+}
+for (const line of results) console.log(line);

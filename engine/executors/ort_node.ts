@@ -1,0 +1,105 @@
+/**
+ * The `cpu` executor: lowered ONNX graphs on onnxruntime-node's native CPU execution provider, multi-threaded.
+ *
+ * Buffers are ort CPU tensors wrapping host typed arrays. Import this module lazily (see `auto.ts`) so processes on
+ * another executor never load the native addon.
+ *
+ * @module
+ */
+import * as ort from "onnxruntime-node";
+import type { DType, Graph } from "../ir.ts";
+import { graphInputs } from "../ir.ts";
+import { lowerToOnnx, onnxOutputNames } from "../onnx/lower.ts";
+import { checkFeeds, hostData, ortType } from "./auto.ts";
+import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
+
+class NodeBuffer implements Buffer {
+  disposed = false;
+  constructor(
+    readonly owner: object,
+    readonly tensor: ort.Tensor,
+    readonly shape: readonly number[],
+    readonly dtype: DType,
+  ) {}
+}
+
+/** The `cpu` executor (onnxruntime-node). */
+export class OrtNodeExecutor implements Executor {
+  readonly name = "cpu";
+  private live = 0;
+  private readonly sessions = new Set<ort.InferenceSession>();
+
+  /** @param threads intra-op threads; defaults to every core. */
+  constructor(private readonly threads = navigator.hardwareConcurrency || 1) {}
+
+  private wrap(t: ort.Tensor, shape: readonly number[], dtype: DType): NodeBuffer {
+    this.live++;
+    return new NodeBuffer(this, t, [...shape], dtype);
+  }
+
+  private own(buf: Buffer): NodeBuffer {
+    if (!(buf instanceof NodeBuffer) || buf.owner !== this) {
+      throw new Error("cpu executor: buffer from another executor");
+    }
+    if (buf.disposed) throw new Error("cpu executor: buffer already disposed");
+    return buf;
+  }
+
+  upload(data: HostArray, shape: readonly number[], dtype: DType): Buffer {
+    return this.wrap(new ort.Tensor(ortType(dtype), hostData(data, shape, dtype), [...shape]), shape, dtype);
+  }
+
+  read(buf: Buffer): Promise<HostArray> {
+    const data = this.own(buf).tensor.data as Float32Array | Int32Array | Uint8Array;
+    return Promise.resolve(data.slice());
+  }
+
+  dispose(buf: Buffer): void {
+    const b = this.own(buf);
+    b.disposed = true;
+    this.live--;
+    // Drops the tensor's reference to its data, so a Buffer object the caller still holds does not pin it.
+    b.tensor.dispose();
+  }
+
+  async prepare(graph: Graph, _opts?: PrepareOptions): Promise<Prepared> {
+    const session = await ort.InferenceSession.create(lowerToOnnx(graph, "cpu"), {
+      executionProviders: ["cpu"],
+      graphOptimizationLevel: "all",
+      intraOpNumThreads: this.threads,
+      interOpNumThreads: 1,
+    });
+    this.sessions.add(session);
+    const wanted = graphInputs(graph);
+    const inputNames = wanted.map((i) => i.name);
+    const outputNames = graph.outputs.map((o) => o.name);
+    const onnxNames = onnxOutputNames(graph);
+    const meta = graph.outputs.map((o) => graph.nodes[o.node]);
+    return {
+      inputNames,
+      outputNames,
+      run: async (inputs) => {
+        checkFeeds(wanted, inputs);
+        const feeds: Record<string, ort.Tensor> = {};
+        for (const name of inputNames) feeds[name] = this.own(inputs[name]).tensor;
+        const res = await session.run(feeds);
+        const out: Record<string, Buffer> = {};
+        outputNames.forEach((name, i) => (out[name] = this.wrap(res[onnxNames[i]], meta[i].shape, meta[i].dtype)));
+        return out;
+      },
+      dispose: async () => {
+        if (!this.sessions.delete(session)) return;
+        await session.release();
+      },
+    };
+  }
+
+  liveBuffers(): number {
+    return this.live;
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sessions) await s.release();
+    this.sessions.clear();
+  }
+}
