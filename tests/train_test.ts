@@ -48,7 +48,7 @@ function task(rng: Rng) {
   const x = rng.fold("x").normal(B * H * H);
   const tr = new Trace();
   const xi = tr.input("x", [B, 1, H, H]);
-  const k = tr.constant(rng.fold("k").normal(9), [1, 1, 3, 3]);
+  const k = tr.constant(rng.fold("k").normal(9).map((v) => v / 3), [1, 1, 3, 3]);
   const y = evaluate(tr.build({ y: tanh(conv2d(xi, k, { pad: 1 })) }), { x: { data: x, shape: [B, 1, H, H] } }).y;
   return { x, y: Float32Array.from(y) };
 }
