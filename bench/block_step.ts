@@ -96,7 +96,7 @@ async function torchPeer(blas: "default" | "openblas"): Promise<number | null> {
 
 /** A deep stack of blocks (forward, backward and Adam) to measure session start-up on a graph of ≥ 10k nodes. */
 async function startup(name: ExecutorName): Promise<{ nodes: number; ms: number }> {
-  const depth = 24;
+  const depth = 56;
   const shapes: Record<string, number[]> = {};
   for (let d = 0; d < depth; d++) for (const [k, v] of Object.entries(blockShapes(16))) shapes[`b${d}.${k}`] = v;
   const layout = layoutOf(shapes);
@@ -130,7 +130,7 @@ const torchTuned = await torchPeer("openblas");
 console.log(
   torch === null
     ? "PyTorch peer: /usr/bin/python3 with torch not found (apt-get install python3-torch); torch_ms=NaN"
-    : `PyTorch CPU peer (Debian python3-torch, reference BLAS): ${torch.toFixed(2)} ms/step`,
+    : `PyTorch CPU peer (Debian python3-torch, reference BLAS via LD_LIBRARY_PATH): ${torch.toFixed(2)} ms/step`,
 );
 if (torchTuned !== null) console.log(`PyTorch CPU peer with OpenBLAS (tuned): ${torchTuned.toFixed(2)} ms/step`);
 
@@ -155,7 +155,7 @@ for (const name of executors) {
     console.log(`${name}: failed: ${(e as Error).message}`);
   }
 }
-for (const name of executors.filter((e) => e !== "webgpu" || args.get("startup-webgpu") === "1")) {
+for (const name of executors) {
   const s = await startup(name);
   console.log(`STARTUP executor=${name} nodes=${s.nodes} ms=${s.ms.toFixed(0)}`);
 }
