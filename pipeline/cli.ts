@@ -1,0 +1,151 @@
+/**
+ * The command line: `run <config> [--steps N] [--out DIR] [--executor E] [--set path=value]… [--resume] [--fresh]
+ * [--dry-run]`. Config problems print one `file:line:col: message` line each and exit 2 before anything is written.
+ *
+ * Users with their own stages write a script that registers them and calls `runCli(Deno.args)`.
+ *
+ * @module
+ */
+import { Command, CommanderError, Option } from "commander";
+import { ConfigError, loadConfig } from "./config.ts";
+import { type Plan, planPipeline } from "./plan.ts";
+import { RunError, runPipeline } from "./run.ts";
+import { Scheduler } from "./scheduler.ts";
+import { fmtSpec } from "./stage.ts";
+
+/** Runs the CLI on `argv` (without the program name); returns the exit code. */
+export async function runCli(
+  argv: readonly string[],
+  print: (s: string) => void = (s) => console.log(s),
+): Promise<number> {
+  const err = (s: string) => console.error(s);
+  let code = 0;
+  const program = new Command()
+    .name("deno task run")
+    .description("Runs a YAML pipeline: validates it, compiles its update phases, trains, checkpoints.")
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => print(s.trimEnd()), writeErr: (s) => err(s.trimEnd()) })
+    .argument("<config>", "the pipeline's YAML file")
+    .option("--steps <n>", "number of training steps (run.steps)")
+    .option("--out <dir>", "output folder (run.out)")
+    .addOption(
+      new Option("--executor <name>", "where compiled graphs run (run.executor)").choices([
+        "cpu",
+        "wasm",
+        "webgpu",
+        "auto",
+        "reference",
+      ]),
+    )
+    .option(
+      "--set <path=value>",
+      "override any config value, e.g. --set stages.opt.params.lr=1e-3 (repeatable)",
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
+    .option("--resume", "continue from the latest checkpoint in the output folder")
+    .option("--fresh", "start over in an output folder that already has checkpoints (deletes them)")
+    .option("--dry-run", "validate, print the DAG and the execution plan, and exit")
+    .action(
+      async (
+        file: string,
+        o: {
+          steps?: string;
+          out?: string;
+          executor?: string;
+          set: string[];
+          resume?: boolean;
+          fresh?: boolean;
+          dryRun?: boolean;
+        },
+      ) => {
+        const sets = [...o.set];
+        if (o.steps !== undefined) sets.push(`run.steps=${o.steps}`);
+        if (o.out !== undefined) sets.push(`run.out=${JSON.stringify(o.out)}`);
+        if (o.executor !== undefined) sets.push(`run.executor=${o.executor}`);
+        let text: string;
+        try {
+          text = await Deno.readTextFile(file);
+        } catch (e) {
+          err(
+            `${file}: cannot read the config (${
+              e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message
+            })`,
+          );
+          code = 2;
+          return;
+        }
+        try {
+          const loaded = loadConfig(file, text, sets);
+          const plan = planPipeline(loaded);
+          for (const w of plan.warnings) err(w);
+          if (o.dryRun) {
+            printPlan(loaded.config.run, plan, print);
+            return;
+          }
+          code = await runPipeline(loaded, plan, { resume: o.resume, fresh: o.fresh, print });
+        } catch (e) {
+          if (e instanceof ConfigError) {
+            for (const line of e.lines) err(line);
+            code = 2;
+          } else if (e instanceof RunError) {
+            err(e.message);
+            code = e.code;
+          } else if (e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable) {
+            err(
+              `permission denied: ${
+                (e as Error).message.split("\n")[0]
+              } (the task may only write inside the project; use --out inside it)`,
+            );
+            code = 2;
+          } else {
+            throw e;
+          }
+        }
+      },
+    );
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    throw e;
+  }
+  return code;
+}
+
+/** Prints the DAG and the execution plan. */
+function printPlan(
+  run: { executor: string; steps: number; out?: string; seed: number },
+  plan: Plan,
+  print: (s: string) => void,
+) {
+  print(
+    `pipeline: ${plan.order.length} stages, ${run.steps} steps, seed ${run.seed}, executor ${run.executor}, out ${run.out}`,
+  );
+  print("DAG (topological order):");
+  for (const n of plan.order) {
+    const s = plan.stages[n];
+    const ins = Object.entries(s.inputs).map(([p, r]) => `${p}←${r.stage}.${r.port}`).join(", ");
+    const outs = Object.entries(s.outputs).map(([p, t]) => `${p}:${fmtSpec(t)}`).join(", ");
+    print(`  ${n} [${s.def.kind}, ${s.def.role}]${ins ? ` in(${ins})` : ""}${outs ? ` out(${outs})` : ""}`);
+  }
+  print("plan, each step:");
+  let i = 1;
+  for (const h of plan.hosts) print(`  ${i++}. host: ${h}`);
+  const sched = new Scheduler(plan, { name: run.executor } as never, run.seed);
+  for (const p of plan.phases) {
+    const g = sched.tracePhase(p);
+    const every = p.every === 1 ? "every step" : `every ${p.every} steps`;
+    print(
+      `  ${i++}. compiled graph "${p.optimizer}" on ${run.executor} (${every}): stages ${p.stages.join(" → ")}; ` +
+        `updates ${p.updates.join(", ")}${
+          p.reads.length ? `; reads ${p.reads.join(", ")}` : ""
+        }; ${g.graph.nodes.length} nodes`,
+    );
+  }
+  for (const e of plan.effects) {
+    const s = plan.stages[e];
+    const when = s.at ? `at ${s.at}` : s.every === 1 ? "every step" : `every ${s.every} steps`;
+    print(`  ${i++}. effect: ${e} [${s.def.kind}] ${when}${s.def.alsoLast ? " and at the end" : ""}`);
+  }
+}

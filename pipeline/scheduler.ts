@@ -1,0 +1,297 @@
+/**
+ * The scheduler: compiles each update phase of a plan into one engine graph (traced stages, gradient, optimizer),
+ * keeps models, optimizer moments and EMAs resident on the executor in one store, and runs a step: host stages,
+ * then each due phase, then effects.
+ *
+ * @module
+ */
+import type { Buffer, Executor, HostArray, Prepared } from "../engine/executors/executor.ts";
+import { grad } from "../engine/grad.ts";
+import type { Graph } from "../engine/ir.ts";
+import { ema } from "../engine/optim.ts";
+import { adamw, clipByGlobalNorm } from "../engine/optim.ts";
+import { type Layout, layoutOf, nest, pack, packHost, unpack, unpackHost } from "../engine/pack.ts";
+import { Rng } from "../engine/rng.ts";
+import { type Tensor, Trace } from "../engine/tensor.ts";
+import type { Phase, Plan } from "./plan.ts";
+import { modelKinds, type TraceContext } from "./stage.ts";
+
+/** Settings of an optimizer stage, as the scheduler reads them. */
+export interface OptimizerParams {
+  models: string[];
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weight_decay: number;
+  clip_norm?: number;
+}
+
+interface RandomInput {
+  name: string;
+  stage: string;
+  tag: string;
+  kind: "normal" | "uniform";
+  size: number;
+}
+
+interface CompiledPhase {
+  phase: Phase;
+  graph: Graph;
+  prepared: Prepared;
+  /** Graph input name → store key, for resident inputs. */
+  stateIn: Record<string, string>;
+  /** Graph output name → store key. */
+  stateOut: Record<string, string>;
+  /** Graph input name → host stage output "stage.port". */
+  feeds: Record<string, string>;
+  randoms: RandomInput[];
+  /** Output names of scalars to read back each run (losses, metrics), → metric name. */
+  metrics: Record<string, string>;
+}
+
+/** Store keys of a model's state. */
+export const storeKey = {
+  model: (m: string) => `model.${m}`,
+  ema: (m: string) => `ema.${m}`,
+  moment: (opt: string, m: string, which: "m" | "v") => `opt.${opt}.${m}.${which}`,
+};
+
+/** Runs a plan's compiled phases on one executor. */
+export class Scheduler {
+  readonly layouts: Record<string, Layout> = {};
+  private readonly store = new Map<string, Buffer>();
+  private readonly compiled: CompiledPhase[] = [];
+  private readonly emaGraphs = new Map<string, Prepared>();
+
+  constructor(readonly plan: Plan, readonly executor: Executor, readonly seed: number) {
+    for (const [name, m] of Object.entries(plan.models)) layouts(this.layouts, name, m.shapes);
+  }
+
+  /** Traces and compiles every phase. Returns node counts per phase, for the plan printout. */
+  async compile(): Promise<{ optimizer: string; nodes: number; ms: number }[]> {
+    const info = [];
+    for (const phase of this.plan.phases) {
+      const t0 = performance.now();
+      const c = this.tracePhase(phase);
+      const resident = Object.keys(c.stateOut);
+      const prepared = await this.executor.prepare(c.graph, { resident });
+      this.compiled.push({ ...c, prepared });
+      info.push({ optimizer: phase.optimizer, nodes: c.graph.nodes.length, ms: performance.now() - t0 });
+    }
+    return info;
+  }
+
+  /** Builds a phase's graph without compiling it (also used by `--dry-run`). */
+  tracePhase(phase: Phase): Omit<CompiledPhase, "prepared"> {
+    const plan = this.plan;
+    const tr = new Trace();
+    const stateIn: Record<string, string> = {}, stateOut: Record<string, string> = {};
+    const feeds: Record<string, string> = {}, metrics: Record<string, string> = {};
+    const randoms: RandomInput[] = [];
+    const step = tr.input("step", []);
+    const params: Record<string, Record<string, Tensor>> = {};
+    const flats: Record<string, Tensor> = {};
+    for (const m of [...phase.updates, ...phase.reads]) {
+      const key = storeKey.model(m);
+      flats[m] = tr.input(key, [this.layouts[m].total]);
+      stateIn[key] = key;
+      params[m] = unpack(flats[m], this.layouts[m]);
+    }
+    const values = new Map<string, Tensor>();
+    const outputs: Record<string, Tensor> = {};
+    for (const name of phase.stages) {
+      const st = plan.stages[name];
+      const inputs: Record<string, Tensor> = {};
+      for (const [port, ref] of Object.entries(st.inputs)) {
+        const id = `${ref.stage}.${ref.port}`;
+        let v = values.get(id);
+        if (!v) {
+          const spec = plan.stages[ref.stage].outputs[ref.port];
+          v = tr.input(`feed.${id}`, spec.shape, spec.dtype);
+          feeds[`feed.${id}`] = id;
+          values.set(id, v);
+        }
+        inputs[port] = v;
+      }
+      const ctx: TraceContext = {
+        stage: name,
+        step,
+        model: (m) => {
+          if (!params[m]) throw new Error(`stage "${name}" uses model "${m}" it did not declare`);
+          return nest(params[m]) as Record<string, Tensor>;
+        },
+        apply: (m, ins) => {
+          const info = plan.models[m];
+          if (!params[m]) throw new Error(`stage "${name}" uses model "${m}" it did not declare`);
+          return modelKinds().get(info.kind)!.apply(info.params, params[m], ins);
+        },
+        normal: (tag, shape) => random("normal", tag, shape),
+        uniform: (tag, shape) => random("uniform", tag, shape),
+        metric: (mname, v) => {
+          const out = `metric.${name}.${mname}`;
+          outputs[out] = v;
+          metrics[out] = `${name}.${mname}`;
+        },
+      };
+      function random(kind: "normal" | "uniform", tag: string, shape: number[]): Tensor {
+        const inputName = `rand.${name}.${tag}`;
+        randoms.push({ name: inputName, stage: name, tag, kind, size: shape.reduce((a, b) => a * b, 1) });
+        return tr.input(inputName, shape);
+      }
+      const outs = st.def.trace!(ctx, st.params, inputs);
+      for (const [port, t] of Object.entries(outs)) values.set(`${name}.${port}`, t);
+    }
+    const opt = plan.stages[phase.optimizer];
+    const op = opt.params as OptimizerParams;
+    const lossRef = opt.inputs.loss;
+    const loss = values.get(`${lossRef.stage}.${lossRef.port}`)!;
+    outputs[`metric.${phase.optimizer}.loss`] = loss;
+    metrics[`metric.${phase.optimizer}.loss`] = `${phase.optimizer}.loss`;
+    let gs = phase.updates.map((m) => pack(grad(loss, params[m]), this.layouts[m]));
+    if (op.clip_norm !== undefined) {
+      const c = clipByGlobalNorm(gs, op.clip_norm);
+      gs = c.grads;
+      outputs[`metric.${phase.optimizer}.grad_norm`] = c.norm;
+      metrics[`metric.${phase.optimizer}.grad_norm`] = `${phase.optimizer}.grad_norm`;
+    }
+    phase.updates.forEach((m, i) => {
+      const mk = storeKey.moment(phase.optimizer, m, "m"), vk = storeKey.moment(phase.optimizer, m, "v");
+      const mm = tr.input(mk, [this.layouts[m].total]), vv = tr.input(vk, [this.layouts[m].total]);
+      stateIn[mk] = mk;
+      stateIn[vk] = vk;
+      const r = adamw(flats[m], gs[i], mm, vv, step, {
+        lr: op.lr,
+        beta1: op.beta1,
+        beta2: op.beta2,
+        eps: op.eps,
+        weightDecay: op.weight_decay,
+      });
+      const pk = storeKey.model(m);
+      outputs[`out.${pk}`] = r.p;
+      outputs[`out.${mk}`] = r.m;
+      outputs[`out.${vk}`] = r.v;
+      stateOut[`out.${pk}`] = pk;
+      stateOut[`out.${mk}`] = mk;
+      stateOut[`out.${vk}`] = vk;
+    });
+    return { phase, graph: tr.build(outputs), stateIn, stateOut, feeds, randoms, metrics };
+  }
+
+  /** Sets a store entry from host data (initial weights, loaded checkpoints). */
+  set(key: string, data: Float32Array): void {
+    const old = this.store.get(key);
+    if (old) this.executor.dispose(old);
+    this.store.set(key, this.executor.upload(data, [data.length], "f32"));
+  }
+
+  /** Reads a store entry back to the host. */
+  async get(key: string): Promise<Float32Array> {
+    const b = this.store.get(key);
+    if (!b) throw new Error(`scheduler: nothing stored under "${key}"`);
+    return Float32Array.from(await this.executor.read(b));
+  }
+
+  /** Keys currently in the store. */
+  keys(): string[] {
+    return [...this.store.keys()];
+  }
+
+  /** Initialises models (from their declared init or kind's initialiser), moments at zero, EMAs as copies. */
+  async initialise(loadInit: (m: string, path: string) => Promise<Record<string, Float32Array>>): Promise<void> {
+    for (const [name, m] of Object.entries(this.plan.models)) {
+      const rng = new Rng(this.seed).fold(`init/${name}`);
+      const values = m.init ? await loadInit(name, m.init) : modelKinds().get(m.kind)!.init(m.params, rng);
+      this.set(storeKey.model(name), packHost(values, this.layouts[name]));
+    }
+    for (const c of this.compiled) {
+      for (const key of Object.values(c.stateIn)) {
+        if (!this.store.has(key)) {
+          const model = key.split(".")[2];
+          this.set(key, new Float32Array(this.layouts[model].total));
+        }
+      }
+    }
+  }
+
+  /** A model's parameters (or its EMA) as named host arrays. */
+  async readModel(name: string, useEma = false): Promise<Record<string, Float32Array>> {
+    const key = useEma && this.store.has(storeKey.ema(name)) ? storeKey.ema(name) : storeKey.model(name);
+    return unpackHost(await this.get(key), this.layouts[name]);
+  }
+
+  /** Runs the phases due at `step` with this step's host values; returns the scalars they logged. */
+  async runPhases(step: number, host: Map<string, HostArray>): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    for (const c of this.compiled) {
+      if (step % c.phase.every !== 0) continue;
+      const ins: Record<string, Buffer> = {};
+      const temp: Buffer[] = [];
+      const upload = (name: string, data: HostArray, shape: readonly number[], dtype: "f32" | "i32" | "bool") => {
+        const b = this.executor.upload(data, shape, dtype);
+        temp.push(b);
+        ins[name] = b;
+      };
+      for (const [input, key] of Object.entries(c.stateIn)) ins[input] = this.store.get(key)!;
+      upload("step", Float32Array.of(step), [], "f32");
+      for (const [input, id] of Object.entries(c.feeds)) {
+        const node = c.graph.nodes.find((n) => n.op === "input" && n.attrs.name === input)!;
+        upload(input, host.get(id)!, node.shape, node.dtype);
+      }
+      for (const r of c.randoms) {
+        const node = c.graph.nodes.find((n) => n.op === "input" && n.attrs.name === r.name)!;
+        const rng = new Rng(this.seed).fold(`${r.stage}/${r.tag}`).fold(step);
+        upload(r.name, r.kind === "normal" ? rng.normal(r.size) : rng.uniform(r.size), node.shape, "f32");
+      }
+      let res: Record<string, Buffer>;
+      try {
+        res = await c.prepared.run(ins);
+      } finally {
+        for (const b of temp) this.executor.dispose(b);
+      }
+      for (const [output, key] of Object.entries(c.stateOut)) {
+        this.executor.dispose(this.store.get(key)!);
+        this.store.set(key, res[output]);
+      }
+      for (const [output, metric] of Object.entries(c.metrics)) {
+        out[metric] = (await this.executor.read(res[output]))[0];
+      }
+      for (const [name, b] of Object.entries(res)) if (!(name in c.stateOut)) this.executor.dispose(b);
+    }
+    return out;
+  }
+
+  /** e ← decay·e + (1 − decay)·p for a model, on the executor (compiled once per model). */
+  async updateEma(model: string, decay: number): Promise<void> {
+    const key = storeKey.ema(model), pk = storeKey.model(model);
+    if (!this.store.has(key)) {
+      this.set(key, await this.get(pk));
+      return;
+    }
+    let prep = this.emaGraphs.get(model);
+    if (!prep) {
+      const tr = new Trace();
+      const e = tr.input("e", [this.layouts[model].total]), p = tr.input("p", [this.layouts[model].total]);
+      const d = tr.input("decay", []);
+      prep = await this.executor.prepare(tr.build({ e: ema(e, p, d) }), { resident: ["e"] });
+      this.emaGraphs.set(model, prep);
+    }
+    const db = this.executor.upload(Float32Array.of(decay), [], "f32");
+    const res = await prep.run({ e: this.store.get(key)!, p: this.store.get(pk)!, decay: db });
+    this.executor.dispose(db);
+    this.executor.dispose(this.store.get(key)!);
+    this.store.set(key, res.e);
+  }
+
+  /** Frees everything on the executor. */
+  async dispose(): Promise<void> {
+    for (const b of this.store.values()) this.executor.dispose(b);
+    this.store.clear();
+    for (const c of this.compiled) await c.prepared.dispose();
+    for (const p of this.emaGraphs.values()) await p.dispose();
+  }
+}
+
+function layouts(out: Record<string, Layout>, name: string, shapes: Record<string, number[]>) {
+  out[name] = layoutOf(shapes);
+}

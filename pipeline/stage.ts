@@ -1,0 +1,236 @@
+/**
+ * What a stage is: its ports, its parameter schema, the models it uses, and one of four roles.
+ *
+ * - `host`: runs on the host every step and produces tensors (data loading, text encoding).
+ * - `traced`: differentiable; traced into the compiled graph of every update phase that needs it.
+ * - `optimizer`: closes an update phase: differentiates its `loss` input and updates its models' parameters.
+ * - `effect`: runs on the host at its cadence for side effects (checkpoints, metrics, samples), after the step.
+ *
+ * A stage kind is one file that exports a `StageDef`, plus one line in `stages/mod.ts` (or a user's own
+ * `registerStage` call). Configs can only name registered kinds: they never import or execute code.
+ *
+ * @module
+ */
+import type { z } from "zod";
+import type { HostArray } from "../engine/executors/executor.ts";
+import type { DType } from "../engine/ir.ts";
+import type { Rng } from "../engine/rng.ts";
+import type { Tensor } from "../engine/tensor.ts";
+
+/** The type of a port: dtype and static shape ([] for a scalar). */
+export interface PortSpec {
+  dtype: DType;
+  shape: number[];
+}
+
+/** What a stage sees while its outputs are typed (before step 1). */
+export interface TypeContext<P> {
+  params: P;
+  /** Types of the connected inputs. */
+  inputs: Record<string, PortSpec>;
+  /** Declared models (name → kind and resolved parameter shapes). */
+  models: Record<string, ModelInfo>;
+  /** Declared datasets (name → its resolved description). */
+  datasets: Record<string, DatasetInfo>;
+}
+
+/** A declared model, as stages see it while typing and tracing. */
+export interface ModelInfo {
+  name: string;
+  kind: string;
+  params: unknown;
+  /** Parameter path → shape. */
+  shapes: Record<string, number[]>;
+}
+
+/** A declared dataset. */
+export interface DatasetInfo {
+  name: string;
+  kind: string;
+  params: unknown;
+}
+
+/** Thrown by a stage's `types` when its inputs or params do not fit; reported at the stage's config position. */
+export class StageTypeError extends Error {
+  override name = "StageTypeError";
+  /** Config path below the stage (e.g. ["inputs", "x"]) where the problem is, for the file:line:col. */
+  constructor(message: string, readonly at: (string | number)[] = []) {
+    super(message);
+  }
+}
+
+/** `f32[2,3]` */
+export const fmtSpec = (s: PortSpec): string => `${s.dtype}[${s.shape.join(",")}]`;
+
+/**
+ * Checks an input port's type in a stage's `types`: `shape` entries of -1 match any size. Returns the spec, or throws
+ * a `StageTypeError` located at the input.
+ */
+export function expectPort(
+  inputs: Record<string, PortSpec>,
+  port: string,
+  want: { dtype?: PortSpec["dtype"]; shape?: number[]; rank?: number },
+): PortSpec {
+  const got = inputs[port];
+  if (!got) throw new StageTypeError(`input "${port}" is not connected`, ["inputs"]);
+  const shapeOk = !want.shape ||
+    (want.shape.length === got.shape.length && want.shape.every((d, i) => d === -1 || d === got.shape[i]));
+  const rankOk = want.rank === undefined || got.shape.length === want.rank;
+  if ((want.dtype && got.dtype !== want.dtype) || !shapeOk || !rankOk) {
+    const exp = want.shape
+      ? `${want.dtype ?? got.dtype}[${want.shape.map((d) => (d === -1 ? "*" : d)).join(",")}]`
+      : `${want.dtype ?? got.dtype} of rank ${want.rank ?? got.shape.length}`;
+    throw new StageTypeError(`input "${port}" is ${fmtSpec(got)}, expected ${exp}`, ["inputs", port]);
+  }
+  return got;
+}
+
+/** What a traced stage gets while its graph is built. */
+export interface TraceContext {
+  /** Name of the stage being traced. */
+  stage: string;
+  /** The model's parameters in this phase, as traced tensors (nested by dotted path). */
+  model(name: string): Record<string, Tensor>;
+  /** Applies a declared model to traced inputs. */
+  apply(name: string, inputs: Record<string, Tensor>): Record<string, Tensor>;
+  /** Standard-normal noise of `shape`, drawn on the host per step (same values whichever executor runs it). */
+  normal(tag: string, shape: number[]): Tensor;
+  /** Uniform [0, 1) noise of `shape`, drawn per step on the host. */
+  uniform(tag: string, shape: number[]): Tensor;
+  /** Logs a scalar under `<stage>.<name>` each time the phase runs. */
+  metric(name: string, value: Tensor): void;
+  /** The 1-based step, as a traced f32 scalar. */
+  step: Tensor;
+}
+
+/** What a host stage gets each step. */
+export interface HostContext {
+  stage: string;
+  /** The run's seed. */
+  seed: number;
+  /** The 1-based step. */
+  step: number;
+  /** A generator for this stage and step (the same on resume). */
+  rng: Rng;
+  /** Folder of the run's outputs. */
+  out: string;
+  /** A declared dataset, loaded once per run. */
+  dataset(name: string): Promise<Dataset>;
+}
+
+/** What an effect stage gets when it fires. */
+export interface EffectContext extends HostContext {
+  /** Reads a model's current parameters (or its EMA with `ema: true`) back to the host. */
+  readModel(name: string, opts?: { ema?: boolean }): Promise<Record<string, Float32Array>>;
+  /** Latest value of every logged scalar. */
+  metrics: Record<string, number>;
+  /** Updates a model's EMA on the executor: e ← decay·e + (1 − decay)·p (the first call copies p). */
+  updateEma(model: string, decay: number): Promise<void>;
+  /** Writes a checkpoint now (the checkpoint stage's job). */
+  saveCheckpoint(keep: number): Promise<string>;
+  /** True when this is the last step of the run. */
+  last: boolean;
+  /** Prints a line without breaking the progress bar. */
+  log(line: string): void;
+}
+
+/** The roles of stages; see the module doc. */
+export type StageRole = "host" | "traced" | "optimizer" | "effect";
+
+/** A stage kind. `P` is its parameter type after defaults. */
+export interface StageDef<P = unknown> {
+  kind: string;
+  /** One line shown in `--dry-run` and docs. */
+  doc: string;
+  role: StageRole;
+  /** Parameter schema with documented defaults; unknown keys must be rejected (use `z.strictObject`). */
+  params: z.ZodType<P>;
+  /** Names of input ports; those ending in `?` are optional; `["*"]` accepts any names (checked by `types`). */
+  inputs: readonly string[];
+  /** Output port types given params and input types; throw `StageTypeError` on a mismatch. */
+  types(ctx: TypeContext<P>): Record<string, PortSpec>;
+  /** Names of declared models the stage uses (checked to exist). */
+  models?(params: P): string[];
+  /** Names of declared datasets the stage uses (checked to exist). */
+  datasets?(params: P): string[];
+  /** `host` role: produces this step's outputs. */
+  host?(ctx: HostContext, params: P, inputs: Record<string, HostArray>): Promise<Record<string, HostArray>>;
+  /** `traced` role: builds outputs from inputs. */
+  trace?(ctx: TraceContext, params: P, inputs: Record<string, Tensor>): Record<string, Tensor>;
+  /** `effect` role: also fire on the last step whatever the cadence (checkpoints, final samples). */
+  alsoLast?: boolean;
+  /** `effect` role: side effects at the stage's cadence. */
+  effect?(ctx: EffectContext, params: P, inputs: Record<string, HostArray>): Promise<void>;
+}
+
+/** A model kind: parameter shapes, initialisation, and a traced forward pass. */
+export interface ModelDef<P = unknown> {
+  kind: string;
+  doc: string;
+  params: z.ZodType<P>;
+  /** Parameter path → shape. */
+  shapes(params: P): Record<string, number[]>;
+  /** Initial values (the scheduler may instead load them from a file). */
+  init(params: P, rng: Rng): Record<string, Float32Array>;
+  /** Output port types given input types. */
+  types(params: P, inputs: Record<string, PortSpec>): Record<string, PortSpec>;
+  /** The forward pass. `p` maps parameter paths to tensors. */
+  apply(params: P, p: Record<string, Tensor>, inputs: Record<string, Tensor>): Record<string, Tensor>;
+}
+
+/** A loaded dataset: examples addressed by index, each a set of named fields. */
+export interface Dataset {
+  size: number;
+  /** Copies the examples at `indices` into one batch per field (leading axis = batch). */
+  batch(indices: ArrayLike<number>): Record<string, HostArray>;
+}
+
+/** A dataset kind, which data-load stages read from. */
+export interface DatasetDef<P = unknown> {
+  kind: string;
+  doc: string;
+  params: z.ZodType<P>;
+  /** Fields of one example (without the batch axis). */
+  fields(params: P): Record<string, PortSpec>;
+  /** Loads (or generates) the examples. `seed` is the run's seed. */
+  load(params: P, seed: number): Promise<Dataset>;
+}
+
+// deno-lint-ignore no-explicit-any
+type AnyStage = StageDef<any>;
+// deno-lint-ignore no-explicit-any
+type AnyModel = ModelDef<any>;
+// deno-lint-ignore no-explicit-any
+type AnyDataset = DatasetDef<any>;
+
+const stages = new Map<string, AnyStage>();
+const models = new Map<string, AnyModel>();
+const datasets = new Map<string, AnyDataset>();
+
+function register<T extends { kind: string }>(table: Map<string, T>, what: string, def: T): void {
+  if (!/^[a-z][a-z0-9_.]*$/.test(def.kind)) throw new Error(`${what} kind "${def.kind}" must be lower_snake.dotted`);
+  if (table.has(def.kind) && table.get(def.kind) !== def) {
+    throw new Error(`${what} kind "${def.kind}" is registered twice`);
+  }
+  table.set(def.kind, def);
+}
+
+/** Registers a stage kind (one line per kind in `stages/mod.ts`; users call it from their own module). */
+export function registerStage<P>(def: StageDef<P>): void {
+  register(stages, "stage", def as AnyStage);
+}
+/** Registers a model kind. */
+export function registerModel<P>(def: ModelDef<P>): void {
+  register(models, "model", def as AnyModel);
+}
+/** Registers a dataset kind. */
+export function registerDataset<P>(def: DatasetDef<P>): void {
+  register(datasets, "dataset", def as AnyDataset);
+}
+
+/** The registered stage kinds. */
+export const stageKinds = (): ReadonlyMap<string, AnyStage> => stages;
+/** The registered model kinds. */
+export const modelKinds = (): ReadonlyMap<string, AnyModel> => models;
+/** The registered dataset kinds. */
+export const datasetKinds = (): ReadonlyMap<string, AnyDataset> => datasets;

@@ -1,0 +1,27 @@
+/**
+ * The built-in stage, model and dataset kinds: one registration line each. Importing this module registers them.
+ *
+ * @module
+ */
+import { registerDataset, registerModel, registerStage } from "../pipeline/stage.ts";
+import { checkpoint } from "./checkpoint.ts";
+import { dataLoad } from "./data_load.ts";
+import { toyFunction } from "./data/toy_function.ts";
+import { emaStage } from "./ema.ts";
+import { metrics } from "./metrics.ts";
+import { model } from "./model.ts";
+import { mse } from "./mse.ts";
+import { optimizer } from "./optimizer.ts";
+import { mlp } from "../models/mlp.ts";
+
+registerStage(dataLoad);
+registerStage(model);
+registerStage(mse);
+registerStage(optimizer);
+registerStage(emaStage);
+registerStage(checkpoint);
+registerStage(metrics);
+
+registerModel(mlp);
+
+registerDataset(toyFunction);

@@ -1,0 +1,35 @@
+/**
+ * `optimizer`: closes an update phase. Differentiates its scalar `loss` and updates the named models with AdamW
+ * (decoupled weight decay; β1 = 0 allowed, as ADD's discriminator uses), optionally clipping by global norm.
+ * Its cadence (`every`) is the phase's.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { expectPort, type StageDef } from "../pipeline/stage.ts";
+
+const Params = z.strictObject({
+  /** Models whose parameters this optimizer updates. */
+  models: z.array(z.string()).min(1),
+  lr: z.number().positive().default(1e-3),
+  beta1: z.number().min(0).max(1).lt(1).default(0.9),
+  beta2: z.number().min(0).lt(1).default(0.999),
+  eps: z.number().positive().default(1e-8),
+  weight_decay: z.number().min(0).default(0),
+  /** Clip gradients to this global L2 norm (off when absent). */
+  clip_norm: z.number().positive().optional(),
+});
+
+/** The optimizer stage. */
+export const optimizer: StageDef<z.output<typeof Params>> = {
+  kind: "optimizer",
+  doc: "AdamW update of its models from the gradient of its loss; one compiled graph per optimizer",
+  role: "optimizer",
+  params: Params,
+  inputs: ["loss"],
+  models: (p) => p.models,
+  types: ({ inputs }) => {
+    expectPort(inputs, "loss", { dtype: "f32", shape: [] });
+    return {};
+  },
+};
