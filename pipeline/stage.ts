@@ -183,6 +183,10 @@ export interface Dataset {
   size: number;
   /** Copies the examples at `indices` into one batch per field (leading axis = batch). */
   batch(indices: ArrayLike<number>): Record<string, HostArray>;
+  /** Captioned datasets: the distinct captions, indexed by the `caption_id` field. */
+  captions?: string[];
+  /** Captioned datasets: the caption of example `i`. */
+  captionOf?(i: number): string;
 }
 
 /** A dataset kind, which data-load stages read from. */

@@ -7,6 +7,9 @@ import { registerDataset, registerModel, registerStage } from "../pipeline/stage
 import { checkpoint } from "./checkpoint.ts";
 import { dataLoad } from "./data_load.ts";
 import { toyFunction } from "./data/toy_function.ts";
+import { emoji } from "./data/emoji.ts";
+import { fashionMnist } from "./data/fashion_mnist.ts";
+import { imageFolder } from "./data/image_folder.ts";
 import { emaStage } from "./ema.ts";
 import { metrics } from "./metrics.ts";
 import { model } from "./model.ts";
@@ -25,3 +28,6 @@ registerStage(metrics);
 registerModel(mlp);
 
 registerDataset(toyFunction);
+registerDataset(emoji);
+registerDataset(fashionMnist);
+registerDataset(imageFolder);
