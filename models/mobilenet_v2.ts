@@ -1,0 +1,408 @@
+/**
+ * The MobileNetV2 feature network shipped inside npm `nsfwjs@4.3.0` (ImageNet backbone fine-tuned by nsfwjs, MIT),
+ * read from the package's files and rebuilt as a traced engine function. It is the fixed network of the FID proxy
+ * (`fid.ts`) and the feature network of the ADD discriminator.
+ *
+ * The package ships a Keras 2.2.4 model in tfjs layers format: `dist/models/mobilenet_v2/model.min.js` (topology and
+ * weight manifest) and `group1-shard1of1.min.js` (the weights as one base64 string), both wrapped in browserify UMD
+ * bundles. Every weight is uint8-quantized (`value = q·scale + min`, as tfjs decodes it). BatchNormalization is folded
+ * into the preceding convolution in float64, so the traced graph is conv + bias (+ ReLU6) only.
+ *
+ * Preprocessing, as nsfwjs's `infer` does it: pixels / 255 (so inputs in [0, 1], not Keras' usual [-1, 1]), then
+ * `tf.image.resizeBilinear(…, alignCorners = true)` to the model's size. `features` takes the project's [-1, 1] NCHW
+ * images and reproduces both steps inside the graph.
+ *
+ * @module
+ */
+import { add, maximum, mean, minimum, mul } from "../engine/math.ts";
+import { conv } from "../engine/nn.ts";
+import { matmul, transpose } from "../engine/ops.ts";
+import { fail, type Tensor, type Trace } from "../engine/tensor.ts";
+
+/** One weight of a tfjs weights manifest. */
+export interface WeightSpec {
+  name: string;
+  shape: number[];
+  dtype: string;
+  quantization?: { dtype: string; min?: number; scale?: number };
+}
+
+/** A Keras layer as tfjs layers format stores it. */
+export interface KerasLayer {
+  name: string;
+  class_name: string;
+  config: Record<string, unknown>;
+  inbound_nodes: [string, number, number, unknown][][];
+}
+
+/** The files of the model as the package ships them, decoded from their UMD wrappers but otherwise untouched. */
+export interface NsfwjsArtifacts {
+  /** The Keras topology (`modelTopology` of model.json). */
+  modelTopology: { model_config: { config: { layers: KerasLayer[] } } } & Record<string, unknown>;
+  /** The weight manifest's entries, in the order of `weightData`. */
+  weightSpecs: WeightSpec[];
+  /** The raw (quantized) weight bytes. */
+  weightData: Uint8Array;
+}
+
+/** The model folder inside the installed nsfwjs package, found the way nsfwjs's own loader finds it. */
+export function nsfwjsModelDir(): URL {
+  return new URL("../../models/mobilenet_v2/", import.meta.resolve("nsfwjs/models/mobilenet_v2"));
+}
+
+// The bundles are browserify UMD wrappers around one CommonJS module (an object literal, or a base64 string); run
+// the wrapper with a private `module` so nothing lands on the global object.
+function readUmd(url: URL): unknown {
+  let src: string;
+  try {
+    src = Deno.readTextFileSync(url);
+  } catch (e) {
+    throw new Error(`mobilenet_v2: cannot read ${url.pathname}: ${(e as Error).message}`);
+  }
+  const module = { exports: undefined as unknown };
+  new Function("module", "exports", "define", "require", src)(module, {}, undefined, undefined);
+  if (module.exports === undefined) throw new Error(`mobilenet_v2: ${url.pathname} did not export anything`);
+  return module.exports;
+}
+
+/** Reads the topology, manifest and weight bytes of nsfwjs's MobileNetV2 from the package on disk (no network). */
+export function readNsfwjsArtifacts(dir: URL = nsfwjsModelDir()): NsfwjsArtifacts {
+  const json = readUmd(new URL("model.min.js", dir)) as {
+    modelTopology?: NsfwjsArtifacts["modelTopology"];
+    weightsManifest?: { paths: string[]; weights: WeightSpec[] }[];
+  };
+  if (!json.modelTopology?.model_config || !json.weightsManifest) {
+    throw new Error(`mobilenet_v2: ${dir.pathname}model.min.js has no modelTopology/weightsManifest`);
+  }
+  const specs: WeightSpec[] = [], chunks: Uint8Array[] = [];
+  for (const group of json.weightsManifest) {
+    for (const p of group.paths) {
+      const b64 = readUmd(new URL(`${p}.min.js`, dir));
+      if (typeof b64 !== "string") throw new Error(`mobilenet_v2: ${p}.min.js should export a base64 string`);
+      chunks.push(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)));
+    }
+    specs.push(...group.weights);
+  }
+  const weightData = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let off = 0;
+  for (const c of chunks) weightData.set(c, off), off += c.length;
+  return { modelTopology: json.modelTopology, weightSpecs: specs, weightData };
+}
+
+/**
+ * Decodes a tfjs weight blob: float32 as is, uint8/uint16-quantized weights as `q·scale + min` rounded to float32
+ * (the formula and rounding of tfjs's `decodeWeights`). Throws on other encodings and on a size mismatch.
+ */
+export function decodeWeights(specs: readonly WeightSpec[], data: Uint8Array): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  let off = 0;
+  for (const s of specs) {
+    const n = s.shape.reduce((a, b) => a * b, 1);
+    const q = s.quantization;
+    const vals = new Float32Array(n);
+    if (s.dtype !== "float32") throw new Error(`mobilenet_v2: weight ${s.name} has dtype ${s.dtype}, expected float32`);
+    const width = q === undefined ? 4 : q.dtype === "uint8" ? 1 : q.dtype === "uint16" ? 2 : 0;
+    if (width === 0) throw new Error(`mobilenet_v2: weight ${s.name} quantized as ${q!.dtype}; expected uint8/uint16`);
+    if (off + n * width > data.length) throw new Error(`mobilenet_v2: weight data ends inside ${s.name}`);
+    if (q === undefined) {
+      for (let i = 0; i < n; i++) vals[i] = view.getFloat32(off + 4 * i, true);
+    } else {
+      if (typeof q.min !== "number" || typeof q.scale !== "number") {
+        throw new Error(`mobilenet_v2: weight ${s.name} quantization lacks min/scale`);
+      }
+      for (let i = 0; i < n; i++) {
+        const v = width === 1 ? data[off + i] : view.getUint16(off + 2 * i, true);
+        vals[i] = v * q.scale + q.min;
+      }
+    }
+    off += n * width;
+    out.set(s.name, vals);
+  }
+  if (off !== data.length) throw new Error(`mobilenet_v2: ${data.length - off} bytes of weight data left over`);
+  return out;
+}
+
+/** A convolution (BatchNorm folded in) or a residual add, in execution order. */
+type Step =
+  | {
+    kind: "conv";
+    /** Keras name of the conv layer: its weights are `${param}.w` [O, I/g, kh, kw] and `${param}.b` [O]. */
+    param: string;
+    /** Name its output is known by: the BatchNormalization layer folded into it, else the conv itself. */
+    out: string;
+    input: string;
+    /** Zero padding from a preceding ZeroPadding2D, [top, left, bottom, right]. */
+    prePad: [number, number, number, number];
+    same: boolean;
+    stride: number;
+    kernel: number;
+    groups: number;
+  }
+  | { kind: "relu6"; out: string; input: string }
+  | { kind: "add"; out: string; inputs: [string, string] };
+
+/** The layer whose output is the feature map of the FID proxy; the classifier head after it is not built. */
+export const FEATURE_LAYER = "out_relu";
+
+/**
+ * Default feature levels for discriminator heads: the last block output at each stride. At input size S they are
+ * [B, 24, S/4, S/4], [B, 32, S/8, S/8], [B, 96, S/16, S/16] and [B, 320, S/32, S/32].
+ */
+export const DEFAULT_LEVELS: readonly string[] = ["block_2_add", "block_5_add", "block_12_add", "block_16_project_BN"];
+
+/** Options of `MobileNet.features`. */
+export interface FeatureOptions {
+  /** Layer outputs to return (Keras layer names; see `MobileNet.layerNames`). Default `DEFAULT_LEVELS`. */
+  levels?: readonly string[];
+  /**
+   * Square size the images are resized to before the network. Default 96 (fast; 224 is nsfwjs's own size). Use a
+   * multiple of 32 so every stride-2 stage sees an even size, as the fixed ZeroPadding of the Keras model assumes.
+   */
+  size?: number;
+  /** `bilinear` (default): align-corners bilinear, as nsfwjs's `infer`. `nearest`: source pixel ⌊i·in/size⌋. */
+  resize?: "bilinear" | "nearest";
+}
+
+/** The network, its folded weights, and its traced forward pass. */
+export interface MobileNet {
+  /** Folded weights: `${layer}.w` (OIHW) and `${layer}.b`, float32. */
+  params: Record<string, Float32Array>;
+  /** Shapes of `params`. */
+  shapes: Record<string, number[]>;
+  /** Names `features` can return as levels, in execution order (a folded conv goes by its BatchNorm layer's name). */
+  layerNames: readonly string[];
+  /**
+   * Traces the network on `x` [B, 3, H, W] in [-1, 1] (the project's image convention). `pooled` is the global
+   * average of `out_relu` [B, 1280]; `levels` are the requested intermediate maps (NCHW).
+   */
+  features(
+    p: Record<string, Tensor>,
+    x: Tensor,
+    opts?: FeatureOptions,
+  ): { pooled: Tensor; levels: Record<string, Tensor> };
+}
+
+const num = (layer: KerasLayer, key: string): number => {
+  const v = layer.config[key];
+  const n = Array.isArray(v) ? v[0] : v;
+  if (typeof n !== "number") throw new Error(`mobilenet_v2: layer ${layer.name} has no numeric config.${key}`);
+  if (Array.isArray(v) && v.some((d) => d !== n)) {
+    throw new Error(`mobilenet_v2: layer ${layer.name} config.${key} ${JSON.stringify(v)} is not square`);
+  }
+  return n;
+};
+
+/**
+ * Turns the Keras topology into conv/relu6/add steps with BatchNorm folded (float64) into the convs, up to and
+ * including `FEATURE_LAYER`.
+ */
+export function buildMobileNet(art: NsfwjsArtifacts): MobileNet {
+  const w = decodeWeights(art.weightSpecs, art.weightData);
+  const get = (name: string): Float32Array => {
+    const v = w.get(name);
+    if (!v) throw new Error(`mobilenet_v2: weight ${name} missing from the manifest`);
+    return v;
+  };
+  const layers = art.modelTopology.model_config.config.layers;
+  const steps: Step[] = [];
+  const params: Record<string, Float32Array> = {}, shapes: Record<string, number[]> = {};
+  const pads = new Map<string, { src: string; pad: [number, number, number, number] }>();
+  const raw = new Map<string, Extract<Step, { kind: "conv" }>>(); // conv outputs that BN has not yet been folded into
+  const convW = new Map<string, Float64Array>();
+  const known = new Set<string>();
+  let input: string | undefined, done = false;
+  const src = (l: KerasLayer): string[] => (l.inbound_nodes[0] ?? []).map((n) => n[0]);
+  const one = (l: KerasLayer): string => {
+    const s = src(l);
+    if (s.length !== 1 || !(known.has(s[0]) || pads.has(s[0]) || raw.has(s[0]))) {
+      throw new Error(`mobilenet_v2: layer ${l.name} should have one known input, has ${JSON.stringify(s)}`);
+    }
+    return s[0];
+  };
+  for (const l of layers) {
+    if (done) break;
+    const c = l.config;
+    switch (l.class_name) {
+      case "InputLayer":
+        input = l.name;
+        known.add(l.name);
+        break;
+      case "ZeroPadding2D": {
+        const [[t, b], [le, r]] = c.padding as number[][];
+        pads.set(l.name, { src: one(l), pad: [t, le, b, r] });
+        break;
+      }
+      case "Conv2D":
+      case "DepthwiseConv2D": {
+        const dw = l.class_name === "DepthwiseConv2D";
+        if (c.activation !== "linear") throw new Error(`mobilenet_v2: ${l.name} activation ${c.activation}`);
+        if (num(l, "dilation_rate") !== 1) throw new Error(`mobilenet_v2: ${l.name} is dilated`);
+        if (dw && num(l, "depth_multiplier") !== 1) throw new Error(`mobilenet_v2: ${l.name} depth_multiplier ≠ 1`);
+        if (c.padding !== "same" && c.padding !== "valid") {
+          throw new Error(`mobilenet_v2: ${l.name} padding ${JSON.stringify(c.padding)}, expected "same" or "valid"`);
+        }
+        let from = one(l), prePad: [number, number, number, number] = [0, 0, 0, 0];
+        const padded = pads.get(from);
+        if (padded) ({ src: from, pad: prePad } = padded);
+        const kernel = num(l, "kernel_size");
+        const k = get(`${l.name}/${dw ? "depthwise_kernel" : "kernel"}`); // Keras [kh, kw, in, out|multiplier]
+        const spec = art.weightSpecs.find((s) => s.name === `${l.name}/${dw ? "depthwise_kernel" : "kernel"}`)!;
+        const [, , cin, cm] = spec.shape;
+        const cout = dw ? cin : cm;
+        const oihw = new Float64Array(cout * (dw ? 1 : cin) * kernel * kernel);
+        for (let y = 0; y < kernel; y++) {
+          for (let x = 0; x < kernel; x++) {
+            for (let i = 0; i < cin; i++) {
+              for (let o = 0; o < cm; o++) {
+                const v = k[((y * kernel + x) * cin + i) * cm + o];
+                const dst = dw ? ((i * kernel + y) * kernel + x) : (((o * cin + i) * kernel + y) * kernel + x);
+                oihw[dst] = v;
+              }
+            }
+          }
+        }
+        convW.set(l.name, oihw);
+        shapes[`${l.name}.w`] = [cout, dw ? 1 : cin, kernel, kernel];
+        shapes[`${l.name}.b`] = [cout];
+        params[`${l.name}.b`] = c.use_bias ? get(`${l.name}/bias`).slice() : new Float32Array(cout);
+        const step: Step = {
+          kind: "conv",
+          param: l.name,
+          out: l.name,
+          input: from,
+          prePad,
+          same: c.padding === "same",
+          stride: num(l, "strides"),
+          kernel,
+          groups: dw ? cin : 1,
+        };
+        steps.push(step);
+        raw.set(l.name, step);
+        break;
+      }
+      case "BatchNormalization": {
+        const from = one(l);
+        const step = raw.get(from);
+        if (!step) throw new Error(`mobilenet_v2: ${l.name} does not follow a convolution, cannot fold it`);
+        const users = layers.filter((u) => src(u).includes(from)).length;
+        if (users !== 1) throw new Error(`mobilenet_v2: ${from} feeds ${users} layers, cannot fold ${l.name} into it`);
+        const eps = c.epsilon as number;
+        const g = get(`${l.name}/gamma`), be = get(`${l.name}/beta`);
+        const mu = get(`${l.name}/moving_mean`), va = get(`${l.name}/moving_variance`);
+        const wt = convW.get(step.param)!, bias = params[`${step.param}.b`];
+        const per = wt.length / bias.length;
+        for (let o = 0; o < bias.length; o++) {
+          const s = g[o] / Math.sqrt(va[o] + eps);
+          for (let j = 0; j < per; j++) wt[o * per + j] *= s;
+          bias[o] = (bias[o] - mu[o]) * s + be[o];
+        }
+        raw.delete(from);
+        step.out = l.name;
+        known.add(l.name);
+        break;
+      }
+      case "ReLU": {
+        if (c.max_value !== 6 || (c.negative_slope ?? 0) !== 0 || (c.threshold ?? 0) !== 0) {
+          throw new Error(`mobilenet_v2: ${l.name} is not ReLU6 (config ${JSON.stringify(c)})`);
+        }
+        steps.push({ kind: "relu6", out: l.name, input: one(l) });
+        known.add(l.name);
+        done = l.name === FEATURE_LAYER;
+        break;
+      }
+      case "Add": {
+        const s = src(l);
+        if (s.length !== 2 || !s.every((n) => known.has(n))) throw new Error(`mobilenet_v2: ${l.name} inputs ${s}`);
+        steps.push({ kind: "add", out: l.name, inputs: [s[0], s[1]] });
+        known.add(l.name);
+        break;
+      }
+      default:
+        throw new Error(`mobilenet_v2: layer ${l.name} of class ${l.class_name} before ${FEATURE_LAYER}`);
+    }
+  }
+  if (!done || input === undefined) throw new Error(`mobilenet_v2: topology has no input or no ${FEATURE_LAYER}`);
+  if (raw.size) throw new Error(`mobilenet_v2: convolutions without BatchNorm: ${[...raw.keys()]}`);
+  for (const [name, wt] of convW) params[`${name}.w`] = Float32Array.from(wt);
+  const layerNames = steps.map((s) => s.out);
+  const inputName = input;
+
+  const features: MobileNet["features"] = (p, x, opts = {}) => {
+    const size = opts.size ?? 96;
+    const want = opts.levels ?? DEFAULT_LEVELS;
+    for (const n of want) if (!layerNames.includes(n)) fail("mobilenet_v2.features", `unknown level "${n}"`);
+    if (x.ndim !== 4 || x.shape[1] !== 3) fail("mobilenet_v2.features", `expects x [B,3,H,W], got ${x}`);
+    if (!Number.isInteger(size) || size < 32) fail("mobilenet_v2.features", `size must be an integer ≥ 32`);
+    for (const k of Object.keys(shapes)) {
+      const t = p[k];
+      if (!t || t.shape.join(",") !== shapes[k].join(",")) {
+        fail("mobilenet_v2.features", `param "${k}" should be [${shapes[k]}], got ${t ?? "nothing"}`);
+      }
+    }
+    const vals = new Map<string, Tensor>([[inputName, resize(mul(add(x, 1), 0.5), size, opts.resize ?? "bilinear")]]);
+    for (const s of steps) {
+      if (s.kind === "add") vals.set(s.out, add(vals.get(s.inputs[0])!, vals.get(s.inputs[1])!));
+      else if (s.kind === "relu6") vals.set(s.out, minimum(maximum(vals.get(s.input)!, 0), 6));
+      else {
+        const h = vals.get(s.input)!;
+        const pad = [...s.prePad] as [number, number, number, number];
+        if (s.same) {
+          for (const ax of [0, 1]) {
+            const n = h.shape[2 + ax] + s.prePad[ax] + s.prePad[ax + 2];
+            const total = Math.max((Math.ceil(n / s.stride) - 1) * s.stride + s.kernel - n, 0);
+            pad[ax] += Math.floor(total / 2);
+            pad[ax + 2] += total - Math.floor(total / 2);
+          }
+        }
+        vals.set(s.out, conv(h, p[`${s.param}.w`], p[`${s.param}.b`], { stride: s.stride, pad, groups: s.groups }));
+      }
+    }
+    const levels: Record<string, Tensor> = {};
+    for (const n of want) levels[n] = vals.get(n)!;
+    return { pooled: mean(vals.get(FEATURE_LAYER)!, [2, 3]), levels };
+  };
+  return { params, shapes, layerNames, features };
+}
+
+/** Reads nsfwjs's MobileNetV2 from the installed package and builds it (about 0.1 s). */
+export function loadMobileNetV2(): Promise<MobileNet> {
+  return Promise.resolve(buildMobileNet(readNsfwjsArtifacts()));
+}
+
+/** Declares every parameter of `net` as a graph input named `${prefix}${key}`. */
+export function paramInputs(tr: Trace, net: MobileNet, prefix = "mobilenet."): Record<string, Tensor> {
+  const out: Record<string, Tensor> = {};
+  for (const [k, s] of Object.entries(net.shapes)) out[k] = tr.input(`${prefix}${k}`, s);
+  return out;
+}
+
+/**
+ * The [out, in] interpolation matrix of a 1-D resize. Bilinear uses align-corners source positions i·(in−1)/(out−1),
+ * as `tf.image.resizeBilinear(…, true)`; nearest takes pixel ⌊i·in/out⌋.
+ */
+export function resizeMatrix(inSize: number, outSize: number, mode: "bilinear" | "nearest"): Float32Array {
+  const m = new Float32Array(outSize * inSize);
+  for (let i = 0; i < outSize; i++) {
+    if (mode === "nearest") {
+      m[i * inSize + Math.min(inSize - 1, Math.floor((i * inSize) / outSize))] = 1;
+      continue;
+    }
+    // tfjs computes the position as ratio·i; the same order of operations gives the same rounding.
+    const pos = outSize > 1 ? ((inSize - 1) / (outSize - 1)) * i : 0;
+    const lo = Math.floor(pos), hi = Math.min(lo + 1, inSize - 1), f = pos - lo;
+    m[i * inSize + lo] += 1 - f;
+    m[i * inSize + hi] += f;
+  }
+  return m;
+}
+
+// Separable resize as two matmuls with constant matrices: exact for any sizes, and differentiable.
+function resize(x: Tensor, size: number, mode: "bilinear" | "nearest"): Tensor {
+  const [, , h, w] = x.shape;
+  if (h === size && w === size) return x;
+  const tr = x.trace;
+  const ah = tr.constant(resizeMatrix(h, size, mode), [size, h]);
+  const awT = tr.constant(resizeMatrix(w, size, mode), [size, w]);
+  return matmul(matmul(ah, x), transpose(awT));
+}

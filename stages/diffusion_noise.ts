@@ -1,0 +1,53 @@
+/**
+ * `diffusion_noise`: the forward process of a diffusion training step (Ho et al. 2020). Draws t uniformly over the
+ * schedule's timesteps and ε ~ N(0, I) per example, and gives x_t = α_t x0 + σ_t ε, the timesteps, and the
+ * regression target of the chosen parameterisation (ε, or v = α ε − σ x0 of Salimans & Ho 2022; v is the one that
+ * stays defined at zero terminal SNR, Lin et al. 2024).
+ *
+ * @module
+ */
+import { z } from "zod";
+import { mul } from "../engine/math.ts";
+import { cast, gather, reshape } from "../engine/ops.ts";
+import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
+import { noiseTraced, vTarget } from "../models/diffusion/traced.ts";
+import { expectPort, type StageDef } from "../pipeline/stage.ts";
+
+const Params = z.strictObject({
+  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  prediction: z.enum(["eps", "v"]).default("v"),
+});
+
+/** The diffusion_noise stage. */
+export const diffusionNoise: StageDef<z.output<typeof Params>> = {
+  kind: "diffusion_noise",
+  doc: "x_t = α_t x0 + σ_t ε at uniform random t; outputs x_t, t and the ε or v target",
+  role: "traced",
+  params: Params,
+  inputs: ["x0"],
+  types: ({ inputs }) => {
+    const x0 = expectPort(inputs, "x0", { dtype: "f32", rank: 4 });
+    const b = x0.shape[0];
+    return {
+      x_t: { dtype: "f32", shape: [...x0.shape] },
+      t: { dtype: "f32", shape: [b] },
+      target: { dtype: "f32", shape: [...x0.shape] },
+    };
+  },
+  trace: (ctx, p, { x0 }) => {
+    const s = makeSchedule(p.schedule);
+    const T = s.alphasCumprod.length, b = x0.shape[0];
+    const tr = x0.trace;
+    const alphas = tr.constant(Array.from(s.alphasCumprod, (a) => Math.sqrt(a)), [T]);
+    const sigmas = tr.constant(Array.from(s.alphasCumprod, (a) => Math.sqrt(1 - a)), [T]);
+    // Truncation of u·T with u in [0, 1) is a uniform integer in [0, T).
+    const ti = cast(mul(ctx.uniform("t", [b]), T), "i32");
+    const alpha = reshape(gather(alphas, ti), [b, 1, 1, 1]), sigma = reshape(gather(sigmas, ti), [b, 1, 1, 1]);
+    const eps = ctx.normal("eps", [...x0.shape]);
+    return {
+      x_t: noiseTraced(x0, eps, alpha, sigma),
+      t: cast(ti, "f32"),
+      target: p.prediction === "v" ? vTarget(x0, eps, alpha, sigma) : eps,
+    };
+  },
+};
