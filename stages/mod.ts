@@ -15,6 +15,7 @@ import { metrics } from "./metrics.ts";
 import { model } from "./model.ts";
 import { mse } from "./mse.ts";
 import { optimizer } from "./optimizer.ts";
+import { textEncode } from "./text_encode.ts";
 import { mlp } from "../models/mlp.ts";
 
 registerStage(dataLoad);
@@ -24,6 +25,7 @@ registerStage(optimizer);
 registerStage(emaStage);
 registerStage(checkpoint);
 registerStage(metrics);
+registerStage(textEncode);
 
 registerModel(mlp);
 

@@ -504,6 +504,15 @@ export function onnxOutputNames(graph: Graph): string[] {
   });
 }
 
+/** Options of `lowerToOnnx` for models handed to other ONNX consumers. */
+export interface LowerOptions {
+  /**
+   * i32 graph inputs to declare as int64 instead, each followed by a Cast to int32. The IR has no int64, but
+   * consumers such as transformers.js feed token ids as int64.
+   */
+  int64Inputs?: readonly string[];
+}
+
 /**
  * Lowers an IR graph to a serialized ONNX model (opset 17, ir_version 8).
  *
@@ -511,7 +520,12 @@ export function onnxOutputNames(graph: Graph): string[] {
  * output named by `onnxOutputNames`. `target` picks per-executor lowerings (the conv weight gradient is a batched
  * MatMul on cpu/wasm and a Conv over batch-transposed tensors on webgpu; sign avoids a CPU fallback on webgpu).
  */
-export function lowerToOnnx(graph: Graph, target: OnnxTarget): Uint8Array {
+export function lowerToOnnx(graph: Graph, target: OnnxTarget, opts: LowerOptions = {}): Uint8Array {
+  const int64 = new Set(opts.int64Inputs ?? []);
+  for (const name of int64) {
+    const n = graph.nodes.find((m) => m.op === "input" && m.attrs.name === name);
+    if (!n || n.dtype !== "i32") throw new Error(`lowerToOnnx: int64Inputs names "${name}", which is no i32 input`);
+  }
   const b = new Builder(namePrefix(graph));
   const outNames = onnxOutputNames(graph);
 
@@ -526,7 +540,10 @@ export function lowerToOnnx(graph: Graph, target: OnnxTarget): Uint8Array {
   const inputs: ValueInfoDef[] = [];
   const names: string[] = new Array(graph.nodes.length);
   graph.nodes.forEach((n, i) => {
-    if (n.op === "input") {
+    if (n.op === "input" && int64.has(n.attrs.name)) {
+      inputs.push({ name: n.attrs.name, elemType: DataType.INT64, dims: n.shape });
+      names[i] = b.op("Cast", [n.attrs.name], [{ name: "to", i: DataType.INT32 }]);
+    } else if (n.op === "input") {
       names[i] = n.attrs.name;
       inputs.push({ name: n.attrs.name, elemType: onnxType(n.dtype), dims: n.shape });
     } else if (n.op === "const") {

@@ -1,0 +1,126 @@
+/**
+ * Image generation with a UNet on an executor: the UNet's inference graph is compiled once per batch size, its
+ * weights uploaded once, and wrapped as a sampler `Denoiser`; then any sampler of `samplers.ts` runs on it, with
+ * classifier-free guidance when asked.
+ *
+ * @module
+ */
+import type { Buffer, Executor, Prepared } from "../../engine/executors/executor.ts";
+import { layoutOf, packHost, unpack } from "../../engine/pack.ts";
+import { Rng } from "../../engine/rng.ts";
+import { Trace } from "../../engine/tensor.ts";
+import { unet, unetForward, type UNetParams } from "../unet.ts";
+import { cfg, type Denoiser, type Prediction, sampleAdd, sampleDdim, sampleDdpm, sampleEuler } from "./samplers.ts";
+import type { Schedule } from "./schedules.ts";
+
+/** Text conditioning of a batch: hidden states [B, L, D] and pooled [B, P], flattened. */
+export interface TextBatch {
+  tokens: Float32Array;
+  pooled: Float32Array;
+  length: number;
+}
+
+/** A UNet compiled on an executor for one batch size. */
+export class UNetRunner {
+  private constructor(
+    private readonly executor: Executor,
+    private readonly prepared: Prepared,
+    private readonly weights: Buffer,
+    readonly u: UNetParams,
+    readonly batch: number,
+    readonly textLength: number,
+  ) {}
+
+  /** Compiles the UNet for `batch` images and text of `textLength` tokens, and uploads `weights`. */
+  static async create(
+    executor: Executor,
+    u: UNetParams,
+    weights: Record<string, Float32Array>,
+    batch: number,
+    textLength: number,
+  ): Promise<UNetRunner> {
+    const layout = layoutOf(unet.shapes(u));
+    const tr = new Trace();
+    const flat = tr.input("weights", [layout.total]);
+    const x = tr.input("x", [batch, u.in_channels, u.size, u.size]), t = tr.input("t", [batch]);
+    const tokens = u.context_dim ? tr.input("tokens", [batch, textLength, u.context_dim]) : undefined;
+    const pooled = u.pooled_dim ? tr.input("pooled", [batch, u.pooled_dim]) : undefined;
+    const out = unetForward(u, unpack(flat, layout), x, t, tokens, pooled);
+    const prepared = await executor.prepare(tr.build({ out }));
+    const wbuf = executor.upload(packHost(weights, layout), [layout.total], "f32");
+    return new UNetRunner(executor, prepared, wbuf, u, batch, textLength);
+  }
+
+  /** One evaluation: x [B, C, S, S] at integer timestep t for every image. */
+  async run(x: Float32Array, t: number, text: TextBatch): Promise<Float32Array> {
+    const ex = this.executor, b = this.batch, u = this.u;
+    const bufs: Record<string, Buffer> = {
+      weights: this.weights,
+      x: ex.upload(x, [b, u.in_channels, u.size, u.size], "f32"),
+      t: ex.upload(new Float32Array(b).fill(t), [b], "f32"),
+    };
+    if (u.context_dim) bufs.tokens = ex.upload(text.tokens, [b, this.textLength, u.context_dim], "f32");
+    if (u.pooled_dim) bufs.pooled = ex.upload(text.pooled, [b, u.pooled_dim], "f32");
+    try {
+      const res = await this.prepared.run(bufs);
+      const out = Float32Array.from(await ex.read(res.out));
+      ex.dispose(res.out);
+      return out;
+    } finally {
+      for (const [k, v] of Object.entries(bufs)) if (k !== "weights") ex.dispose(v);
+    }
+  }
+
+  /** The runner as a sampler denoiser for fixed text conditioning. */
+  denoiser(prediction: Prediction, text: TextBatch): Denoiser {
+    return { prediction, predict: (x, t) => this.run(x, t, text) };
+  }
+
+  /** Frees the compiled graph and the weights. */
+  async dispose(): Promise<void> {
+    this.executor.dispose(this.weights);
+    await this.prepared.dispose();
+  }
+}
+
+/** Sampler settings. */
+export interface SampleSettings {
+  sampler: "ddpm" | "ddim" | "euler" | "add";
+  steps: number;
+  /** Classifier-free guidance scale; 1 (or less) means no guidance. */
+  guidance: number;
+  prediction: Prediction;
+}
+
+/**
+ * Generates one image per seed from pure noise (the seed fixes the noise, so a prompt/seed pair always gives the same
+ * image). `text` conditions each image; `empty` is the empty caption's conditioning, for guidance.
+ */
+export async function generate(
+  runner: UNetRunner,
+  schedule: Schedule,
+  s: SampleSettings,
+  seeds: readonly number[],
+  text: TextBatch,
+  empty?: TextBatch,
+): Promise<Float32Array> {
+  const u = runner.u, per = u.in_channels * u.size * u.size;
+  const xT = new Float32Array(seeds.length * per);
+  seeds.forEach((seed, i) => xT.set(new Rng(seed).fold("xT").normal(per), i * per));
+  let d = runner.denoiser(s.prediction, text);
+  if (s.guidance > 1) {
+    if (!empty) throw new Error("generate: guidance > 1 needs the empty caption's conditioning");
+    d = cfg(d, runner.denoiser(s.prediction, empty), s.guidance);
+  }
+  const rng = new Rng(seeds[0] ?? 0).fold("sampler");
+  switch (s.sampler) {
+    case "ddpm":
+      return await sampleDdpm(d, xT, schedule, { steps: s.steps, rng });
+    case "ddim":
+      return await sampleDdim(d, xT, schedule, { steps: s.steps });
+    case "euler":
+      return await sampleEuler(d, xT, schedule, { steps: s.steps });
+    case "add":
+      return await sampleAdd(d, xT, schedule, { steps: s.steps, rng });
+  }
+}

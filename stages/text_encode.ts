@@ -1,0 +1,225 @@
+/**
+ * `text_encode`: caption ids → CLIP text embeddings through transformers.js (`CLIPTextModelWithProjection` and
+ * `AutoTokenizer`), from a local folder (default `models/text_encoder`, made by `deno task build:text-encoder`; loaded
+ * offline) or a Hugging Face hub model id such as `Xenova/clip-vit-base-patch32` (downloaded, so online).
+ *
+ * The caption strings come from the dataset's `captions` (the dataset kind provides them; `caption_id` indexes them).
+ * Each distinct caption is encoded once and cached for the rest of the process, so after the first epoch the stage
+ * only copies cached rows.
+ *
+ * @module
+ */
+import { isAbsolute, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { z } from "zod";
+import type { HostArray } from "../engine/executors/executor.ts";
+import { expectPort, type StageDef, StageTypeError } from "../pipeline/stage.ts";
+
+/** Output sizes of an encoder: ids per caption, hidden width, projection width. */
+export interface EncoderDims {
+  length: number;
+  width: number;
+  projection: number;
+}
+
+const Dims = z.strictObject({
+  length: z.number().int().positive(),
+  width: z.number().int().positive(),
+  projection: z.number().int().positive(),
+});
+
+const Params = z.strictObject({
+  /** Name of a dataset declared under `data:` whose `captions` the `caption_id`s index. */
+  dataset: z.string(),
+  /** A folder (relative to the project root, or absolute) or a hub model id. Default: the committed tiny CLIP. */
+  model: z.string().default("models/text_encoder"),
+  /**
+   * Output sizes, needed only for a hub model (read from config.json for a folder), e.g. `{length: 77, width: 512,
+   * projection: 512}` for Xenova/clip-vit-base-patch32. Checked against the model's outputs on first use.
+   */
+  dims: Dims.optional(),
+});
+type P = z.output<typeof Params>;
+
+const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
+/** Most captions per encoder call when the model takes any batch size. */
+const MAX_CHUNK = 64;
+
+/** A folder path for `model` if it names an existing folder (relative to the project root), else null (a hub id). */
+export function localModelFolder(model: string): string | null {
+  const path = isAbsolute(model) ? model : join(PROJECT_ROOT, model);
+  try {
+    return Deno.statSync(path).isDirectory ? path : null;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+/** Reads a local folder's output sizes from config.json (a CLIP text config, or a full CLIP config's text_config). */
+export function folderDims(folder: string): EncoderDims {
+  const file = join(folder, "config.json");
+  let cfg: Record<string, unknown>;
+  try {
+    const raw = JSON.parse(Deno.readTextFileSync(file));
+    cfg = raw.text_config ?? raw;
+  } catch (e) {
+    throw new Error(`${file}: cannot read the model's config (${(e as Error).message})`);
+  }
+  const get = (k: string) => {
+    const v = cfg[k];
+    if (!Number.isInteger(v) || (v as number) < 1) throw new Error(`${file}: "${k}" must be a positive integer`);
+    return v as number;
+  };
+  return { length: get("max_position_embeddings"), width: get("hidden_size"), projection: get("projection_dim") };
+}
+
+interface Embedding {
+  tokens: Float32Array;
+  pooled: Float32Array;
+}
+
+type Tokenizer = (texts: string[], opts: Record<string, unknown>) => Record<string, unknown>;
+type Model = (inputs: Record<string, unknown>) => Promise<Record<string, { dims: number[]; data: Float32Array }>>;
+
+/** A loaded encoder with its per-caption cache. `calls` counts model invocations (for tests and logs). */
+export class CaptionEncoder {
+  calls = 0;
+  readonly #cache = new Map<string, Embedding>();
+
+  /** `batch`: the model's fixed batch size, or null when it takes any. */
+  constructor(
+    readonly source: string,
+    readonly dims: EncoderDims,
+    private readonly tokenizer: Tokenizer,
+    private readonly model: Model,
+    readonly batch: number | null,
+  ) {}
+
+  /** Number of distinct captions encoded so far. */
+  get cached(): number {
+    return this.#cache.size;
+  }
+
+  /** Embeddings of `captions` as one batch: tokens [n, length, width] and pooled [n, projection], row-major. */
+  async encode(captions: readonly string[]): Promise<Embedding> {
+    const missing = [...new Set(captions.filter((c) => !this.#cache.has(c)))];
+    const chunk = this.batch ?? MAX_CHUNK;
+    for (let i = 0; i < missing.length; i += chunk) {
+      const texts = missing.slice(i, i + chunk);
+      // A fixed-batch model gets full batches; the filler rows are computed and dropped.
+      const fed = this.batch ? [...texts, ...new Array(chunk - texts.length).fill("")] : texts;
+      const inputs = this.tokenizer(fed, { padding: "max_length", truncation: true, max_length: this.dims.length });
+      const out = await this.model(inputs);
+      this.calls++;
+      const { length: l, width: d, projection: p } = this.dims;
+      const h = out.last_hidden_state, e = out.text_embeds;
+      const want = (t: typeof h | undefined, shape: number[]) =>
+        t !== undefined && t.dims.length === shape.length && t.dims.every((x, k) => x === shape[k]);
+      if (!want(h, [fed.length, l, d]) || !want(e, [fed.length, p])) {
+        throw new Error(
+          `text_encode: model "${this.source}" gave last_hidden_state [${h?.dims}] and text_embeds [${e?.dims}], ` +
+            `expected [${fed.length},${l},${d}] and [${fed.length},${p}] (check params.dims)`,
+        );
+      }
+      texts.forEach((c, j) => {
+        this.#cache.set(c, {
+          tokens: Float32Array.from(h.data.subarray(j * l * d, (j + 1) * l * d)),
+          pooled: Float32Array.from(e.data.subarray(j * p, (j + 1) * p)),
+        });
+      });
+    }
+    const { length: l, width: d, projection: p } = this.dims;
+    const tokens = new Float32Array(captions.length * l * d), pooled = new Float32Array(captions.length * p);
+    captions.forEach((c, i) => {
+      const emb = this.#cache.get(c)!;
+      tokens.set(emb.tokens, i * l * d);
+      pooled.set(emb.pooled, i * p);
+    });
+    return { tokens, pooled };
+  }
+}
+
+const encoders = new Map<string, Promise<CaptionEncoder>>();
+
+/**
+ * Loads (once per process) the encoder for `model`: a local folder offline, or a hub id online. `dims` is required
+ * for a hub id.
+ */
+export function loadCaptionEncoder(model: string, dims?: EncoderDims): Promise<CaptionEncoder> {
+  const folder = localModelFolder(model);
+  const key = folder ?? model;
+  let enc = encoders.get(key);
+  if (!enc) {
+    enc = (async () => {
+      const d = folder ? folderDims(folder) : dims;
+      if (!d) throw new Error(`text_encode: "${model}" is no folder, so it is a hub id and needs params.dims`);
+      // Imported here: transformers.js loads onnxruntime-node and sharp, which other stages should not pay for.
+      const { AutoTokenizer, CLIPTextModelWithProjection } = await import("@huggingface/transformers");
+      const opts = { local_files_only: folder !== null };
+      const tokenizer = await AutoTokenizer.from_pretrained(key, opts);
+      const m = await CLIPTextModelWithProjection.from_pretrained(key, { ...opts, device: "cpu", dtype: "fp32" });
+      // transformers.js keeps the onnxruntime session in `sessions.model`; a number as the batch dim means fixed.
+      const meta = (m as unknown as { sessions?: { model?: { inputMetadata?: { shape?: unknown[] }[] } } })
+        .sessions?.model?.inputMetadata?.[0]?.shape?.[0];
+      const batch = typeof meta === "number" && meta > 0 ? meta : null;
+      return new CaptionEncoder(key, d, tokenizer as unknown as Tokenizer, m as unknown as Model, batch);
+    })();
+    encoders.set(key, enc);
+    enc.catch(() => encoders.delete(key));
+  }
+  return enc;
+}
+
+/** The text_encode stage. */
+export const textEncode: StageDef<P> = {
+  kind: "text_encode",
+  doc: "caption ids → CLIP text embeddings (tokens [B,L,D], pooled [B,P]) via transformers.js, cached per caption",
+  role: "host",
+  params: Params,
+  inputs: ["caption_id"],
+  datasets: (p) => [p.dataset],
+  types: ({ params, inputs, datasets }) => {
+    if (!datasets[params.dataset]) {
+      throw new StageTypeError(`dataset "${params.dataset}" is not declared`, ["params", "dataset"]);
+    }
+    const id = expectPort(inputs, "caption_id", { dtype: "i32", rank: 1 });
+    let dims: EncoderDims;
+    const folder = localModelFolder(params.model);
+    if (folder) {
+      try {
+        dims = folderDims(folder);
+      } catch (e) {
+        throw new StageTypeError((e as Error).message, ["params", "model"]);
+      }
+    } else if (params.dims) {
+      dims = params.dims;
+    } else {
+      throw new StageTypeError(
+        `model "${params.model}" is not a folder under the project, so it is read as a hub id, which needs ` +
+          `params.dims {length, width, projection}`,
+        ["params", "model"],
+      );
+    }
+    const b = id.shape[0];
+    return {
+      tokens: { dtype: "f32", shape: [b, dims.length, dims.width] },
+      pooled: { dtype: "f32", shape: [b, dims.projection] },
+    };
+  },
+  host: async (ctx, p, inputs): Promise<Record<string, HostArray>> => {
+    const captions = (await ctx.dataset(p.dataset)).captions;
+    if (!Array.isArray(captions)) {
+      throw new Error(`text_encode: dataset "${p.dataset}" has no captions (its kind must provide \`captions\`)`);
+    }
+    const ids = inputs.caption_id;
+    const texts = Array.from(ids, (i) => {
+      if (!Number.isInteger(i) || i < 0 || i >= captions.length) {
+        throw new Error(`text_encode: caption_id ${i} is outside dataset "${p.dataset}"'s ${captions.length} captions`);
+      }
+      return captions[i];
+    });
+    const { tokens, pooled } = await (await loadCaptionEncoder(p.model, p.dims)).encode(texts);
+    return { tokens, pooled };
+  },
+};
