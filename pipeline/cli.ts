@@ -59,10 +59,13 @@ export async function runCli(
           dryRun?: boolean;
         },
       ) => {
-        const sets = [...o.set];
-        if (o.steps !== undefined) sets.push(`run.steps=${o.steps}`);
-        if (o.out !== undefined) sets.push(`run.out=${JSON.stringify(o.out)}`);
-        if (o.executor !== undefined) sets.push(`run.executor=${o.executor}`);
+        // Named in errors as the user typed them: "--steps abc", not the "--set run.steps=abc" it becomes.
+        const sets: (string | { set: string; from: string })[] = [...o.set];
+        if (o.steps !== undefined) sets.push({ set: `run.steps=${o.steps}`, from: `--steps ${o.steps}` });
+        if (o.out !== undefined) sets.push({ set: `run.out=${JSON.stringify(o.out)}`, from: `--out ${o.out}` });
+        if (o.executor !== undefined) {
+          sets.push({ set: `run.executor=${o.executor}`, from: `--executor ${o.executor}` });
+        }
         let text: string;
         try {
           text = await Deno.readTextFile(file);
@@ -92,11 +95,12 @@ export async function runCli(
             err(e.message);
             code = e.code;
           } else if (e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable) {
-            err(
-              `permission denied: ${
-                (e as Error).message.split("\n")[0]
-              } (the task may only write inside the project; use --out inside it)`,
-            );
+            const msg = (e as Error).message.split("\n")[0];
+            // The hint fits only files outside the task's --allow-read=. --allow-write=.; other denials say their own.
+            const hint = /(read|write) access to/.test(msg)
+              ? " (the task may only read and write inside the project; use --out inside it)"
+              : "";
+            err(`permission denied: ${msg}${hint}`);
             code = 2;
           } else {
             throw e;

@@ -5,13 +5,15 @@
  *
  * @module
  */
-import { isMap, isScalar, LineCounter, parseDocument, type YAMLMap } from "yaml";
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type YAMLMap } from "yaml";
 import { z } from "zod";
 
 /** One config problem: where it is and what was expected. */
 export interface ConfigIssue {
   path: (string | number)[];
   message: string;
+  /** Point at the key at `path` rather than its value (unknown keys, invalid names). */
+  key?: boolean;
 }
 
 /** All the problems found in a config, each formatted as one `file:line:col: message` line. */
@@ -22,8 +24,14 @@ export class ConfigError extends Error {
   }
 }
 
-const NAME = z.string().regex(/^[A-Za-z_][A-Za-z0-9_-]*$/, "a name of letters, digits, _ and -");
-const REF = z.string().regex(/^[A-Za-z_][A-Za-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_-]*$/, "a reference 'stage.port'");
+const NAME = z.string().regex(
+  /^[A-Za-z_][A-Za-z0-9_-]*$/,
+  "a name of letters, digits, _ and - that starts with a letter or _",
+);
+const REF = z.string().regex(
+  /^[A-Za-z_][A-Za-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_-]*$/,
+  "a reference stage.port (like batch.x)",
+);
 
 /** The run section: name, seed, executor, steps, output folder, log cadence. */
 export const RunSchema = z.strictObject({
@@ -69,11 +77,11 @@ export const StageSchema = z.strictObject({
 
 /** The whole config. */
 export const ConfigSchema = z.strictObject({
-  version: z.literal(1, { error: "version: 1 (the only config version)" }),
+  version: z.literal(1, { error: "1 (the only config version)" }),
   run: RunSchema.default({ seed: 0, executor: "auto", steps: 1000, log_every: 10 }),
   models: z.record(NAME, ModelSchema).default({}),
   data: z.record(NAME, DatasetSchema).default({}),
-  stages: z.record(NAME, StageSchema).refine((s) => Object.keys(s).length > 0, "at least one stage"),
+  stages: z.record(NAME, StageSchema).refine((s) => Object.keys(s).length > 0, "expected at least one stage"),
 });
 
 /** A config after the first validation pass (stage/model/dataset params are checked against their kinds later). */
@@ -83,32 +91,57 @@ export type Config = z.output<typeof ConfigSchema>;
 export interface LoadedConfig {
   file: string;
   config: Config;
-  /** Maps a config path to `file:line:col`. */
-  where(path: (string | number)[]): string;
+  /**
+   * Maps a config path to `file:line:col`: the value when the path exists (its key when `atKey`, or when the value
+   * is a mapping), else the key of its nearest existing ancestor; `--set …` when an override put it there.
+   */
+  where(path: (string | number)[], atKey?: boolean): string;
   /** The resolved config as YAML (defaults filled in), for checkpoints. */
   resolvedYaml(): string;
 }
 
-/** Levenshtein distance, for did-you-mean. */
+/**
+ * Edit distance with adjacent transpositions (optimal string alignment), for did-you-mean: "stesp" is one edit
+ * from "steps", as a typist would count it.
+ */
 export function editDistance(a: string, b: string): number {
   const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
   for (let j = 1; j <= b.length; j++) d[0][j] = j;
   for (let i = 1; i <= a.length; i++) {
     for (let j = 1; j <= b.length; j++) {
       d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+      }
     }
   }
   return d[a.length][b.length];
 }
 
-/** ` (did you mean "x"?)` when a known word is close, else "". */
-export function didYouMean(word: string, known: Iterable<string>): string {
-  let best = "", bestD = Infinity;
+/** The closest known word within a third of `word`'s length (at least 1 edit), or undefined. */
+function closest(word: string, known: Iterable<string>): string | undefined {
+  let best: string | undefined, bestD = Infinity;
   for (const k of known) {
     const d = editDistance(word.toLowerCase(), k.toLowerCase());
     if (d < bestD) [best, bestD] = [k, d];
   }
-  return bestD <= Math.max(1, Math.floor(word.length / 3)) ? ` (did you mean "${best}"?)` : "";
+  return bestD <= Math.max(1, Math.floor(word.length / 3)) ? best : undefined;
+}
+
+/** ` (did you mean "x"?)` when a known word is close, else "". */
+export function didYouMean(word: string, known: Iterable<string>): string {
+  const best = closest(word, known);
+  return best === undefined ? "" : ` (did you mean "${best}"?)`;
+}
+
+/**
+ * ` (did you mean "x"?)` when a known word is close, else `; <label>: a, b, c` listing them all — the list only when
+ * there is no suggestion, so a line stays short where the fix is obvious.
+ */
+export function suggest(word: string, known: Iterable<string>, label: string): string {
+  const all = [...known];
+  const best = closest(word, all);
+  return best !== undefined ? ` (did you mean "${best}"?)` : `; ${label}: ${all.join(", ") || "(none)"}`;
 }
 
 /** Keys a zod schema accepts at `path` (through defaults, optionals and records), for did-you-mean. */
@@ -132,36 +165,127 @@ export function keysAt(schema: z.ZodType, path: (string | number)[]): string[] {
   return s?._zod?.def?.type === "object" ? Object.keys(s._zod.def.shape) : [];
 }
 
-/** Formats zod issues as config issues, with did-you-mean on unknown keys. */
-export function zodIssues(error: z.ZodError, schema: z.ZodType, base: (string | number)[] = []): ConfigIssue[] {
+type Path = (string | number)[];
+
+/** The value at `path` inside `root`, and whether its last key exists. */
+function lookup(root: unknown, path: Path): { found: boolean; value: unknown } {
+  let v = root;
+  for (const k of path) {
+    if (v === null || typeof v !== "object" || !Object.hasOwn(v, k)) return { found: false, value: undefined };
+    v = (v as Record<string | number, unknown>)[k];
+  }
+  return { found: true, value: v };
+}
+
+const quote = (path: Path) => (path.length ? `"${path.join(".")}"` : "config");
+
+/**
+ * Formats zod issues as config issues, with did-you-mean on unknown keys. `input` is the value that was parsed (at
+ * `base`): with it, a wrong value is told from a missing one and shown as it was written.
+ */
+export function zodIssues(error: z.ZodError, schema: z.ZodType, base: Path = [], input?: unknown): ConfigIssue[] {
   const out: ConfigIssue[] = [];
+  // A misspelt key also leaves the key it meant missing; the did-you-mean says it all.
+  const meant = new Set<string>();
+  const missing: { parent: Path; key: string | number; issue: ConfigIssue }[] = [];
   for (const issue of error.issues) {
-    const path = [...base, ...issue.path.map((p) => (typeof p === "symbol" ? String(p) : p))];
+    const rel = issue.path.map((p) => (typeof p === "symbol" ? String(p) : p));
+    const path = [...base, ...rel];
     if (issue.code === "unrecognized_keys") {
-      const known = keysAt(schema, issue.path as (string | number)[]);
+      const known = keysAt(schema, rel);
       for (const key of issue.keys) {
+        const best = closest(key, known);
+        if (best !== undefined) meant.add(JSON.stringify([...path, best]));
         out.push({
           path: [...path, key],
-          message: `unknown key "${key}"${didYouMean(key, known)}; expected one of: ${known.join(", ")}`,
+          key: true,
+          message: `${quote(path)}: unknown key "${key}"${suggest(key, known, "expected one of")}`,
         });
       }
       continue;
     }
-    const at = path.length ? `"${path.join(".")}"` : "config";
-    out.push({ path, message: `${at}: ${describe(issue)}` });
+    if (issue.code === "invalid_key") {
+      const name = String(rel[rel.length - 1]);
+      const why = issue.issues[0]?.code === "invalid_format" ? issue.issues[0].message : "a valid name";
+      out.push({ path, key: true, message: `${quote(path.slice(0, -1))}: invalid name "${name}"; expected ${why}` });
+      continue;
+    }
+    const at = input === undefined ? { found: issue.input !== undefined, value: issue.input } : lookup(input, rel);
+    if (!at.found && path.length > 0 && (issue.code === "invalid_type" || issue.code === "invalid_value")) {
+      const parent = path.slice(0, -1), key = path[path.length - 1];
+      const ci = { path: parent, message: `${quote(parent)}: missing key "${key}"; expected ${expectation(issue)}` };
+      missing.push({ parent, key, issue: ci });
+      out.push(ci);
+      continue;
+    }
+    out.push({ path, message: `${quote(path)}: ${describe(issue, at.value)}` });
   }
-  return out;
+  const dropped = new Set(missing.filter((m) => meant.has(JSON.stringify([...m.parent, m.key]))).map((m) => m.issue));
+  return out.filter((i) => !dropped.has(i));
 }
 
-function describe(issue: z.core.$ZodIssue): string {
-  if (issue.code === "invalid_type") {
-    if (issue.input === undefined) return `missing; expected ${issue.expected}`;
-    return `expected ${issue.expected}, got ${JSON.stringify(issue.input) ?? typeof issue.input}`;
+const TYPE_NAMES: Record<string, string> = {
+  number: "a number",
+  int: "an integer",
+  string: "a string",
+  boolean: "true or false",
+  array: "a list",
+  record: "a mapping",
+  object: "a mapping",
+  map: "a mapping",
+};
+const typeName = (t: string) => TYPE_NAMES[t] ?? `a ${t}`;
+
+/** A value as the user wrote it, briefly. */
+function show(v: unknown): string {
+  if (v === null) return "an empty value";
+  if (Array.isArray(v)) return v.length ? "a list" : "an empty list";
+  if (typeof v === "object") return "a mapping";
+  if (typeof v === "string") return JSON.stringify(v.length > 40 ? `${v.slice(0, 37)}...` : v);
+  return String(v);
+}
+
+/** zod's own messages; anything else is a schema's noun phrase ("a file name ending in .svg"). */
+const isZodDefault = (m: string) => /^(Invalid|Too (big|small)|Unrecognized)/.test(m);
+
+/** What a type or value issue wanted, as a noun phrase. */
+function expectation(issue: z.core.$ZodIssue): string {
+  if (!isZodDefault(issue.message)) return issue.message;
+  if (issue.code === "invalid_type") return typeName(issue.expected);
+  if (issue.code === "invalid_value") {
+    const vs = issue.values.map((v) => JSON.stringify(v));
+    return vs.length === 1 ? vs[0] : `one of ${vs.join(", ")}`;
   }
-  if (issue.code === "invalid_value") return `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}`;
-  if (issue.code === "too_small") return `must be ${issue.inclusive === false ? ">" : "≥"} ${issue.minimum}`;
-  if (issue.code === "too_big") return `must be ${issue.inclusive === false ? "<" : "≤"} ${issue.maximum}`;
-  if (issue.code === "invalid_format") return `expected ${issue.message.replace(/^Invalid string: /, "")}`;
+  return "a value";
+}
+
+function describe(issue: z.core.$ZodIssue, value: unknown): string {
+  const got = `, got ${show(value)}`;
+  if (issue.code === "custom") return issue.message;
+  if (issue.code === "invalid_type" || issue.code === "invalid_value" || !isZodDefault(issue.message)) {
+    return `expected ${expectation(issue)}${got}`;
+  }
+  if (issue.code === "too_small" || issue.code === "too_big") {
+    const small = issue.code === "too_small";
+    const bound = Number(small ? (issue as { minimum: unknown }).minimum : (issue as { maximum: unknown }).maximum);
+    if (issue.origin === "array" || issue.origin === "set") {
+      const n = `${bound} item${bound === 1 ? "" : "s"}`;
+      return `expected ${small ? "at least" : "at most"} ${n}, got ${
+        Array.isArray(value) ? value.length : show(value)
+      }`;
+    }
+    if (issue.origin === "string") {
+      return small && bound === 1
+        ? "must not be empty"
+        : `must be ${small ? "at least" : "at most"} ${bound} characters`;
+    }
+    const op = small ? (issue.inclusive === false ? ">" : "≥") : (issue.inclusive === false ? "<" : "≤");
+    return `must be ${op} ${bound}${got}`;
+  }
+  if (issue.code === "invalid_format") {
+    const what = issue.format === "regex" ? `a string matching ${issue.pattern}` : `a valid ${issue.format}`;
+    return `expected ${what}${got}`;
+  }
   return issue.message.replace(/^Invalid input: /, "");
 }
 
@@ -171,63 +295,124 @@ function parseSetValue(raw: string): unknown {
   return d.errors.length ? raw : d.toJSON();
 }
 
+/** The first YAML error as one line: yaml's message without its "at line L, column C:" and source excerpt. */
+function yamlError(
+  file: string,
+  text: string,
+  lc: LineCounter,
+  e: { code: string; pos: [number, number]; message: string },
+) {
+  let at = e.pos[0];
+  let message = `YAML syntax: ${e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "")}`;
+  if (e.code === "DUPLICATE_KEY") {
+    const key = /^("[^"]*"|'[^']*'|[^:\s,}]+)/.exec(text.slice(at))?.[1] ?? "?";
+    message = `duplicate key ${
+      key.startsWith('"') ? key : `"${key.replace(/^'|'$/g, "")}"`
+    } (a key may appear once per mapping)`;
+  }
+  // yaml notices an unclosed { or [ only at the next key, lines later; the opener is where the fix goes.
+  const flow = /^Flow (map|sequence) .* end with an? ([}\]])/.exec(e.message);
+  if (flow) {
+    const open = unclosedOpener(text, at, flow[2] === "}" ? "{" : "[");
+    if (open >= 0) {
+      at = open;
+      message = `YAML syntax: this "${text[open]}" is never closed; expected "${flow[2]}" before the next key`;
+    }
+  }
+  const p = lc.linePos(at);
+  return `${file}:${p.line}:${p.col}: ${message}`;
+}
+
+/** Offset of the last `{` or `[` (as `want`) before `end` left open, skipping quotes and comments; -1 if none. */
+function unclosedOpener(text: string, end: number, want: string): number {
+  const stack: number[] = [];
+  for (let i = 0; i < end; i++) {
+    const c = text[i];
+    if (c === "#" && (i === 0 || /\s/.test(text[i - 1]))) {
+      while (i < end && text[i] !== "\n") i++;
+    } else if (c === '"' || c === "'") {
+      for (i++; i < end && text[i] !== c; i++) if (c === '"' && text[i] === "\\") i++;
+    } else if (c === "{" || c === "[") {
+      stack.push(i);
+    } else if ((c === "}" || c === "]") && stack.length) {
+      stack.pop();
+    }
+  }
+  const top = stack.length ? stack[stack.length - 1] : -1;
+  return top >= 0 && text[top] === want ? top : -1;
+}
+
 /**
- * Reads and validates a config file. `overrides` are `path=value` strings (`--set run.steps=10`).
+ * Reads and validates a config file. `overrides` are `path=value` strings (`--set run.steps=10`); each may instead
+ * come with the words to name it by in errors (`{ set: "run.steps=10", from: "--steps 10" }`).
  * Throws `ConfigError` with one line per problem.
  */
-export function loadConfig(file: string, text: string, overrides: readonly string[] = []): LoadedConfig {
+export function loadConfig(
+  file: string,
+  text: string,
+  overrides: readonly (string | { set: string; from: string })[] = [],
+): LoadedConfig {
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, keepSourceTokens: true, uniqueKeys: true });
-  if (doc.errors.length) {
-    throw new ConfigError(doc.errors.map((e) => {
-      const p = lc.linePos(e.pos[0]);
-      return `${file}:${p.line}:${p.col}: YAML syntax: ${e.message.split("\n")[0]}`;
-    }));
+  if (doc.errors.length) throw new ConfigError([yamlError(file, text, lc, doc.errors[0])]);
+  if (!isMap(doc.contents)) {
+    const got = doc.contents === null ? "an empty file" : show(doc.toJSON());
+    const at = doc.contents?.range ? lc.linePos(doc.contents.range[0]) : { line: 1, col: 1 };
+    throw new ConfigError([
+      `${file}:${at.line}:${at.col}: the config must be a mapping with version, run, models, data and stages; got ${got}`,
+    ]);
   }
   const setAt = new Map<string, string>();
   for (const o of overrides) {
-    const eq = o.indexOf("=");
-    if (eq <= 0) throw new ConfigError([`--set ${o}: expected path=value (e.g. run.steps=10)`]);
-    const path = o.slice(0, eq).split(".");
-    if (!isMap(doc.contents)) throw new ConfigError([`${file}:1:1: the config must be a mapping`]);
-    doc.setIn(path, doc.createNode(parseSetValue(o.slice(eq + 1))));
-    setAt.set(path.join("."), `--set ${o}`);
+    const [set, from] = typeof o === "string" ? [o, `--set ${o}`] : [o.set, o.from];
+    const eq = set.indexOf("=");
+    if (eq <= 0) throw new ConfigError([`${from}: expected path=value (e.g. run.steps=10)`]);
+    const path = set.slice(0, eq).split(".");
+    if (path.some((k) => k === "")) {
+      throw new ConfigError([`${from}: "${set.slice(0, eq)}" is not a dotted path of keys`]);
+    }
+    try {
+      doc.setIn(path, doc.createNode(parseSetValue(set.slice(eq + 1))));
+    } catch {
+      const above = path.findIndex((_, i) => !isMap(doc.getIn(path.slice(0, i + 1), true)) && i < path.length - 1);
+      throw new ConfigError([
+        `${from}: "${path.slice(0, above + 1).join(".")}" is not a mapping, so "${path.join(".")}" cannot be set`,
+      ]);
+    }
+    setAt.set(path.join("."), from);
   }
-  const where = (path: (string | number)[]): string => {
-    for (let n = path.length; n >= 0; n--) {
+  const pos = (offset: number) => {
+    const p = lc.linePos(offset);
+    return `${file}:${p.line}:${p.col}`;
+  };
+  const where = (path: Path, atKey = false): string => {
+    for (let n = path.length; n > 0; n--) {
       const key = path.slice(0, n).join(".");
       if (setAt.has(key)) return setAt.get(key)!;
-      const node = n === 0 ? doc.contents : doc.getIn(path.slice(0, n), true);
-      // For a key that exists, point at the key itself when asked for it (unknown keys).
-      if (n === path.length && n > 0) {
-        const parent = n === 1 ? doc.contents : doc.getIn(path.slice(0, n - 1), true);
-        if (isMap(parent)) {
-          const pair = (parent as YAMLMap).items.find((it) => isScalar(it.key) && it.key.value === path[n - 1]);
-          if (pair && isScalar(pair.key) && pair.key.range) {
-            if (pair.value && (pair.value as { range?: number[] }).range && !isMap(pair.value)) {
-              const p = lc.linePos((pair.value as { range: number[] }).range[0]);
-              return `${file}:${p.line}:${p.col}`;
-            }
-            const p = lc.linePos(pair.key.range[0]);
-            return `${file}:${p.line}:${p.col}`;
-          }
-        }
-      }
-      const range = (node as { range?: number[] } | null)?.range;
-      if (range) {
-        const p = lc.linePos(range[0]);
-        return `${file}:${p.line}:${p.col}`;
+      const parent = n === 1 ? doc.contents : doc.getIn(path.slice(0, n - 1), true);
+      const k = path[n - 1];
+      if (isMap(parent)) {
+        const pair = (parent as YAMLMap).items.find((it) => isScalar(it.key) && String(it.key.value) === String(k));
+        if (!pair) continue;
+        const value = pair.value as { range?: number[] } | null;
+        // The value itself when asked for it, unless it is a mapping: its key line reads better.
+        if (n === path.length && !atKey && value?.range && !isMap(value)) return pos(value.range[0]);
+        const kr = (pair.key as { range?: number[] }).range;
+        if (kr) return pos(kr[0]);
+      } else if (isSeq(parent) && typeof k === "number") {
+        const item = parent.items[k] as { range?: number[] } | undefined;
+        if (item?.range) return pos(item.range[0]);
       }
     }
-    return `${file}:1:1`;
+    const range = (doc.contents as { range?: number[] } | null)?.range;
+    return range ? pos(range[0]) : `${file}:1:1`;
   };
   const raw = doc.toJSON();
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
-    throw new ConfigError([`${file}:1:1: the config must be a mapping with version, run, models, data and stages`]);
-  }
   const parsed = ConfigSchema.safeParse(raw);
   if (!parsed.success) {
-    throw new ConfigError(zodIssues(parsed.error, ConfigSchema).map((i) => `${where(i.path)}: ${i.message}`));
+    throw new ConfigError(
+      zodIssues(parsed.error, ConfigSchema, [], raw).map((i) => `${where(i.path, i.key)}: ${i.message}`),
+    );
   }
   const config = parsed.data;
   config.run.name ??= file.replace(/^.*\//, "").replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9_-]/g, "_");

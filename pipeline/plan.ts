@@ -5,7 +5,7 @@
  * @module
  */
 import { z } from "zod";
-import { type ConfigIssue, didYouMean, type LoadedConfig, zodIssues } from "./config.ts";
+import { type ConfigIssue, type LoadedConfig, suggest, zodIssues } from "./config.ts";
 import {
   type DatasetInfo,
   datasetKinds,
@@ -65,19 +65,21 @@ export function planPipeline(loaded: LoadedConfig): Plan {
   const { config, where } = loaded;
   const issues: ConfigIssue[] = [];
   const warnings: string[] = [];
-  const err = (path: (string | number)[], message: string) => issues.push({ path, message });
+  const err = (path: (string | number)[], message: string, key = false) => issues.push({ path, message, key });
   const check = <T>(schema: z.ZodType<T>, value: unknown, base: (string | number)[]): T | undefined => {
     const r = schema.safeParse(value ?? {});
     if (r.success) return r.data;
-    issues.push(...zodIssues(r.error, schema, base));
+    issues.push(...zodIssues(r.error, schema, base, value ?? {}));
     return undefined;
   };
+  const unknownKind = (what: string, kind: string, registered: Iterable<string>) =>
+    `unknown ${what} kind "${kind}"${suggest(kind, [...registered].sort(), "known kinds")}`;
 
   const datasets: Record<string, DatasetInfo> = {};
   for (const [name, d] of Object.entries(config.data)) {
     const def = datasetKinds().get(d.kind);
     if (!def) {
-      err(["data", name, "kind"], `unknown dataset kind "${d.kind}"${didYouMean(d.kind, datasetKinds().keys())}`);
+      err(["data", name, "kind"], unknownKind("dataset", d.kind, datasetKinds().keys()));
       continue;
     }
     const params = check(def.params, d.params, ["data", name, "params"]);
@@ -88,7 +90,7 @@ export function planPipeline(loaded: LoadedConfig): Plan {
   for (const [name, m] of Object.entries(config.models)) {
     const def = modelKinds().get(m.kind);
     if (!def) {
-      err(["models", name, "kind"], `unknown model kind "${m.kind}"${didYouMean(m.kind, modelKinds().keys())}`);
+      err(["models", name, "kind"], unknownKind("model", m.kind, modelKinds().keys()));
       continue;
     }
     const params = check(def.params, m.params, ["models", name, "params"]);
@@ -100,18 +102,18 @@ export function planPipeline(loaded: LoadedConfig): Plan {
   for (const [name, s] of Object.entries(config.stages)) {
     const def = stageKinds().get(s.kind);
     if (!def) {
-      err(["stages", name, "kind"], `unknown stage kind "${s.kind}"${didYouMean(s.kind, stageKinds().keys())}`);
+      err(["stages", name, "kind"], unknownKind("stage", s.kind, stageKinds().keys()));
       continue;
     }
     const params = check(def.params, s.params, ["stages", name, "params"]);
     if (params === undefined) continue;
     if (s.every !== undefined && s.at !== undefined) {
-      err(["stages", name, "at"], `set either "every" or "at", not both`);
+      err(["stages", name, "at"], `stage "${name}": set either "every" or "at", not both`);
     }
     if (def.role === "traced" && (s.every !== undefined || s.at !== undefined)) {
       err(
         ["stages", name, s.every !== undefined ? "every" : "at"],
-        `traced stage "${name}" runs with its optimizer's phase; set the cadence on the optimizer`,
+        `stage "${name}" (${s.kind}) is traced: it runs whenever its optimizer does; set the cadence on the optimizer`,
       );
     }
     const ports = def.inputs.map(bare);
@@ -120,15 +122,17 @@ export function planPipeline(loaded: LoadedConfig): Plan {
       if (!ports.includes(port) && !ports.includes("*")) {
         err(
           ["stages", name, "inputs", port],
-          `stage kind "${s.kind}" has no input "${port}"${didYouMean(port, ports)}; inputs: ${
-            ports.join(", ") || "(none)"
-          }`,
+          `stage kind "${s.kind}" has no input "${port}"${suggest(port, ports, "its inputs")}`,
+          true,
         );
         continue;
       }
       const [st, pt] = ref.split(".");
       if (!(st in config.stages)) {
-        err(["stages", name, "inputs", port], `"${ref}" refers to unknown stage "${st}"${didYouMean(st, names)}`);
+        err(
+          ["stages", name, "inputs", port],
+          `"${ref}" refers to unknown stage "${st}"${suggest(st, names, "stages")}`,
+        );
         continue;
       }
       inputs[port] = { stage: st, port: pt };
@@ -141,16 +145,16 @@ export function planPipeline(loaded: LoadedConfig): Plan {
     for (const m of def.models?.(params) ?? []) {
       if (!(m in config.models)) {
         err(
-          ["stages", name, "params"],
-          `stage "${name}" uses undeclared model "${m}"${didYouMean(m, Object.keys(config.models))}`,
+          ["stages", name, "params", ...findValue(s.params, m)],
+          `stage "${name}" uses undeclared model "${m}"${suggest(m, Object.keys(config.models), "declared models")}`,
         );
       }
     }
     for (const d of def.datasets?.(params) ?? []) {
       if (!(d in config.data)) {
         err(
-          ["stages", name, "params"],
-          `stage "${name}" uses undeclared dataset "${d}"${didYouMean(d, Object.keys(config.data))}`,
+          ["stages", name, "params", ...findValue(s.params, d)],
+          `stage "${name}" uses undeclared dataset "${d}"${suggest(d, Object.keys(config.data), "declared datasets")}`,
         );
       }
     }
@@ -158,21 +162,26 @@ export function planPipeline(loaded: LoadedConfig): Plan {
   }
   if (issues.length) throw toError(loaded, issues);
 
-  const order = topoOrder(stages, names, loaded, issues);
+  const order = topoOrder(stages, names, issues);
   if (issues.length) throw toError(loaded, issues);
 
+  // A stage whose types failed has no outputs to check against; its readers are skipped, not blamed.
+  const failed = new Set<string>();
   for (const name of order) {
     const st = stages[name];
+    const before = issues.length;
     for (const [port, ref] of Object.entries(st.inputs)) {
       const src = stages[ref.stage];
+      if (failed.has(ref.stage)) {
+        failed.add(name);
+        continue;
+      }
       const spec = src.outputs[ref.port];
       if (!spec) {
         const outs = Object.keys(src.outputs);
         err(
           ["stages", name, "inputs", port],
-          `stage "${ref.stage}" has no output "${ref.port}"${didYouMean(ref.port, outs)}; outputs: ${
-            outs.join(", ") || "(none)"
-          }`,
+          `stage "${ref.stage}" has no output "${ref.port}"${suggest(ref.port, outs, "its outputs")}`,
         );
         continue;
       }
@@ -182,12 +191,16 @@ export function planPipeline(loaded: LoadedConfig): Plan {
       }
       st.inputTypes[port] = spec;
     }
-    if (issues.length) continue;
+    if (failed.has(name) || issues.length > before) {
+      failed.add(name);
+      continue;
+    }
     try {
       st.outputs = st.def.types({ params: st.params, inputs: st.inputTypes, models, datasets });
     } catch (e) {
       if (!(e instanceof StageTypeError)) throw e;
       err(["stages", name, ...e.at], `stage "${name}" (${st.def.kind}): ${e.message}`);
+      failed.add(name);
     }
   }
   if (issues.length) throw toError(loaded, issues);
@@ -201,7 +214,7 @@ export function planPipeline(loaded: LoadedConfig): Plan {
     }
   }
 
-  const phases = planPhases(stages, order, models, issues);
+  const phases = planPhases(stages, order, models, issues, config.stages);
   for (const n of order) {
     if (stages[n].def.role === "traced" && !phases.some((p) => p.stages.includes(n))) {
       warnings.push(`${where(["stages", n])}: warning: traced stage "${n}" feeds no optimizer and never runs`);
@@ -221,7 +234,19 @@ export function planPipeline(loaded: LoadedConfig): Plan {
 }
 
 function toError(loaded: LoadedConfig, issues: ConfigIssue[]): ConfigError {
-  return new ConfigError(issues.map((i) => `${loaded.where(i.path)}: ${i.message}`));
+  return new ConfigError(issues.map((i) => `${loaded.where(i.path, i.key)}: ${i.message}`));
+}
+
+/** Path below `v` to where the string `name` is written (a param naming a model or dataset), for positions. */
+function findValue(v: unknown, name: string): (string | number)[] {
+  if (v === name) return [];
+  if (v !== null && typeof v === "object") {
+    for (const [k, x] of Object.entries(v)) {
+      const sub = findValue(x, name);
+      if (sub.length || x === name) return [Array.isArray(v) ? Number(k) : k, ...sub];
+    }
+  }
+  return [];
 }
 
 function roleMismatch(from: string, to: string): string | null {
@@ -232,7 +257,7 @@ function roleMismatch(from: string, to: string): string | null {
 }
 
 /** Kahn's algorithm in declaration order; reports a cycle by naming it. */
-function topoOrder(stages: Record<string, PlannedStage>, names: string[], loaded: LoadedConfig, issues: ConfigIssue[]) {
+function topoOrder(stages: Record<string, PlannedStage>, names: string[], issues: ConfigIssue[]) {
   const deps = new Map(
     names.filter((n) => stages[n]).map((n) => [n, new Set(Object.values(stages[n].inputs).map((r) => r.stage))]),
   );
@@ -241,9 +266,11 @@ function topoOrder(stages: Record<string, PlannedStage>, names: string[], loaded
   while (order.length < deps.size) {
     const next = [...deps.keys()].find((n) => !done.has(n) && [...deps.get(n)!].every((d) => done.has(d)));
     if (!next) {
-      const cycle = findCycle(deps, done);
-      issues.push({ path: ["stages", cycle[0], "inputs"], message: `cycle: ${cycle.join(" → ")}` });
-      void loaded;
+      const cycle = findCycle(deps, done, names);
+      // Pointed at the input of the cycle's first-declared stage that reads the last one: the edge that loops back.
+      const back = cycle[cycle.length - 2];
+      const port = Object.entries(stages[cycle[0]].inputs).find(([, r]) => r.stage === back)![0];
+      issues.push({ path: ["stages", cycle[0], "inputs", port], message: `cycle: ${cycle.join(" → ")}` });
       return order;
     }
     order.push(next);
@@ -252,7 +279,8 @@ function topoOrder(stages: Record<string, PlannedStage>, names: string[], loaded
   return order;
 }
 
-function findCycle(deps: Map<string, Set<string>>, done: Set<string>): string[] {
+/** A cycle among the stages not yet ordered, in data-flow order (a → b: b reads a), from its first-declared stage. */
+function findCycle(deps: Map<string, Set<string>>, done: Set<string>, names: string[]): string[] {
   const start = [...deps.keys()].find((n) => !done.has(n))!;
   const path: string[] = [];
   let cur = start;
@@ -260,9 +288,11 @@ function findCycle(deps: Map<string, Set<string>>, done: Set<string>): string[] 
     path.push(cur);
     cur = [...deps.get(cur)!].find((d) => !done.has(d))!;
   }
-  const cyc = path.slice(path.indexOf(cur));
-  // Reported in data-flow order: a → b means b reads a.
-  return [...cyc.reverse(), cyc[0]];
+  const cyc = path.slice(path.indexOf(cur)).reverse();
+  const first = cyc.reduce((a, b) => (names.indexOf(b) < names.indexOf(a) ? b : a));
+  const k = cyc.indexOf(first);
+  const rotated = [...cyc.slice(k), ...cyc.slice(0, k)];
+  return [...rotated, rotated[0]];
 }
 
 function planPhases(
@@ -270,6 +300,7 @@ function planPhases(
   order: string[],
   models: Plan["models"],
   issues: ConfigIssue[],
+  raw: Record<string, { params: Record<string, unknown> }>,
 ) {
   const phases: Phase[] = [];
   const updatedBy = new Map<string, string>();
@@ -288,8 +319,10 @@ function planPhases(
     for (const m of updates) {
       if (updatedBy.has(m)) {
         issues.push({
-          path: ["stages", name, "params"],
-          message: `model "${m}" is already updated by optimizer "${updatedBy.get(m)}"`,
+          path: ["stages", name, "params", ...findValue(raw[name].params, m)],
+          message: `optimizer "${name}": model "${m}" is already updated by optimizer "${
+            updatedBy.get(m)
+          }"; each model has at most one optimizer`,
         });
       }
       updatedBy.set(m, name);
@@ -299,7 +332,7 @@ function planPhases(
     for (const m of updates) {
       if (!used.has(m)) {
         issues.push({
-          path: ["stages", name, "params"],
+          path: ["stages", name, "params", ...findValue(raw[name].params, m)],
           message: `optimizer "${name}" updates model "${m}", but no stage upstream of its loss uses it`,
         });
       }

@@ -13,6 +13,7 @@ import { isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import type { HostArray } from "../engine/executors/executor.ts";
+import { dropCaptions } from "../models/diffusion/samplers.ts";
 import { expectPort, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 
 /** Output sizes of an encoder: ids per caption, hidden width, projection width. */
@@ -38,6 +39,11 @@ const Params = z.strictObject({
    * projection: 512}` for Xenova/clip-vit-base-patch32. Checked against the model's outputs on first use.
    */
   dims: Dims.optional(),
+  /**
+   * Caption dropout for classifier-free guidance (Ho & Salimans 2022): each caption is replaced by the empty caption
+   * with this probability, drawn per step from the run's seed.
+   */
+  dropout: z.number().min(0).max(1).default(0),
 });
 type P = z.output<typeof Params>;
 
@@ -219,7 +225,8 @@ export const textEncode: StageDef<P> = {
       }
       return captions[i];
     });
-    const { tokens, pooled } = await (await loadCaptionEncoder(p.model, p.dims)).encode(texts);
+    const fed = p.dropout > 0 ? dropCaptions(texts, p.dropout, ctx.rng.fold("dropout"), "") : texts;
+    const { tokens, pooled } = await (await loadCaptionEncoder(p.model, p.dims)).encode(fed);
     return { tokens, pooled };
   },
 };
