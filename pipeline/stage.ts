@@ -12,7 +12,7 @@
  * @module
  */
 import type { z } from "zod";
-import type { HostArray } from "../engine/executors/executor.ts";
+import type { Executor, HostArray } from "../engine/executors/executor.ts";
 import type { DType } from "../engine/ir.ts";
 import type { Rng } from "../engine/rng.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -120,6 +120,10 @@ export interface HostContext {
 
 /** What an effect stage gets when it fires. */
 export interface EffectContext extends HostContext {
+  /** The executor the run's compiled graphs use (for stages that compile graphs of their own, e.g. sampling). */
+  executor: Executor;
+  /** The declared models. */
+  models: Record<string, ModelInfo>;
   /** Reads a model's current parameters (or its EMA with `ema: true`) back to the host. */
   readModel(name: string, opts?: { ema?: boolean }): Promise<Record<string, Float32Array>>;
   /** Latest value of every logged scalar. */

@@ -16,7 +16,10 @@ import { model } from "./model.ts";
 import { mse } from "./mse.ts";
 import { optimizer } from "./optimizer.ts";
 import { textEncode } from "./text_encode.ts";
+import { diffusionNoise } from "./diffusion_noise.ts";
+import { sample } from "./sample.ts";
 import { mlp } from "../models/mlp.ts";
+import { unet } from "../models/unet.ts";
 
 registerStage(dataLoad);
 registerStage(model);
@@ -26,8 +29,11 @@ registerStage(emaStage);
 registerStage(checkpoint);
 registerStage(metrics);
 registerStage(textEncode);
+registerStage(diffusionNoise);
+registerStage(sample);
 
 registerModel(mlp);
+registerModel(unet);
 
 registerDataset(toyFunction);
 registerDataset(emoji);
