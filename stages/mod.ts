@@ -18,6 +18,14 @@ import { optimizer } from "./optimizer.ts";
 import { textEncode } from "./text_encode.ts";
 import { diffusionNoise } from "./diffusion_noise.ts";
 import { sample } from "./sample.ts";
+import { addReport } from "./add_report.ts";
+import { weightedSum } from "./weighted_sum.ts";
+import { addNoise } from "./add/noise.ts";
+import { addStudent } from "./add/student.ts";
+import { addDistill } from "./add/distill.ts";
+import { addDiscriminatorStage } from "./add/discriminator.ts";
+import { addDiscriminator } from "../models/add_discriminator.ts";
+import { mobilenetV2 } from "../models/feature_net.ts";
 import { mlp } from "../models/mlp.ts";
 import { unet } from "../models/unet.ts";
 
@@ -31,9 +39,17 @@ registerStage(metrics);
 registerStage(textEncode);
 registerStage(diffusionNoise);
 registerStage(sample);
+registerStage(addReport);
+registerStage(weightedSum);
+registerStage(addNoise);
+registerStage(addStudent);
+registerStage(addDistill);
+registerStage(addDiscriminatorStage);
 
 registerModel(mlp);
 registerModel(unet);
+registerModel(addDiscriminator);
+registerModel(mobilenetV2);
 
 registerDataset(toyFunction);
 registerDataset(emoji);

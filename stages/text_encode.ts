@@ -44,6 +44,8 @@ const Params = z.strictObject({
    * with this probability, drawn per step from the run's seed.
    */
   dropout: z.number().min(0).max(1).default(0),
+  /** Also output the empty caption's embedding for every example (`empty_tokens`, `empty_pooled`), e.g. for NFSD. */
+  with_empty: z.boolean().default(false),
 });
 type P = z.output<typeof Params>;
 
@@ -208,10 +210,11 @@ export const textEncode: StageDef<P> = {
       );
     }
     const b = id.shape[0];
-    return {
-      tokens: { dtype: "f32", shape: [b, dims.length, dims.width] },
-      pooled: { dtype: "f32", shape: [b, dims.projection] },
+    const out = {
+      tokens: { dtype: "f32" as const, shape: [b, dims.length, dims.width] },
+      pooled: { dtype: "f32" as const, shape: [b, dims.projection] },
     };
+    return params.with_empty ? { ...out, empty_tokens: out.tokens, empty_pooled: out.pooled } : out;
   },
   host: async (ctx, p, inputs): Promise<Record<string, HostArray>> => {
     const captions = (await ctx.dataset(p.dataset)).captions;
@@ -226,7 +229,10 @@ export const textEncode: StageDef<P> = {
       return captions[i];
     });
     const fed = p.dropout > 0 ? dropCaptions(texts, p.dropout, ctx.rng.fold("dropout"), "") : texts;
-    const { tokens, pooled } = await (await loadCaptionEncoder(p.model, p.dims)).encode(fed);
-    return { tokens, pooled };
+    const enc = await loadCaptionEncoder(p.model, p.dims);
+    const { tokens, pooled } = await enc.encode(fed);
+    if (!p.with_empty) return { tokens, pooled };
+    const empty = await enc.encode(texts.map(() => ""));
+    return { tokens, pooled, empty_tokens: empty.tokens, empty_pooled: empty.pooled };
   },
 };

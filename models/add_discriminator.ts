@@ -1,0 +1,97 @@
+/**
+ * `add_discriminator` model kind: the trainable heads of ADD's discriminator (Sauer et al. 2023, §3.2, after
+ * StyleGAN-T): one small convolutional head per feature level of a frozen feature network, each conditioned by
+ * projection (Miyato & Koyama 2018) on the text embedding and on an image embedding of the real image.
+ *
+ * Inputs: `f0`…`f{K-1}` feature maps [B, C_k, H_k, W_k], `text` [B, T], `image` [B, I].
+ * Output: `logits` [B, K], one logit per head (mean over the head's spatial map).
+ *
+ * @module
+ */
+import { z } from "zod";
+import { add, mean, mul } from "../engine/math.ts";
+import { conv, leakyRelu, linear } from "../engine/nn.ts";
+import { concat, reshape, sum } from "../engine/ops.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { expectPort, type ModelDef, type PortSpec } from "../pipeline/stage.ts";
+
+const Params = z.strictObject({
+  /** Channels of each feature level the heads read (MobileNetV2 at its default levels: 24, 32, 96, 320). */
+  channels: z.array(z.number().int().positive()).min(1).default([24, 32, 96, 320]),
+  /** Width of each head. */
+  hidden: z.number().int().positive().default(64),
+  /** Width of the text embedding (0: no text conditioning). */
+  text_dim: z.number().int().min(0).default(64),
+  /** Width of the image embedding (0: no image conditioning). */
+  image_dim: z.number().int().min(0).default(1280),
+});
+/** Discriminator settings. */
+export type DiscParams = z.output<typeof Params>;
+
+function shapes(p: DiscParams): Record<string, number[]> {
+  const s: Record<string, number[]> = {};
+  const c = p.text_dim + p.image_dim;
+  p.channels.forEach((ck, k) => {
+    s[`h${k}.in.w`] = [p.hidden, ck, 1, 1];
+    s[`h${k}.in.b`] = [p.hidden];
+    s[`h${k}.mid.w`] = [p.hidden, p.hidden, 3, 3];
+    s[`h${k}.mid.b`] = [p.hidden];
+    s[`h${k}.out.w`] = [1, p.hidden, 1, 1];
+    s[`h${k}.out.b`] = [1];
+    if (c > 0) {
+      s[`h${k}.cmap.w`] = [p.hidden, c];
+      s[`h${k}.cmap.b`] = [p.hidden];
+    }
+  });
+  return s;
+}
+
+/** One head's logit per example: unconditional term + projection of its feature map on the condition's embedding. */
+export function discHead(p: Record<string, Tensor>, k: number, f: Tensor, cond: Tensor | null, hidden: number): Tensor {
+  let h = leakyRelu(conv(f, p[`h${k}.in.w`], p[`h${k}.in.b`]), 0.2);
+  h = leakyRelu(conv(h, p[`h${k}.mid.w`], p[`h${k}.mid.b`], { pad: 1 }), 0.2);
+  const [b] = h.shape;
+  const uncond = mean(conv(h, p[`h${k}.out.w`], p[`h${k}.out.b`]), [1, 2, 3]); // [B]
+  if (!cond) return uncond;
+  const cmap = linear(cond, p[`h${k}.cmap.w`], p[`h${k}.cmap.b`]); // [B, hidden]
+  const proj = sum(mul(mean(h, [2, 3]), cmap), 1); // ⟨mean_hw h, cmap⟩ = mean_hw ⟨h, cmap⟩
+  return add(uncond, mul(reshape(proj, [b]), 1 / Math.sqrt(hidden)));
+}
+
+/** The condition vector of the heads: text and image embeddings side by side. */
+export function discCondition(p: DiscParams, text?: Tensor, image?: Tensor): Tensor | null {
+  const parts = [p.text_dim > 0 ? text : undefined, p.image_dim > 0 ? image : undefined].filter((x) => x) as Tensor[];
+  return parts.length ? concat(parts, 1) : null;
+}
+
+/** The add_discriminator model kind. */
+export const addDiscriminator: ModelDef<DiscParams> = {
+  kind: "add_discriminator",
+  doc: "ADD discriminator heads on feature levels, conditioned by projection on text and image embeddings",
+  params: Params,
+  shapes,
+  init: (p, rng) => {
+    const out: Record<string, Float32Array> = {};
+    for (const [path, shape] of Object.entries(shapes(p))) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const fanIn = shape.slice(1).reduce((a, b) => a * b, 1);
+      out[path] = path.endsWith(".b") ? new Float32Array(n) : rng.fold(path).normal(n).map((v) => v / Math.sqrt(fanIn));
+    }
+    return out;
+  },
+  types: (p, inputs) => {
+    let b = -1;
+    p.channels.forEach((c, k) => {
+      const f = expectPort(inputs, `f${k}`, { dtype: "f32", shape: [b, c, -1, -1] });
+      b = f.shape[0];
+    });
+    if (p.text_dim) expectPort(inputs, "text", { dtype: "f32", shape: [b, p.text_dim] });
+    if (p.image_dim) expectPort(inputs, "image", { dtype: "f32", shape: [b, p.image_dim] });
+    return { logits: { dtype: "f32", shape: [b, p.channels.length] } satisfies PortSpec };
+  },
+  apply: (p, params, inputs) => {
+    const cond = discCondition(p, inputs.text, inputs.image);
+    const heads = p.channels.map((_, k) => reshape(discHead(params, k, inputs[`f${k}`], cond, p.hidden), [-1, 1]));
+    return { logits: concat(heads, 1) };
+  },
+};

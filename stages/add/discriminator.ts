@@ -1,0 +1,88 @@
+/**
+ * `add_discriminator`: ADD's adversarial losses (Sauer et al. 2023, §3.2, eq. 2–3). Features of the real and the
+ * generated images from a frozen feature network feed the trainable heads; the losses are hinge:
+ *
+ *   L_G = −E[Σ_k D_k(F_k(x̂))]
+ *   L_D = E[Σ_k max(0, 1 − D_k(F_k(x0)))] + E[Σ_k max(0, 1 + D_k(F_k(x̂)))] + (γ/2) Σ_k E‖∇_{F_k} D_k(F_k(x0))‖²
+ *
+ * The last term is the R1 penalty (Mescheder et al. 2018) on the heads' inputs; its gradient with respect to the
+ * heads is a gradient of a gradient, which the engine's autodiff traces like any other. Each head is conditioned on
+ * the text embedding and on the feature network's pooled embedding of the real image. Wire `loss_d` to the
+ * discriminator's optimizer and `loss_g` into the generator's total.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { vjp } from "../../engine/grad.ts";
+import { add, mean, mul, neg, relu, square, sub } from "../../engine/math.ts";
+import { stopGradient, sum } from "../../engine/ops.ts";
+import type { Tensor } from "../../engine/tensor.ts";
+import { expectPort, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
+
+const Params = z.strictObject({
+  /** The declared `add_discriminator` model (its heads are what the discriminator's optimizer trains). */
+  model: z.string(),
+  /** The declared frozen feature network (`mobilenet_v2`). */
+  features: z.string(),
+  /** R1 weight γ on the heads' inputs (the paper's 1e-5). */
+  r1_gamma: z.number().min(0).default(1e-5),
+});
+type P = z.output<typeof Params>;
+
+/** The add_discriminator stage. */
+export const addDiscriminatorStage: StageDef<P> = {
+  kind: "add_discriminator",
+  doc: "hinge losses of ADD's discriminator heads on frozen features, with R1 on the heads' inputs",
+  role: "traced",
+  params: Params,
+  inputs: ["fake", "real", "text?"],
+  models: (p) => [p.model, p.features],
+  types: ({ params, inputs, models }) => {
+    const real = expectPort(inputs, "real", { dtype: "f32", rank: 4 });
+    expectPort(inputs, "fake", { dtype: "f32", shape: real.shape });
+    const d = models[params.model], f = models[params.features];
+    if (d?.kind !== "add_discriminator") {
+      throw new StageTypeError(`model "${params.model}" must be an add_discriminator`, ["params", "model"]);
+    }
+    if (f?.kind !== "mobilenet_v2") {
+      throw new StageTypeError(`model "${params.features}" must be a mobilenet_v2`, ["params", "features"]);
+    }
+    const dp = d.params as { channels: number[]; text_dim: number };
+    const levels = (f.params as { levels: string[] }).levels;
+    if (levels.length !== dp.channels.length) {
+      throw new StageTypeError(
+        `discriminator has ${dp.channels.length} heads but the feature network gives ${levels.length} levels`,
+        ["params", "model"],
+      );
+    }
+    if (dp.text_dim > 0) expectPort(inputs, "text", { dtype: "f32", shape: [real.shape[0], dp.text_dim] });
+    return { loss_g: { dtype: "f32", shape: [] }, loss_d: { dtype: "f32", shape: [] } };
+  },
+  trace: (ctx, p, { fake, real, text }) => {
+    const fr = ctx.apply(p.features, { x: real }), ff = ctx.apply(p.features, { x: fake });
+    const levels = Object.keys(fr).filter((k) => k !== "pooled");
+    const image = stopGradient(fr.pooled);
+    const heads = (f: Record<string, Tensor>) => {
+      const ins: Record<string, Tensor> = { image };
+      levels.forEach((l, k) => (ins[`f${k}`] = f[l]));
+      if (text) ins.text = text;
+      return ctx.apply(p.model, ins).logits; // [B, K]
+    };
+    const realIns = levels.map((l) => fr[l]);
+    const dReal = heads(fr), dFake = heads(ff);
+    const perExample = (t: Tensor) => mean(sum(t, 1)); // Σ_k, then E over the batch
+    let lossD = add(perExample(relu(sub(1, dReal))), perExample(relu(add(dFake, 1))));
+    let r1: Tensor | null = null;
+    if (p.r1_gamma > 0) {
+      // Head k reads only F_k (and the condition), so ∂(Σ_k D_k)/∂F_k = ∂D_k/∂F_k.
+      const grads = vjp(sum(dReal), realIns);
+      const b = real.shape[0];
+      r1 = grads.map((g) => mul(sum(square(g)), 1 / b)).reduce((a, c) => add(a, c));
+      lossD = add(lossD, mul(r1, p.r1_gamma / 2));
+    }
+    ctx.metric("d_real", mean(dReal));
+    ctx.metric("d_fake", mean(dFake));
+    if (r1) ctx.metric("r1", r1);
+    return { loss_g: neg(perExample(dFake)), loss_d: lossD };
+  },
+};
