@@ -24,3 +24,43 @@ export * from "./engine/safetensors.ts";
 export type * from "./engine/executors/executor.ts";
 export { createExecutor } from "./engine/executors/auto.ts";
 export { evaluate, ReferenceExecutor } from "./engine/executors/reference.ts";
+
+// The pipeline: what a user module needs to register its own stage, model and dataset kinds and run the CLI.
+// Importing this module registers the built-in kinds (those of `stages/mod.ts`), so a user's config can mix them
+// with its own.
+import "./stages/mod.ts";
+export { z } from "zod";
+export type {
+  Dataset,
+  DatasetDef,
+  DatasetInfo,
+  EffectContext,
+  HostContext,
+  ModelDef,
+  ModelInfo,
+  PortSpec,
+  StageDef,
+  StageRole,
+  TraceContext,
+  TypeContext,
+} from "./pipeline/stage.ts";
+export {
+  datasetKinds,
+  expectPort,
+  fmtSpec,
+  modelKinds,
+  registerDataset,
+  registerModel,
+  registerStage,
+  stageKinds,
+  StageTypeError,
+} from "./pipeline/stage.ts";
+export { ConfigError, loadConfig } from "./pipeline/config.ts";
+export type { LoadedConfig } from "./pipeline/config.ts";
+export { planPipeline } from "./pipeline/plan.ts";
+export type { Plan } from "./pipeline/plan.ts";
+export { RunError, runPipeline } from "./pipeline/run.ts";
+export type { CheckpointState, RunOptions } from "./pipeline/run.ts";
+export { latestCheckpoint, listCheckpoints } from "./pipeline/checkpoint.ts";
+export type { CheckpointRef } from "./pipeline/checkpoint.ts";
+export { runCli } from "./pipeline/cli.ts";

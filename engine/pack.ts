@@ -60,7 +60,8 @@ export function packHost(arrays: Record<string, ArrayLike<number>>, layout: Layo
 export function unpackHost(flat: ArrayLike<number>, layout: Layout): Record<string, Float32Array> {
   if (flat.length !== layout.total) throw new Error(`unpackHost: ${flat.length} values, expected ${layout.total}`);
   const out: Record<string, Float32Array> = {};
-  for (const e of layout.entries) out[e.path] = Float32Array.from({ length: e.size }, (_, i) => flat[e.offset + i]);
+  const src = flat instanceof Float32Array ? flat : Float32Array.from(flat);
+  for (const e of layout.entries) out[e.path] = src.slice(e.offset, e.offset + e.size);
   return out;
 }
 

@@ -1,7 +1,9 @@
 /**
  * Checkpoint folders: `<out>/checkpoints/step-00000100/` holding safetensors and JSON files. A folder is written
- * whole under a temporary name and then renamed, so a run killed mid-write leaves only a stray temporary folder
- * (ignored and cleaned up later) and the previous checkpoint intact.
+ * whole under a temporary name, its files flushed to disk, and then renamed, so a run killed mid-write leaves only a
+ * stray temporary folder (ignored, and removed by the next write) and the previous checkpoints intact. Old
+ * checkpoints are likewise renamed away before they are deleted, so a half-deleted folder is never taken for a
+ * complete one.
  *
  * @module
  */
@@ -13,11 +15,30 @@ export interface CheckpointRef {
 }
 
 const PATTERN = /^step-(\d{8})$/;
+/** Prefix of folders being written or deleted; never listed as checkpoints. */
+const TMP = ".tmp-";
 
 /** The folder that holds a run's checkpoints. */
 export const checkpointRoot = (out: string): string => `${out}/checkpoints`;
 
-/** Writes `files` as a new checkpoint for `step` atomically and keeps only the newest `keep` checkpoints. */
+const rand = () => crypto.randomUUID().slice(0, 8);
+
+/** Writes a file and flushes it, so that the rename that publishes the folder never precedes its data. */
+async function writeDurable(path: string, data: Uint8Array | string): Promise<void> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const f = await Deno.open(path, { write: true, createNew: true });
+  try {
+    for (let off = 0; off < bytes.length;) off += await f.write(bytes.subarray(off));
+    await f.syncData();
+  } finally {
+    f.close();
+  }
+}
+
+/**
+ * Writes `files` as a new checkpoint for `step` atomically and keeps only the newest `keep` checkpoints. Returns the
+ * checkpoint's folder.
+ */
 export async function writeCheckpoint(
   out: string,
   step: number,
@@ -27,24 +48,25 @@ export async function writeCheckpoint(
   const root = checkpointRoot(out);
   await Deno.mkdir(root, { recursive: true });
   const name = `step-${String(step).padStart(8, "0")}`;
-  const tmp = `${root}/.tmp-${name}-${crypto.randomUUID().slice(0, 8)}`;
+  const tmp = `${root}/${TMP}${name}-${rand()}`;
+  const final = `${root}/${name}`;
   await Deno.mkdir(tmp);
   try {
-    for (const [file, data] of Object.entries(files)) {
-      if (typeof data === "string") await Deno.writeTextFile(`${tmp}/${file}`, data);
-      else await Deno.writeFile(`${tmp}/${file}`, data);
-    }
+    for (const [file, data] of Object.entries(files)) await writeDurable(`${tmp}/${file}`, data);
     // The marker is written last: a folder without it was never finished.
-    await Deno.writeTextFile(`${tmp}/COMPLETE`, `${step}\n`);
-    const final = `${root}/${name}`;
-    await Deno.remove(final, { recursive: true }).catch(() => {});
+    await writeDurable(`${tmp}/COMPLETE`, `${step}\n`);
+    // A folder for this step exists only when the same step is saved twice in one session (an interrupt right after
+    // the checkpoint stage fired); move it aside rather than delete it in place.
+    const aside = `${root}/${TMP}replaced-${name}-${rand()}`;
+    const replaced = await Deno.rename(final, aside).then(() => true, () => false);
     await Deno.rename(tmp, final);
+    if (replaced) await Deno.remove(aside, { recursive: true });
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
   }
-  await prune(root, keep);
-  return `${root}/${name}`;
+  await prune(out, keep);
+  return final;
 }
 
 /** Complete checkpoints, oldest first. */
@@ -74,11 +96,16 @@ export async function latestCheckpoint(out: string): Promise<CheckpointRef | nul
   return all.length ? all[all.length - 1] : null;
 }
 
-async function prune(root: string, keep: number): Promise<void> {
-  const all = await listCheckpoints(root.replace(/\/checkpoints$/, ""));
-  for (const ref of all.slice(0, Math.max(0, all.length - keep))) await Deno.remove(ref.dir, { recursive: true });
+async function prune(out: string, keep: number): Promise<void> {
+  const root = checkpointRoot(out);
+  const all = await listCheckpoints(out);
+  for (const ref of all.slice(0, Math.max(0, all.length - keep))) {
+    // Renamed first: a kill during the recursive delete must not leave a "complete" folder with files missing.
+    const doomed = `${root}/${TMP}pruned-${ref.dir.replace(/^.*\//, "")}-${rand()}`;
+    await Deno.rename(ref.dir, doomed);
+  }
   for await (const e of Deno.readDir(root)) {
-    // Leftovers of a killed write (never the one being written: that one is renamed before pruning).
-    if (e.name.startsWith(".tmp-")) await Deno.remove(`${root}/${e.name}`, { recursive: true }).catch(() => {});
+    // Pruned folders and leftovers of killed writes (never the one being written: it was renamed before pruning).
+    if (e.name.startsWith(TMP)) await Deno.remove(`${root}/${e.name}`, { recursive: true }).catch(() => {});
   }
 }

@@ -8,8 +8,8 @@
 import type { Buffer, Executor, HostArray, Prepared } from "../engine/executors/executor.ts";
 import { grad } from "../engine/grad.ts";
 import type { Graph } from "../engine/ir.ts";
-import { ema } from "../engine/optim.ts";
-import { adamw, clipByGlobalNorm } from "../engine/optim.ts";
+import { div } from "../engine/math.ts";
+import { adamw, clipByGlobalNorm, ema } from "../engine/optim.ts";
 import { type Layout, layoutOf, nest, pack, packHost, unpack, unpackHost } from "../engine/pack.ts";
 import { Rng } from "../engine/rng.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
@@ -114,6 +114,11 @@ export class Scheduler {
         }
         inputs[port] = v;
       }
+      const random = (kind: "normal" | "uniform", tag: string, shape: number[]): Tensor => {
+        const inputName = `rand.${name}.${tag}`;
+        randoms.push({ name: inputName, stage: name, tag, kind, size: shape.reduce((a, b) => a * b, 1) });
+        return tr.input(inputName, shape);
+      };
       const ctx: TraceContext = {
         stage: name,
         step,
@@ -134,11 +139,6 @@ export class Scheduler {
           metrics[out] = `${name}.${mname}`;
         },
       };
-      function random(kind: "normal" | "uniform", tag: string, shape: number[]): Tensor {
-        const inputName = `rand.${name}.${tag}`;
-        randoms.push({ name: inputName, stage: name, tag, kind, size: shape.reduce((a, b) => a * b, 1) });
-        return tr.input(inputName, shape);
-      }
       const outs = st.def.trace!(ctx, st.params, inputs);
       for (const [port, t] of Object.entries(outs)) values.set(`${name}.${port}`, t);
     }
@@ -155,12 +155,15 @@ export class Scheduler {
       outputs[`metric.${phase.optimizer}.grad_norm`] = c.norm;
       metrics[`metric.${phase.optimizer}.grad_norm`] = `${phase.optimizer}.grad_norm`;
     }
+    // Adam's bias corrections count this optimizer's updates, not global steps: a phase run every k steps makes its
+    // n-th update at step n·k (step is an exact f32 integer, so the division is exact).
+    const t = phase.every === 1 ? step : div(step, phase.every);
     phase.updates.forEach((m, i) => {
       const mk = storeKey.moment(phase.optimizer, m, "m"), vk = storeKey.moment(phase.optimizer, m, "v");
       const mm = tr.input(mk, [this.layouts[m].total]), vv = tr.input(vk, [this.layouts[m].total]);
       stateIn[mk] = mk;
       stateIn[vk] = vk;
-      const r = adamw(flats[m], gs[i], mm, vv, step, {
+      const r = adamw(flats[m], gs[i], mm, vv, t, {
         lr: op.lr,
         beta1: op.beta1,
         beta2: op.beta2,

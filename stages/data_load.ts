@@ -15,16 +15,21 @@ const Params = z.strictObject({
   shuffle: z.boolean().default(true),
 });
 
-let cached: { key: string; perm: Int32Array } | null = null;
+// A few recent shuffles: consecutive steps share one, and several data stages must not evict each other's.
+const cache = new Map<string, Int32Array>();
 
-/** The epoch's shuffle, from the seed, the stage and the epoch alone (cached: consecutive steps share it). */
+/** The epoch's shuffle, from the seed, the stage and the epoch alone. */
 function permutation(stream: string, epoch: number, n: number): Int32Array {
   const key = `${stream}/${epoch}/${n}`;
-  if (cached?.key !== key) {
+  let perm = cache.get(key);
+  if (!perm) {
     const [seed, ...stage] = stream.split("/");
-    cached = { key, perm: new Rng(Number(seed)).fold(`data/${stage.join("/")}`).fold(epoch).permutation(n) };
+    perm = new Rng(Number(seed)).fold(`data/${stage.join("/")}`).fold(epoch).permutation(n);
+    cache.set(key, perm);
+    // Two per stage (a batch can straddle epochs), for up to four data stages.
+    if (cache.size > 8) cache.delete(cache.keys().next().value!);
   }
-  return cached.perm;
+  return perm;
 }
 
 /** The data-load stage. */

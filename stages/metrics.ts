@@ -20,14 +20,14 @@ export function plotSvg(rows: Record<string, number>[], keys: string[]): string 
   const rowsN = Math.ceil(keys.length / cols);
   const parts: string[] = [];
   keys.forEach((key, i) => {
-    const pts = rows.filter((r) => Number.isFinite(r[key])).map((r) => [r.step, r[key]] as const);
+    const pts = thin(rows.filter((r) => Number.isFinite(r[key])).map((r) => [r.step, r[key]] as const));
     const ox = (i % cols) * W, oy = Math.floor(i / cols) * H;
     parts.push(`<g transform="translate(${ox},${oy})"><text x="${pad}" y="14" font-size="12">${esc(key)}</text>`);
     if (pts.length) {
       const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
-      const logY = Math.min(...ys) > 0 && Math.max(...ys) / Math.min(...ys) > 10;
+      const logY = min(ys) > 0 && max(ys) / min(ys) > 10;
       const f = (v: number) => (logY ? Math.log10(v) : v);
-      const [x0, x1] = [Math.min(...xs), Math.max(...xs)], [y0, y1] = [Math.min(...ys.map(f)), Math.max(...ys.map(f))];
+      const [x0, x1] = [min(xs), max(xs)], [y0, y1] = [f(min(ys)), f(max(ys))];
       const sx = (x: number) => pad + ((x - x0) / (x1 - x0 || 1)) * (W - pad - 8);
       const sy = (y: number) => H - 20 - ((f(y) - y0) / (y1 - y0 || 1)) * (H - 44);
       const d = pts.map((p, k) => `${k ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
@@ -43,6 +43,20 @@ export function plotSvg(rows: Record<string, number>[], keys: string[]): string 
   });
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${cols * W}" height="${rowsN * H}" font-family="sans-serif">` +
     `<rect width="100%" height="100%" fill="white"/>${parts.join("")}</svg>\n`;
+}
+
+// Loops, not Math.min(...xs): spreading a long run's rows overflows the call stack.
+const min = (xs: readonly number[]) => xs.reduce((a, b) => (b < a ? b : a), Infinity);
+const max = (xs: readonly number[]) => xs.reduce((a, b) => (b > a ? b : a), -Infinity);
+
+/** At most `MAX_POINTS` per series (every k-th row, and the last), so a long run's plot stays small. */
+const MAX_POINTS = 2000;
+function thin<T>(pts: readonly T[]): T[] {
+  if (pts.length <= MAX_POINTS) return [...pts];
+  const k = Math.ceil(pts.length / MAX_POINTS);
+  const out = pts.filter((_, i) => i % k === 0);
+  if ((pts.length - 1) % k !== 0) out.push(pts[pts.length - 1]);
+  return out;
 }
 
 const esc = (s: string) => s.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);

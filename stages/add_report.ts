@@ -1,0 +1,215 @@
+/**
+ * `eval_report`: the evaluation report of an ADD run (`models/evaluate.ts`): the teacher at 1, 4 and 50 DDIM steps and
+ * the student at 1 and 4 ADD steps, each on the emoji held-out captions and on an equally large fixed subset of the
+ * training captions: FID-proxy, top-1/top-5 text fidelity and ms/image on the run's executor. Writes
+ * `<out>/report.json` and `<out>/report.md` (atomically) and logs the path.
+ *
+ * An evaluation takes minutes, so by default it runs only on the run's last step (`only_last`), whatever cadence the
+ * config gives it; configure it with `at: end`.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { Rng } from "../engine/rng.ts";
+import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
+import {
+  type CaptionSet,
+  type EvalReport,
+  evaluateGenerators,
+  type Generator,
+  reportMarkdown,
+} from "../models/evaluate.ts";
+import { writeAtomic } from "../models/png_grid.ts";
+import type { UNetParams } from "../models/unet.ts";
+import { type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
+import { emoji, type EmojiParams, loadEmoji } from "./data/emoji.ts";
+import { loadCaptionEncoder } from "./text_encode.ts";
+
+// Keys the choice of the train subset and of `limit` subsets; changing it changes which images are evaluated.
+const SUBSET_KEY = 20261205;
+
+const Steps = z.array(z.number().int().positive());
+
+/** The emoji dataset's parameters without `split` (the report takes the held-out split and a train subset). */
+const EmojiNoSplit = z.record(z.string(), z.unknown()).superRefine((v, ctx) => {
+  if ("split" in v) {
+    ctx.addIssue({ code: "custom", path: ["split"], message: "the report picks the splits itself; remove split" });
+    return;
+  }
+  const r = emoji.params.safeParse(v);
+  if (!r.success) {
+    for (const i of r.error.issues) ctx.addIssue({ code: "custom", path: i.path, message: i.message });
+  }
+});
+
+const Params = z.strictObject({
+  /** The distilled student: a declared `unet` model. */
+  student: z.string(),
+  /** The teacher: a declared `unet` model (may be frozen, i.e. updated by no optimizer). */
+  teacher: z.string(),
+  /** Use each model's EMA where it has one. */
+  ema: z.boolean().default(true),
+  /** Student steps (ADD sampler), one report row each. */
+  student_steps: Steps.default([1, 4]),
+  /** Teacher steps (DDIM, η = 0, trailing spacing), one report row each. */
+  teacher_steps: Steps.default([1, 4, 50]),
+  /** Classifier-free guidance of the teacher (1: none). */
+  teacher_guidance: z.number().min(1).default(1),
+  /** Emoji dataset parameters (size, background, heldout_fraction, skin_tones), as the teacher was trained with. */
+  dataset: EmojiNoSplit.default({}),
+  /** Training-caption images evaluated (a fixed random subset); default: as many as the held-out set has. */
+  train_images: z.number().int().min(2).optional(),
+  /** At most this many images per set (a fixed random subset), for quick runs and tests. */
+  limit: z.number().int().min(2).optional(),
+  /** Images per UNet run. */
+  batch: z.number().int().positive().default(16),
+  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  prediction: z.enum(["eps", "v", "x0"]).default("v"),
+  /** Text encoder folder or hub id, as in `text_encode`. */
+  text_encoder: z.string().default("models/text_encoder"),
+  /** Evaluate only on the run's last step (an evaluation takes minutes); false: at every firing of the cadence. */
+  only_last: z.boolean().default(true),
+});
+type P = z.output<typeof Params>;
+
+/** A fixed subset of `n` of `size` indices (all of them, in order, when n ≥ size), ascending. */
+function subset(size: number, n: number, tag: string): number[] {
+  if (n >= size) return Array.from({ length: size }, (_, i) => i);
+  const perm = new Rng(SUBSET_KEY).fold(tag).permutation(size);
+  return Array.from(perm.subarray(0, n)).sort((a, b) => a - b);
+}
+
+/**
+ * The two caption sets of the report: the emoji held-out split (at most `limit` images) and a fixed subset of the
+ * training split of `train_images` images (default: the held-out count), at most `limit`.
+ */
+export async function emojiCaptionSets(
+  dataset: Record<string, unknown>,
+  o: { train_images?: number; limit?: number } = {},
+): Promise<CaptionSet[]> {
+  const parse = (split: "heldout" | "train"): EmojiParams => {
+    const r = emoji.params.safeParse({ ...dataset, split });
+    if (!r.success) {
+      const i = r.error.issues[0];
+      throw new Error(`eval_report: params.dataset.${i.path.join(".")}: ${i.message}`);
+    }
+    return r.data;
+  };
+  const hp = parse("heldout"), tp = parse("train");
+  const [held, train] = [await loadEmoji(hp), await loadEmoji(tp)];
+  const cap = o.limit ?? Infinity;
+  const nHeld = Math.min(held.size, cap);
+  const nTrain = Math.min(train.size, o.train_images ?? nHeld, cap);
+  const make = (name: string, label: string, ds: typeof held, idx: number[]): CaptionSet => ({
+    name,
+    label,
+    images: ds.batch(idx).image as Float32Array,
+    channels: 3,
+    size: hp.size,
+    captions: idx.map((i) => ds.captionOf(i)),
+  });
+  return [
+    make("heldout", "held-out", held, subset(held.size, nHeld, "heldout")),
+    make("train", "train", train, subset(train.size, nTrain, "train")),
+  ];
+}
+
+/** Writes `<dir>/report.json` (the report plus `meta`) and `<dir>/report.md`, each atomically. Returns the paths. */
+export async function writeReport(
+  dir: string,
+  report: EvalReport,
+  meta: Record<string, string | number | null>,
+): Promise<{ json: string; md: string }> {
+  await Deno.mkdir(dir, { recursive: true });
+  const json = `${dir}/report.json`, md = `${dir}/report.md`;
+  await writeAtomic(json, JSON.stringify({ ...meta, ...report }, null, 2) + "\n");
+  await writeAtomic(md, reportMarkdown(report, meta));
+  return { json, md };
+}
+
+function unetOf(models: Record<string, ModelInfo>, name: string, key: string): UNetParams | null {
+  const info = models[name];
+  if (!info) return null; // the planner reports undeclared models itself
+  if (info.kind !== "unet") throw new StageTypeError(`model "${name}" is a ${info.kind}, not a unet`, ["params", key]);
+  return info.params as UNetParams;
+}
+
+/** The eval_report stage. */
+export const addReport: StageDef<P> = {
+  kind: "eval_report",
+  doc: "report.md/json: teacher (DDIM 1/4/50) and student (ADD 1/4) FID-proxy, text fidelity, ms/image on emoji",
+  role: "effect",
+  params: Params,
+  inputs: [],
+  alsoLast: true,
+  models: (p) => [p.student, p.teacher],
+  types: ({ params, models }) => {
+    const size = emoji.params.parse({ ...params.dataset, split: "heldout" }).size;
+    for (const key of ["student", "teacher"] as const) {
+      const u = unetOf(models, params[key], key);
+      if (u && (u.size !== size || u.in_channels !== 3)) {
+        throw new StageTypeError(
+          `model "${
+            params[key]
+          }" makes ${u.in_channels}×${u.size}×${u.size} images; the emoji sets are 3×${size}×${size}`,
+          ["params", key],
+        );
+      }
+    }
+    if (params.student_steps.length + params.teacher_steps.length === 0) {
+      throw new StageTypeError("student_steps and teacher_steps are both empty: nothing to evaluate", ["params"]);
+    }
+    return {};
+  },
+  effect: async (ctx, p) => {
+    if (p.only_last && !ctx.last) return;
+    const teacher = unetOf(ctx.models, p.teacher, "teacher")!, student = unetOf(ctx.models, p.student, "student")!;
+    const enc = await loadCaptionEncoder(p.text_encoder);
+    for (const [name, u] of [[p.teacher, teacher], [p.student, student]] as const) {
+      if (
+        (u.context_dim && u.context_dim !== enc.dims.width) || (u.pooled_dim && u.pooled_dim !== enc.dims.projection)
+      ) {
+        throw new Error(
+          `eval_report: model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; the text encoder ` +
+            `"${p.text_encoder}" gives ${enc.dims.width}/${enc.dims.projection}`,
+        );
+      }
+    }
+    const schedule = makeSchedule(p.schedule);
+    const tw = p.teacher_steps.length ? await ctx.readModel(p.teacher, { ema: p.ema }) : {};
+    const sw = p.student_steps.length ? await ctx.readModel(p.student, { ema: p.ema }) : {};
+    const generators: Generator[] = [
+      ...p.teacher_steps.map((steps) => ({
+        name: `teacher ${steps}-step`,
+        u: teacher,
+        weights: tw,
+        schedule,
+        settings: { sampler: "ddim" as const, steps, guidance: p.teacher_guidance, prediction: p.prediction },
+      })),
+      ...p.student_steps.map((steps) => ({
+        name: `student ${steps}-step`,
+        u: student,
+        weights: sw,
+        schedule,
+        settings: { sampler: "add" as const, steps, guidance: 1, prediction: p.prediction },
+      })),
+    ];
+    const sets = await emojiCaptionSets(p.dataset, p);
+    ctx.log(`eval_report: ${generators.length} generators × ${sets.map((s) => s.captions.length).join(" + ")} images`);
+    const report = await evaluateGenerators({
+      executor: ctx.executor,
+      generators,
+      sets,
+      encoder: enc,
+      batch: p.batch,
+      log: ctx.log,
+    });
+    const paths = await writeReport(ctx.out, report, {
+      step: ctx.step,
+      teacher: p.teacher,
+      student: p.student,
+      weights: p.ema ? "EMA where kept" : "raw",
+    });
+    ctx.log(`eval_report: ${paths.md} (and report.json)`);
+  },
+};
