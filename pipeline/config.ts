@@ -351,6 +351,7 @@ export function loadConfig(
   file: string,
   text: string,
   overrides: readonly (string | { set: string; from: string })[] = [],
+  chain: readonly string[] = [],
 ): LoadedConfig {
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, keepSourceTokens: true, uniqueKeys: true });
@@ -407,11 +408,15 @@ export function loadConfig(
     const range = (doc.contents as { range?: number[] } | null)?.range;
     return range ? pos(range[0]) : `${file}:1:1`;
   };
-  const raw = doc.toJSON();
+  let raw = doc.toJSON();
+  let whereAll = where;
+  if (raw && typeof raw === "object" && "extends" in raw) {
+    ({ raw, where: whereAll } = extendBase(file, raw, where, chain));
+  }
   const parsed = ConfigSchema.safeParse(raw);
   if (!parsed.success) {
     throw new ConfigError(
-      zodIssues(parsed.error, ConfigSchema, [], raw).map((i) => `${where(i.path, i.key)}: ${i.message}`),
+      zodIssues(parsed.error, ConfigSchema, [], raw).map((i) => `${whereAll(i.path, i.key)}: ${i.message}`),
     );
   }
   const config = parsed.data;
@@ -420,7 +425,90 @@ export function loadConfig(
   return {
     file,
     config,
-    where,
+    where: whereAll,
     resolvedYaml: () => JSON.stringify(config, null, 2),
   };
+}
+
+type Where = (path: Path, atKey?: boolean) => string;
+
+/**
+ * `extends: base.yaml` (relative to the extending file): the base config is loaded (itself possibly extending
+ * another) and this file's values are merged over it — mappings key by key, anything else replaced, and `null`
+ * removing a key (e.g. a stage). Positions point into whichever file the value came from.
+ */
+function extendBase(file: string, raw: Record<string, unknown>, where: Where, chain: readonly string[]) {
+  const ref = raw.extends;
+  if (typeof ref !== "string" || !ref) {
+    throw new ConfigError([`${where(["extends"])}: "extends": expected a file name`]);
+  }
+  const baseFile = ref.startsWith("/") ? ref : `${file.replace(/[^/]*$/, "")}${ref}`;
+  if (chain.includes(baseFile) || baseFile === file) {
+    throw new ConfigError([
+      `${where(["extends"])}: "extends" makes a cycle: ${[...chain, file, baseFile].join(" → ")}`,
+    ]);
+  }
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(baseFile);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message;
+    throw new ConfigError([`${where(["extends"])}: cannot read "${ref}" (${why})`]);
+  }
+  const base = loadRawLayer(baseFile, text, [...chain, file]);
+  const { extends: _e, ...own } = raw;
+  const merged = mergeLayers(base.raw, own) as Record<string, unknown>;
+  const whereMerged: Where = (path, atKey) => (hasPath(own, path) ? where(path, atKey) : base.where(path, atKey));
+  return { raw: merged, where: whereMerged };
+}
+
+/**
+ * A base layer's raw values and positions, without defaults (so the extending file still gets its own run name and
+ * output folder) and without validating it alone: only the merged result must be valid.
+ */
+function loadRawLayer(file: string, text: string, chain: readonly string[]): { raw: unknown; where: Where } {
+  const r = rawOnly(file, text, chain);
+  if (r) return r;
+  loadConfig(file, text, [], chain); // throws its syntax error, formatted
+  throw new ConfigError([`${file}:1:1: the config must be a mapping`]);
+}
+
+function rawOnly(file: string, text: string, chain: readonly string[]): { raw: unknown; where: Where } | null {
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, keepSourceTokens: true, uniqueKeys: true });
+  if (doc.errors.length || !isMap(doc.contents)) return null;
+  const where: Where = (path) => {
+    for (let n = path.length; n >= 0; n--) {
+      const node = (n === 0 ? doc.contents : doc.getIn(path.slice(0, n), true)) as { range?: number[] } | null;
+      if (node?.range) {
+        const p = lc.linePos(node.range[0]);
+        return `${file}:${p.line}:${p.col}`;
+      }
+    }
+    return `${file}:1:1`;
+  };
+  const raw = doc.toJSON();
+  return "extends" in raw ? extendBase(file, raw, where, chain) : { raw, where };
+}
+
+const isPlain = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === "object" && !Array.isArray(v);
+
+/** Deep merge of config layers: mappings merge, other values replace, `null` deletes. */
+export function mergeLayers(base: unknown, over: unknown): unknown {
+  if (!isPlain(base) || !isPlain(over)) return over;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (v === null) delete out[k];
+    else out[k] = k in base ? mergeLayers(base[k], v) : v;
+  }
+  return out;
+}
+
+function hasPath(o: unknown, path: Path): boolean {
+  let cur = o;
+  for (const k of path) {
+    if (cur === null || typeof cur !== "object" || !(String(k) in (cur as object))) return false;
+    cur = (cur as Record<string, unknown>)[String(k)];
+  }
+  return true;
 }
