@@ -176,7 +176,11 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
     const checkpointFiles = async (step: number) => {
       const files: Record<string, Uint8Array | string> = {};
       const state: Record<string, { data: Float32Array; shape: number[] }> = {};
-      for (const key of sched.keys()) {
+      // Frozen models (no optimizer updates them: a teacher, a feature network) are rebuilt from their init on
+      // resume, so checkpoints hold only what training changes.
+      const trained = new Set(plan.phases.flatMap((p) => p.updates));
+      const frozen = (key: string) => key.startsWith("model.") && !trained.has(key.slice("model.".length));
+      for (const key of sched.keys().filter((k) => !frozen(k))) {
         const data = await sched.get(key);
         for (let i = 0; i < data.length; i++) {
           if (!Number.isFinite(data[i])) throw new NonFiniteState(key, i, data[i]);
@@ -192,7 +196,7 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
         );
         return encodeSafetensors(tensors, { step: String(step), model: m });
       };
-      for (const m of Object.keys(plan.models)) {
+      for (const m of Object.keys(plan.models).filter((m) => trained.has(m))) {
         files[`${m}.safetensors`] = asFile(m, state[storeKey.model(m)].data);
         const e = state[storeKey.ema(m)];
         if (e) files[`${m}.ema.safetensors`] = asFile(m, e.data);
@@ -334,9 +338,11 @@ async function readResumeState(
   }
   const { tensors } = await readSafetensors(file);
   const need = new Map<string, number>(), optional = new Map<string, number>();
+  const trained = new Set(plan.phases.flatMap((p) => p.updates));
   for (const [m, info] of Object.entries(plan.models)) {
     const n = layoutOf(info.shapes).total;
-    need.set(storeKey.model(m), n);
+    // Frozen models are not saved (they come from their init); an older checkpoint's copy is accepted and ignored.
+    (trained.has(m) ? need : optional).set(storeKey.model(m), n);
     optional.set(storeKey.ema(m), n);
   }
   for (const p of plan.phases) {
