@@ -1,0 +1,144 @@
+/**
+ * `deno task evaluate --teacher <dir> [--student <dir>] [--steps-teacher 1,4,50] [--steps-student 1,4] [--limit N]
+ * [--out DIR] [--executor cpu]`: the evaluation report of `eval_report` (stages/add_report.ts) for UNets saved by
+ * runs (checkpoint folders, or shipped model folders holding the run's `config.yaml` and `<model>(.ema).safetensors`):
+ * the teacher with DDIM and the student with the ADD sampler, on the emoji held-out captions and an equally large
+ * fixed subset of the training captions. Writes `<out>/report.md` and `<out>/report.json`.
+ *
+ * @module
+ */
+import { Command, CommanderError, Option } from "commander";
+import { parse } from "yaml";
+import { createExecutor } from "./engine/executors/auto.ts";
+import type { ExecutorName } from "./engine/executors/executor.ts";
+import { makeSchedule } from "./models/diffusion/schedules.ts";
+import { evaluateGenerators, type Generator } from "./models/evaluate.ts";
+import { loadUnetFolder } from "./sample.ts";
+import { emojiCaptionSets, writeReport } from "./stages/add_report.ts";
+import { loadCaptionEncoder } from "./stages/text_encode.ts";
+
+/** The emoji parameters (without `split`) of the first `emoji` dataset in a run folder's config, else {}. */
+async function emojiParamsOf(dir: string): Promise<Record<string, unknown>> {
+  const cfg = parse(await Deno.readTextFile(`${dir}/config.yaml`)) as {
+    data?: Record<string, { kind?: string; params?: Record<string, unknown> }>;
+  };
+  const d = Object.values(cfg?.data ?? {}).find((x) => x?.kind === "emoji");
+  const { split: _split, ...rest } = d?.params ?? {};
+  return rest;
+}
+
+/** The step of a checkpoint folder (its state.json), or null for other folders. */
+async function stepOf(dir: string): Promise<number | null> {
+  try {
+    const s = JSON.parse(await Deno.readTextFile(`${dir}/state.json`)) as { step?: unknown };
+    return Number.isInteger(s.step) ? s.step as number : null;
+  } catch {
+    return null;
+  }
+}
+
+function stepList(v: string, flag: string): number[] {
+  if (v.trim() === "") return [];
+  const xs = v.split(",").map((s) => Number(s.trim()));
+  if (xs.some((x) => !Number.isInteger(x) || x < 1)) throw new Error(`${flag} ${v}: expected integers ≥ 1, e.g. 1,4`);
+  return xs;
+}
+
+function positive(v: string | undefined, flag: string, min = 1): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new Error(`${flag} ${v}: expected an integer ≥ ${min}`);
+  return n;
+}
+
+/** Runs the evaluate CLI; returns the exit code. */
+export async function evaluateCli(argv: readonly string[]): Promise<number> {
+  let code = 0;
+  const program = new Command()
+    .name("deno task evaluate")
+    .description("Evaluation report (FID-proxy, text fidelity, ms/image) of a teacher and optionally a student UNet.")
+    .exitOverride()
+    .requiredOption("--teacher <dir>", "the teacher's folder (checkpoint or shipped model) with config.yaml")
+    .option("--student <dir>", "the student's folder")
+    .option("--teacher-model <name>", "which unet of the teacher folder's config (default: the first)")
+    .option("--student-model <name>", "which unet of the student folder's config (default: the first)")
+    .option("--steps-teacher <list>", "teacher DDIM steps, comma-separated", "1,4,50")
+    .option("--steps-student <list>", "student ADD steps, comma-separated", "1,4")
+    .option("--guidance <scale>", "teacher classifier-free guidance (1: none)", "1")
+    .option("--limit <n>", "at most this many images per caption set")
+    .option("--train-images <n>", "training-caption images (default: as many as held-out)")
+    .option("--batch <n>", "images per UNet run", "16")
+    .option("--no-ema", "use the raw weights even when an EMA was saved")
+    .option("--out <dir>", "output folder for report.md and report.json", "out/evaluate")
+    .addOption(
+      new Option("--executor <name>", "executor").choices(["cpu", "wasm", "webgpu", "auto", "reference"]).default(
+        "auto",
+      ),
+    )
+    .action(async (o) => {
+      const stepsT = stepList(o.stepsTeacher, "--steps-teacher");
+      const stepsS = o.student ? stepList(o.stepsStudent, "--steps-student") : [];
+      const guidance = Number(o.guidance);
+      if (!(guidance >= 1)) throw new Error(`--guidance ${o.guidance}: expected a number ≥ 1`);
+      const limit = positive(o.limit, "--limit", 2), trainImages = positive(o.trainImages, "--train-images", 2);
+      const batch = positive(o.batch, "--batch")!;
+      if (stepsT.length + stepsS.length === 0) throw new Error("no steps to evaluate: --steps-teacher is empty");
+      const t = await loadUnetFolder(o.teacher, o.teacherModel, o.ema);
+      const s = o.student ? await loadUnetFolder(o.student, o.studentModel, o.ema) : null;
+      if (s && s.textEncoder !== t.textEncoder) {
+        throw new Error(
+          `--student uses text encoder "${s.textEncoder}", the teacher "${t.textEncoder}"; they must match`,
+        );
+      }
+      const enc = await loadCaptionEncoder(t.textEncoder);
+      const generators: Generator[] = [
+        ...stepsT.map((steps) => ({
+          name: `teacher ${steps}-step`,
+          u: t.u,
+          weights: t.weights,
+          schedule: makeSchedule(t.schedule as never),
+          settings: { sampler: "ddim" as const, steps, guidance, prediction: t.prediction },
+        })),
+        ...(s
+          ? stepsS.map((steps) => ({
+            name: `student ${steps}-step`,
+            u: s.u,
+            weights: s.weights,
+            schedule: makeSchedule(s.schedule as never),
+            settings: { sampler: "add" as const, steps, guidance: 1, prediction: s.prediction },
+          }))
+          : []),
+      ];
+      const dataset = { size: t.u.size, ...(await emojiParamsOf(o.teacher)) };
+      const sets = await emojiCaptionSets(dataset, { limit, train_images: trainImages });
+      const ex = await createExecutor(o.executor as ExecutorName);
+      try {
+        const report = await evaluateGenerators({
+          executor: ex,
+          generators,
+          sets,
+          encoder: enc,
+          batch,
+          log: (l) => console.log(l),
+        });
+        const paths = await writeReport(o.out, report, {
+          step: await stepOf(o.student ?? o.teacher),
+          teacher: t.file,
+          student: s ? s.file : null,
+        });
+        console.log(`wrote ${paths.md} and ${paths.json}`);
+      } finally {
+        await ex.close();
+      }
+    });
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    console.error((e as Error).message.split("\n")[0]);
+    code = 1;
+  }
+  return code;
+}
+
+if (import.meta.main) Deno.exit(await evaluateCli(Deno.args));

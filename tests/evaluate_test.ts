@@ -1,0 +1,386 @@
+// The evaluation report: text fidelity and its chance level against brute-force references; an oracle generator
+// (the real images themselves) scores top-1 = 1 and FID-proxy ≈ 0, shuffled real images keep FID ≈ 0 but drop top-1
+// to exactly the share of prompts whose shuffled image shares their caption; the eval_report stage through a real
+// (1-step) pipeline run on tiny random UNets writes a well-formed report whose numbers move with the weights; the
+// `deno task evaluate` CLI on a saved UNet folder.
+import assert from "node:assert/strict";
+import { stringify } from "yaml";
+import { createExecutor } from "../engine/executors/auto.ts";
+import { Rng } from "../engine/rng.ts";
+import { writeSafetensors } from "../engine/safetensors.ts";
+import { evaluateCli } from "../evaluate.ts";
+import {
+  chanceFidelity,
+  type EvalReport,
+  evaluateGenerators,
+  reportMarkdown,
+  textFidelity,
+  toDisplayed,
+} from "../models/evaluate.ts";
+import { fidProxy } from "../models/fid.ts";
+import { loadMobileNetV2, type MobileNet } from "../models/mobilenet_v2.ts";
+import { unet } from "../models/unet.ts";
+import { ConfigError, loadConfig } from "../pipeline/config.ts";
+import { planPipeline } from "../pipeline/plan.ts";
+import { runPipeline } from "../pipeline/run.ts";
+import { emojiCaptionSets } from "../stages/add_report.ts";
+import "../stages/mod.ts";
+
+const ORT = { sanitizeResources: false, sanitizeOps: false };
+let netPromise: Promise<MobileNet> | undefined;
+const mobilenet = () => netPromise ??= loadMobileNetV2();
+
+let tmpRoot: string | null = null;
+async function tmp(name: string): Promise<string> {
+  tmpRoot ??= await Deno.makeTempDir({ dir: "/tmp", prefix: "evaluate_test-" });
+  const d = `${tmpRoot}/${name}`;
+  await Deno.mkdir(d, { recursive: true });
+  return d;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Pure parts against brute force.
+
+/** Every k-subset of 0..m−1. */
+function* subsets(m: number, k: number, from = 0, acc: number[] = []): Generator<number[]> {
+  if (acc.length === k) {
+    yield acc;
+    return;
+  }
+  for (let i = from; i < m; i++) yield* subsets(m, k, i + 1, [...acc, i]);
+}
+
+Deno.test("textFidelity: top-k hits by caption match a full sort; chance level matches enumerating all k-subsets", () => {
+  const rng = new Rng(7);
+  const d = 5, m = 9, n = 12;
+  // Repeated captions, and prompts among them: hits must be counted by caption, not by image.
+  const realCaps = ["a", "b", "c", "a", "d", "e", "b", "f", "a"];
+  const prompts = Array.from({ length: n }, (_, i) => realCaps[(i * 5) % m]);
+  const real = rng.normal(m * d), gen = rng.normal(n * d);
+  const ks = [1, 2, 3, 5, 20];
+  const got = textFidelity(gen, prompts, real, realCaps, d, ks);
+  const want = ks.map((k) => {
+    let hits = 0;
+    for (let i = 0; i < n; i++) {
+      const order = Array.from({ length: m }, (_, j) => j).map((j) => {
+        let s = 0;
+        for (let t = 0; t < d; t++) s += (gen[i * d + t] - real[j * d + t]) ** 2;
+        return { j, s };
+      }).sort((a, b) => a.s - b.s);
+      if (order.slice(0, k).some((o) => realCaps[o.j] === prompts[i])) hits++;
+    }
+    return hits / n;
+  });
+  assert.deepEqual(got, want);
+  assert.ok(got[0] < 1 && got[4] === 1, `a real test: ${got}`);
+  // A hand-made case in 1-D: 0.9 → real 1 ("x"): hit. 3.1 → 3 ("z"), then 2 ("y"): a top-2 hit only. 2.0 → 2 ("y"),
+  // then 1 and 3 at the same distance, and the lower index 1 ("x") must come first: a top-2 hit, not only top-3.
+  const r1 = textFidelity([0.9, 3.1, 2.0], ["x", "y", "x"], [0, 1, 2, 3, 10], ["w", "x", "y", "z", "v"], 1, [1, 2, 3]);
+  assert.deepEqual(r1, [1 / 3, 1, 1]);
+
+  for (const k of [1, 2, 3, 5]) {
+    let sum = 0;
+    for (const p of prompts) {
+      let hit = 0, all = 0;
+      for (const s of subsets(m, k)) {
+        all++;
+        if (s.some((j) => realCaps[j] === p)) hit++;
+      }
+      sum += hit / all;
+    }
+    const want = sum / prompts.length, have = chanceFidelity(prompts, realCaps, k);
+    assert.ok(Math.abs(have - want) < 1e-12, `chance top-${k}: ${have} vs ${want}`);
+  }
+  assert.equal(chanceFidelity(["a", "b"], ["a", "b", "c", "d"], 1), 1 / 4);
+});
+
+Deno.test("toDisplayed: clamps to [-1, 1] and rounds to the 8-bit grid; grid values pass unchanged", () => {
+  const grid = Float32Array.from({ length: 256 }, (_, v) => v / 127.5 - 1);
+  assert.deepEqual(toDisplayed(Float32Array.from(grid)), grid);
+  const x = toDisplayed(Float32Array.of(-7, 3, 0.001, -Infinity, NaN));
+  assert.deepEqual(Array.from(x), [-1, 1, Math.fround(128 / 127.5 - 1), -1, NaN], "NaN stays visible");
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Oracle and shuffled generators on real emoji.
+
+Deno.test({
+  name: "evaluate: the real images score top-1 1.0 and FID ≈ 0; shuffled ones keep FID ≈ 0 and lose top-1",
+  ...ORT,
+  fn: async () => {
+    const net = await mobilenet();
+    const sets = await emojiCaptionSets({ size: 32 }, { limit: 12 });
+    assert.deepEqual(sets.map((s) => [s.name, s.captions.length]), [["heldout", 12], ["train", 12]]);
+    const n = 12, per = 3 * 32 * 32;
+    const perm = new Rng(3).permutation(n);
+    const ex = await createExecutor("cpu");
+    try {
+      const report = await evaluateGenerators({
+        executor: ex,
+        sets,
+        fid: { net },
+        generators: [
+          { name: "oracle", generate: (_c, _s, set) => Promise.resolve(Float32Array.from(set.images)) },
+          {
+            name: "shuffled",
+            generate: (_c, _s, set) => {
+              const out = new Float32Array(set.images.length);
+              for (let i = 0; i < n; i++) out.set(set.images.subarray(perm[i] * per, (perm[i] + 1) * per), i * per);
+              return Promise.resolve(out);
+            },
+          },
+        ],
+      });
+      const floor = report.floor!.fid;
+      const direct = await fidProxy(ex, { data: sets[0].images, shape: [n, 3, 32, 32] }, {
+        data: sets[1].images,
+        shape: [n, 3, 32, 32],
+      }, { net });
+      assert.ok(floor > 1, `held-out vs train real images differ: floor ${floor}`);
+      assert.ok(Math.abs(floor - direct) < 1e-4 * direct, `floor ${floor} vs fidProxy ${direct}`);
+      const [oracle, shuffled] = report.rows;
+      for (const s of sets) {
+        const o = oracle.sets[s.name], sh = shuffled.sets[s.name];
+        assert.equal(o.top1, 1, `oracle top-1 on ${s.name}`);
+        assert.equal(o.top5, 1);
+        assert.ok(Math.abs(o.fid) < 1e-6 * floor, `oracle FID ${o.fid} on ${s.name}`);
+        // The same images in another order: the FID proxy cannot tell, text fidelity can.
+        assert.ok(Math.abs(sh.fid) < 1e-6 * floor, `shuffled FID ${sh.fid} on ${s.name}`);
+        const same = s.captions.filter((c, i) => s.captions[perm[i]] === c).length;
+        assert.equal(sh.top1, same / n, `shuffled top-1 on ${s.name}`);
+        assert.ok(sh.top1 <= 0.25, `shuffled top-1 ${sh.top1} near chance`);
+        const info = report.sets.find((x) => x.name === s.name)!;
+        assert.ok(Math.abs(info.chanceTop1 - chanceFidelity(s.captions, s.captions, 1)) < 1e-15);
+        assert.ok(info.chanceTop1 >= 1 / n && info.chanceTop1 < 0.2, `chance ${info.chanceTop1}`);
+      }
+      assert.equal(ex.liveBuffers(), 0, "evaluate frees its buffers");
+    } finally {
+      await ex.close();
+    }
+  },
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// The stage in a pipeline run, and the CLI.
+
+const TINY = {
+  channels: [8, 16],
+  attention_levels: [1],
+  heads: 2,
+  groups: 4,
+  context_dim: 64,
+  pooled_dim: 64,
+  size: 32,
+};
+
+/**
+ * A tiny UNet's weights with every parameter perturbed: the initialiser zeroes the output layers, and a UNet that
+ * outputs 0 gives the same images whatever its other weights.
+ */
+function randomUnet(seed: number): Record<string, Float32Array> {
+  const u = unet.params.parse(TINY), rng = new Rng(seed);
+  const w = unet.init(u, rng.fold("init"));
+  for (const [k, v] of Object.entries(w)) {
+    const z = rng.fold(k).normal(v.length);
+    for (let i = 0; i < v.length; i++) v[i] += 0.1 * z[i];
+  }
+  return w;
+}
+
+async function saveUnet(path: string, w: Record<string, Float32Array>): Promise<string> {
+  const shapes = unet.shapes(unet.params.parse(TINY));
+  await writeSafetensors(
+    path,
+    Object.fromEntries(Object.entries(w).map(([k, v]) => [k, { data: v, shape: shapes[k] }])),
+  );
+  return path;
+}
+
+function configText(
+  out: string,
+  seed: number,
+  report: Record<string, unknown>,
+  student: Record<string, unknown> = { kind: "unet", params: TINY },
+  teacher: Record<string, unknown> = { kind: "unet", params: TINY },
+): string {
+  return stringify({
+    version: 1,
+    run: { seed, executor: "cpu", steps: 1, out, log_every: 1 },
+    models: { teacher, student },
+    stages: {
+      report: { kind: "eval_report", at: "end", params: { student: "student", teacher: "teacher", ...report } },
+    },
+  });
+}
+
+const ROWS = ["teacher 1-step", "teacher 2-step", "student 1-step", "student 2-step"];
+const PARAMS = { teacher_steps: [1, 2], student_steps: [1, 2], limit: 8, batch: 5 };
+
+function checkReport(r: EvalReport & { step: number }, md: string, n: number): void {
+  assert.equal(r.step, 1);
+  assert.equal(r.executor, "cpu");
+  assert.ok(!Number.isNaN(Date.parse(r.date)));
+  assert.deepEqual(r.sets.map((s) => [s.name, s.images]), [["heldout", n], ["train", n]]);
+  assert.deepEqual(r.rows.map((x) => x.name), ROWS);
+  assert.ok(Number.isFinite(r.floor!.fid) && r.floor!.fid > 0);
+  for (const row of r.rows) {
+    assert.ok(row.msPerImage > 0 && Number.isFinite(row.msPerImage), `${row.name} ms/image ${row.msPerImage}`);
+    for (const s of ["heldout", "train"]) {
+      const x = row.sets[s];
+      assert.equal(x.images, n);
+      assert.ok(Number.isFinite(x.fid) && x.fid > 0, `${row.name} ${s} FID ${x.fid}`);
+      for (const v of [x.top1, x.top5]) assert.ok(Number.isInteger(v * n) && v >= 0 && v <= 1, `${v}`);
+      assert.ok(x.top5 >= x.top1);
+      assert.equal(x.nonFinite, 0);
+    }
+  }
+  const header = md.split("\n").find((l) => l.startsWith("| generator"))!;
+  assert.equal(
+    header,
+    "| generator | held-out FID-proxy | train FID-proxy | held-out top-1 | held-out top-5 | train top-1 | train top-5 " +
+      "| ms/image |",
+  );
+  for (const name of ROWS) {
+    const line = md.split("\n").find((l) => l.startsWith(`| ${name} |`));
+    assert.ok(line && line.split("|").length === 10, `markdown row of ${name}`);
+    // The markdown shows the JSON's numbers.
+    const row = r.rows.find((x) => x.name === name)!;
+    assert.ok(
+      line.includes(` ${row.sets.heldout.fid.toFixed(2)} `) && line.includes(` ${row.msPerImage.toFixed(1)} |`),
+    );
+  }
+  assert.ok(md.includes(`floor (held-out real vs train real): ${r.floor!.fid.toFixed(2)}`));
+  assert.ok(md.includes("- executor: cpu") && md.includes("- step: 1"));
+}
+
+Deno.test({
+  name: "eval_report: a 1-step run of tiny random UNets writes report.md/json; other weights give other numbers",
+  ...ORT,
+  fn: async () => {
+    const reports: (EvalReport & { step: number })[] = [];
+    for (const seed of [0, 1]) {
+      const out = await tmp(`run-${seed}`);
+      const init = async (who: string, s: number) => ({
+        kind: "unet",
+        params: TINY,
+        init: await saveUnet(`${out}/${who}-init.safetensors`, randomUnet(s)),
+      });
+      const loaded = loadConfig(
+        "eval.yaml",
+        configText(out, seed, PARAMS, await init("student", 10 + seed), await init("teacher", 20 + seed)),
+      );
+      const lines: string[] = [];
+      const code = await runPipeline(loaded, planPipeline(loaded), {
+        tty: false,
+        print: (l) => lines.push(l),
+        warn: (l) => lines.push(l),
+      });
+      assert.equal(code, 0, lines.join("\n"));
+      const r = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
+      checkReport(r, await Deno.readTextFile(`${out}/report.md`), 8);
+      assert.deepEqual([...Deno.readDirSync(out)].filter((e) => e.name.includes(".tmp-")), [], "atomic writes");
+      reports.push(r);
+    }
+    const [a, b] = reports;
+    assert.equal(a.floor!.fid, b.floor!.fid, "the real images do not depend on the weights");
+    for (let i = 0; i < ROWS.length; i++) {
+      assert.notEqual(a.rows[i].sets.heldout.fid, b.rows[i].sets.heldout.fid, `${ROWS[i]} moves with the weights`);
+    }
+    // One weights set, different samplers and step counts: different images.
+    assert.notEqual(a.rows[0].sets.heldout.fid, a.rows[1].sets.heldout.fid);
+  },
+});
+
+Deno.test("eval_report: config errors name the key (not a unet, wrong size, a split given, nothing to evaluate)", () => {
+  const cases: [string, Record<string, unknown>, Record<string, unknown> | undefined, RegExp][] = [
+    [
+      "size",
+      {},
+      { kind: "unet", params: { ...TINY, size: 16 } },
+      /eval\.yaml:\d+:\d+: .*model "student" makes 3×16×16 images; the emoji sets are 3×32×32/,
+    ],
+    ["kind", {}, { kind: "mlp", params: { in: 2, out: 2 } }, /model "student" is a mlp, not a unet/],
+    ["split", { dataset: { split: "train" } }, undefined, /dataset\.split.*picks the splits itself/],
+    ["bad emoji param", { dataset: { size: 3 } }, undefined, /dataset\.size/],
+    ["empty", { teacher_steps: [], student_steps: [] }, undefined, /nothing to evaluate/],
+  ];
+  for (const [what, params, student, re] of cases) {
+    const loaded = loadConfig("eval.yaml", configText("/tmp/unused", 0, params, student));
+    assert.throws(() => planPipeline(loaded), (e) => e instanceof ConfigError && re.test(e.message), what);
+  }
+  // The control: the same config without the fault plans.
+  planPipeline(loadConfig("eval.yaml", configText("/tmp/unused", 0, {})));
+});
+
+Deno.test({
+  name: "deno task evaluate: a saved UNet folder gives the same report shape, teacher and student rows",
+  ...ORT,
+  fn: async () => {
+    const dir = await tmp("folder"), out = await tmp("cli-out");
+    await saveUnet(`${dir}/unet.safetensors`, randomUnet(5));
+    await Deno.writeTextFile(
+      `${dir}/config.yaml`,
+      stringify({
+        version: 1,
+        models: { unet: { kind: "unet", params: TINY } },
+        data: { emoji: { kind: "emoji", params: { split: "train", size: 32 } } },
+        stages: {
+          noise: {
+            kind: "diffusion_noise",
+            params: { schedule: { kind: "cosine", zeroTerminalSnr: true }, prediction: "v" },
+          },
+        },
+      }),
+    );
+    await Deno.writeTextFile(`${dir}/state.json`, JSON.stringify({ step: 1 }));
+    const code = await evaluateCli([
+      "--teacher",
+      dir,
+      "--student",
+      dir,
+      "--steps-teacher",
+      "1,2",
+      "--steps-student",
+      "1,2",
+      "--limit",
+      "8",
+      "--batch",
+      "5",
+      "--executor",
+      "cpu",
+      "--out",
+      out,
+    ]);
+    assert.equal(code, 0);
+    const r = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
+    checkReport(r, await Deno.readTextFile(`${out}/report.md`), 8);
+    assert.equal(r.teacher, `${dir}/unet.safetensors`);
+    // Teacher and student are the same UNet here, but DDIM and the ADD sampler differ after the first step only.
+    assert.equal(r.rows[0].sets.heldout.fid, r.rows[2].sets.heldout.fid, "1-step DDIM = 1-step ADD = x̂0(xT)");
+    assert.notEqual(r.rows[1].sets.heldout.fid, r.rows[3].sets.heldout.fid);
+    assert.equal(await evaluateCli(["--teacher", dir, "--limit", "1"]), 1, "a limit below 2 is refused");
+  },
+});
+
+Deno.test("reportMarkdown: every set's columns in order, meta lines, non-finite numbers shown as such", () => {
+  const r: EvalReport = {
+    executor: "x",
+    date: "2026-01-01T00:00:00.000Z",
+    featureDim: 4,
+    sets: [{ name: "a", label: "A", images: 2, captions: 2, chanceTop1: 0.5, chanceTop5: 1 }],
+    floor: null,
+    rows: [{
+      name: "g",
+      sampler: "ddim",
+      steps: 3,
+      guidance: 2,
+      msPerImage: 1.25,
+      sets: { a: { fid: NaN, top1: 0.5, top5: 1, images: 2, nonFinite: 1 } },
+    }],
+  };
+  const md = reportMarkdown(r, { step: 7 });
+  assert.ok(md.includes("| generator | A FID-proxy | A top-1 | A top-5 | ms/image |"));
+  assert.ok(md.includes("| g | NaN | 50.0% | 100.0% | 1.3 |") || md.includes("| g | NaN | 50.0% | 100.0% | 1.2 |"));
+  assert.ok(md.includes("g = ddim 3 steps, guidance 2") && md.includes("- step: 7") && !md.includes("floor"));
+  assert.ok(md.includes("**g produced NaN or infinite values** in 1 A images."));
+});
