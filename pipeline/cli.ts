@@ -150,6 +150,6 @@ function printPlan(
   for (const e of plan.effects) {
     const s = plan.stages[e];
     const when = s.at ? `at ${s.at}` : s.every === 1 ? "every step" : `every ${s.every} steps`;
-    print(`  ${i++}. effect: ${e} [${s.def.kind}] ${when}${s.def.alsoLast ? " and at the end" : ""}`);
+    print(`  ${i++}. effect: ${e} [${s.def.kind}] ${when}${s.def.alsoLast && !s.at ? " and at the end" : ""}`);
   }
 }

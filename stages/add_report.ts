@@ -10,6 +10,8 @@
  * @module
  */
 import { z } from "zod";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Rng } from "../engine/rng.ts";
 import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
 import {
@@ -17,6 +19,7 @@ import {
   type EvalReport,
   evaluateGenerators,
   type Generator,
+  type GeneratorRow,
   reportMarkdown,
 } from "../models/evaluate.ts";
 import { writeAtomic } from "../models/png_grid.ts";
@@ -24,6 +27,8 @@ import type { UNetParams } from "../models/unet.ts";
 import { type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { emoji, type EmojiParams, loadEmoji } from "./data/emoji.ts";
 import { loadCaptionEncoder } from "./text_encode.ts";
+
+const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
 // Keys the choice of the train subset and of `limit` subsets; changing it changes which images are evaluated.
 const SUBSET_KEY = 20261205;
@@ -69,6 +74,12 @@ const Params = z.strictObject({
   text_encoder: z.string().default("models/text_encoder"),
   /** Evaluate only on the run's last step (an evaluation takes minutes); false: at every firing of the cadence. */
   only_last: z.boolean().default(true),
+  /**
+   * A JSON file (relative to the project root) caching the teacher's rows. The teacher is frozen, so its rows depend
+   * only on its weights and these settings: they are reused when the stored key (a SHA-256 of the weights and the
+   * settings) matches, and recomputed and stored otherwise. The report says which rows came from the cache.
+   */
+  teacher_cache: z.string().optional(),
 });
 type P = z.output<typeof Params>;
 
@@ -195,21 +206,84 @@ export const addReport: StageDef<P> = {
       })),
     ];
     const sets = await emojiCaptionSets(p.dataset, p);
-    ctx.log(`eval_report: ${generators.length} generators × ${sets.map((s) => s.captions.length).join(" + ")} images`);
+    const cache = p.teacher_cache && p.teacher_steps.length ? await readTeacherCache(p, tw, ctx.executor.name) : null;
+    const todo = cache?.hit ? generators.filter((g) => !g.name.startsWith("teacher ")) : generators;
+    if (cache?.hit) ctx.log(`eval_report: teacher rows from ${p.teacher_cache} (computed ${cache.hit.date})`);
+    ctx.log(`eval_report: ${todo.length} generators × ${sets.map((s) => s.captions.length).join(" + ")} images`);
     const report = await evaluateGenerators({
       executor: ctx.executor,
-      generators,
+      generators: todo,
       sets,
       encoder: enc,
       batch: p.batch,
       log: ctx.log,
     });
+    if (cache?.hit) report.rows = [...cache.hit.rows, ...report.rows];
+    else if (cache) {
+      const rows = report.rows.filter((r) => r.name.startsWith("teacher "));
+      await writeAtomic(
+        cache.file,
+        JSON.stringify({ key: cache.key, date: report.date, executor: report.executor, rows }, null, 2) + "\n",
+      );
+      ctx.log(`eval_report: stored the teacher rows in ${p.teacher_cache}`);
+    }
     const paths = await writeReport(ctx.out, report, {
       step: ctx.step,
       teacher: p.teacher,
       student: p.student,
       weights: p.ema ? "EMA where kept" : "raw",
+      teacher_rows: cache?.hit
+        ? `cached ${cache.hit.date} on ${cache.hit.executor} (${p.teacher_cache})`
+        : "computed in this run",
     });
     ctx.log(`eval_report: ${paths.md} (and report.json)`);
   },
 };
+
+interface TeacherCache {
+  key: string;
+  date: string;
+  executor: string;
+  rows: GeneratorRow[];
+}
+
+/** The cache file's path, the key of this teacher and settings, and the stored rows when the key matches. */
+async function readTeacherCache(p: P, weights: Record<string, Float32Array>, executor: string) {
+  const file = join(PROJECT_ROOT, p.teacher_cache!);
+  const h = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify(cacheSettings(p, executor))));
+  const parts = [new Uint8Array(h), ...Object.keys(weights).sort().map((k) => new Uint8Array(weights[k].buffer))];
+  const all = new Uint8Array(parts.reduce((n, a) => n + a.length, 0));
+  let at = 0;
+  for (const a of parts) {
+    all.set(a, at);
+    at += a.length;
+  }
+  const key = Array.from(
+    new Uint8Array(await crypto.subtle.digest("SHA-256", all)),
+    (b) => b.toString(16).padStart(2, "0"),
+  )
+    .join("");
+  let hit: TeacherCache | null = null;
+  try {
+    const c = JSON.parse(await Deno.readTextFile(file)) as TeacherCache;
+    if (c.key === key && Array.isArray(c.rows)) hit = c;
+  } catch {
+    // no cache yet, or unreadable: recompute
+  }
+  return { file, key, hit };
+}
+
+/** Everything besides the weights that the teacher's rows depend on. */
+function cacheSettings(p: P, executor: string) {
+  return {
+    executor,
+    teacher_steps: p.teacher_steps,
+    teacher_guidance: p.teacher_guidance,
+    dataset: p.dataset,
+    train_images: p.train_images ?? null,
+    limit: p.limit ?? null,
+    schedule: p.schedule,
+    prediction: p.prediction,
+    text_encoder: p.text_encoder,
+  };
+}
