@@ -11,26 +11,13 @@
  *
  * @module
  */
+import { FASHION_MNIST_CLASSES } from "../stages/data/fashion_mnist.ts";
 import emoji from "emoji-datasource-google/emoji.json" with { type: "json" };
 import { lowerToOnnx } from "../engine/onnx/lower.ts";
 import { Rng } from "../engine/rng.ts";
 import { encodeSafetensors } from "../engine/safetensors.ts";
 import { BpeTokenizer, learnBpe } from "./bpe_tokenizer.ts";
 import { type ClipTextConfig, clipTextShapes, DEFAULT_CLIP_TEXT, initClipText, traceClipText } from "./clip_text.ts";
-
-/** Fashion-MNIST's class names, in label order. */
-export const FASHION_MNIST_CLASSES = [
-  "t-shirt/top",
-  "trouser",
-  "pullover",
-  "dress",
-  "coat",
-  "sandal",
-  "shirt",
-  "sneaker",
-  "bag",
-  "ankle boot",
-] as const;
 
 /** Unicode's names of the skin-tone modifiers U+1F3FB–U+1F3FF, as CLDR spells them in emoji names. */
 export const SKIN_TONES: Record<string, string> = {
