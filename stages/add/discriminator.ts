@@ -68,13 +68,17 @@ export const addDiscriminatorStage: StageDef<P> = {
       if (text) ins.text = text;
       return ctx.apply(p.model, ins).logits; // [B, K]
     };
-    const realIns = levels.map((l) => fr[l]);
-    const dReal = heads(fr), dFake = heads(ff);
+    // R1 differentiates each head in its own input F_k. The feature network computes its levels one from another,
+    // so a gradient with respect to the levels themselves would also run from F_k through the later levels into
+    // the later heads (and back through the frozen network). The heads read the real features through
+    // stop-gradient copies instead, which the real branch can afford: nothing upstream of it is trained.
+    const realIns = levels.map((l) => stopGradient(fr[l]));
+    const dReal = heads(Object.fromEntries(levels.map((l, k) => [l, realIns[k]]))), dFake = heads(ff);
     const perExample = (t: Tensor) => mean(sum(t, 1)); // Σ_k, then E over the batch
     let lossD = add(perExample(relu(sub(1, dReal))), perExample(relu(add(dFake, 1))));
     let r1: Tensor | null = null;
     if (p.r1_gamma > 0) {
-      // Head k reads only F_k (and the condition), so ∂(Σ_k D_k)/∂F_k = ∂D_k/∂F_k.
+      // Head k reads only its copy of F_k (and the condition), so ∂(Σ_k D_k)/∂F_k = ∂D_k/∂F_k.
       const grads = vjp(sum(dReal), realIns);
       const b = real.shape[0];
       r1 = grads.map((g) => mul(sum(square(g)), 1 / b)).reduce((a, c) => add(a, c));

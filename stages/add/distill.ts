@@ -84,7 +84,9 @@ export const addDistill: StageDef<P> = {
     const out = stopGradient(ctx.apply(p.model, { x: xt, t, ...cond(tokens, pooled) }).out);
     const perExample = (d: Tensor) => mean(d, [1, 2, 3]); // [B]
     if (p.weighting !== "nfsd") {
-      const target = toX0Traced(p.prediction, out, xt, alpha, sigma);
+      // The whole estimate is a constant, not only the network's output: converting it to x̂_ψ goes through x̂_t,
+      // which depends on x̂ (for ε-prediction x̂ − x̂_ψ would not depend on x̂ at all).
+      const target = stopGradient(toX0Traced(p.prediction, out, xt, alpha, sigma));
       const c = p.weighting === "exponential" ? alpha : mul(mul(alpha, sigma), 0.5);
       return { loss: mean(mul(reshape(c, [b]), perExample(square(sub(x, target))))) };
     }
