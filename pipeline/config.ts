@@ -373,7 +373,10 @@ export function loadConfig(
       throw new ConfigError([`${from}: "${set.slice(0, eq)}" is not a dotted path of keys`]);
     }
     try {
-      doc.setIn(path, doc.createNode(parseSetValue(set.slice(eq + 1))));
+      const value = parseSetValue(set.slice(eq + 1));
+      // `null` removes the key, as in an `extends` layer (e.g. --set stages.preview=null drops a stage).
+      if (value === null) doc.deleteIn(path);
+      else doc.setIn(path, doc.createNode(value));
     } catch {
       const above = path.findIndex((_, i) => !isMap(doc.getIn(path.slice(0, i + 1), true)) && i < path.length - 1);
       throw new ConfigError([
