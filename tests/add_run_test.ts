@@ -156,9 +156,15 @@ Deno.test({
   fn: async () => {
     const run = await runCli(TINY, "cpu", ["--executor", "cpu"]);
     checkMetrics(run, 4, ALL_KEYS);
-    // The generator's loss is the weighted sum the config asks for: adv + 2.5 distill.
+    // The generator's loss is the weighted sum the config asks for: adv + λ distill.
+    const weights = loadConfig(TINY, Deno.readTextFileSync(TINY)).config.stages.generator_loss.params.weights as {
+      a?: number;
+      b?: number;
+    };
+    const lambda = weights.b ?? 1;
+    assert.ok(lambda !== 1, "the config should weight the distillation term");
     for (const r of run.rows) {
-      const want = r["generator_loss.adv"] + 2.5 * r["generator_loss.distill"];
+      const want = (weights.a ?? 1) * r["generator_loss.adv"] + lambda * r["generator_loss.distill"];
       assert.ok(Math.abs(r["opt_g.loss"] - want) <= 1e-5 * Math.max(1, Math.abs(want)), `step ${r.step}: opt_g.loss`);
     }
     await checkCheckpoints(run, TINY, [2, 4], ["disc", "student"]);
