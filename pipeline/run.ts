@@ -294,7 +294,17 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
       }
     }
     progress.finish();
-    print(`done: ${cfg.steps} steps; outputs in ${out}/ (metrics.jsonl${lastCheckpoint ? `, checkpoints/` : ""})`);
+    // Name what the run produced, so the user knows where to look.
+    const made: string[] = ["metrics.jsonl"];
+    for (const f of ["metrics.svg", "report.md", "report.json", "samples/", "checkpoints/"]) {
+      try {
+        await Deno.stat(`${out}/${f}`);
+        made.push(f);
+      } catch {
+        // not produced by this pipeline
+      }
+    }
+    print(`done: ${cfg.steps} steps; outputs in ${out}/ (${made.join(", ")})`);
     return 0;
   } finally {
     for (const [sig, f] of listeners) {
