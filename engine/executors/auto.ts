@@ -6,9 +6,10 @@
  *
  * @module
  */
-import type { DType } from "../ir.ts";
+import type { DType, Graph } from "../ir.ts";
+import { onnxOutputNames } from "../onnx/lower.ts";
 import { graphInputs, size } from "../ir.ts";
-import type { Buffer, Executor, ExecutorName, HostArray } from "./executor.ts";
+import type { Buffer, Executor, ExecutorName, HostArray, Prepared } from "./executor.ts";
 
 /** Adapter names of software renderers, which are slower than onnxruntime on the CPU. */
 const SOFTWARE_ADAPTERS = /llvmpipe|lavapipe|swiftshader/i;
@@ -90,4 +91,47 @@ export function checkFeeds(wanted: ReturnType<typeof graphInputs>, inputs: Recor
       throw new Error(`run: input "${inp.name}" is ${buf.dtype}[${buf.shape}], graph wants ${inp.dtype}[${inp.shape}]`);
     }
   }
+}
+
+/** What the two onnxruntime packages' sessions have in common, for `sessionPrepared`. */
+export interface OrtSession<T> {
+  run(feeds: Record<string, T>): Promise<Record<string, unknown>>;
+  release(): Promise<void>;
+}
+
+/**
+ * The `Prepared` of an onnxruntime session over a lowered graph, shared by the cpu, wasm and webgpu executors: feeds
+ * the executor's tensors by input name, maps results back to the IR's output names (see `onnxOutputNames`), and
+ * releases the session once (`sessions` tracks the executor's open ones).
+ */
+export function sessionPrepared<T>(
+  graph: Graph,
+  session: OrtSession<T>,
+  sessions: Set<OrtSession<T>>,
+  own: (b: Buffer) => { tensor: T },
+  wrap: (t: T, shape: readonly number[], dtype: DType) => Buffer,
+): Prepared {
+  sessions.add(session);
+  const wanted = graphInputs(graph);
+  const inputNames = wanted.map((i) => i.name);
+  const outputNames = graph.outputs.map((o) => o.name);
+  const onnxNames = onnxOutputNames(graph);
+  const meta = graph.outputs.map((o) => graph.nodes[o.node]);
+  return {
+    inputNames,
+    outputNames,
+    run: async (inputs) => {
+      checkFeeds(wanted, inputs);
+      const feeds: Record<string, T> = {};
+      for (const name of inputNames) feeds[name] = own(inputs[name]).tensor;
+      const res = await session.run(feeds);
+      const out: Record<string, Buffer> = {};
+      outputNames.forEach((name, i) => (out[name] = wrap(res[onnxNames[i]] as T, meta[i].shape, meta[i].dtype)));
+      return out;
+    },
+    dispose: async () => {
+      if (!sessions.delete(session)) return;
+      await session.release();
+    },
+  };
 }

@@ -8,9 +8,8 @@
  */
 import * as ort from "onnxruntime-node";
 import type { DType, Graph } from "../ir.ts";
-import { graphInputs } from "../ir.ts";
-import { lowerToOnnx, onnxOutputNames } from "../onnx/lower.ts";
-import { checkFeeds, hostData, ortType } from "./auto.ts";
+import { lowerToOnnx } from "../onnx/lower.ts";
+import { hostData, ortType, sessionPrepared } from "./auto.ts";
 import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
 
 class NodeBuffer implements Buffer {
@@ -69,29 +68,13 @@ export class OrtNodeExecutor implements Executor {
       intraOpNumThreads: this.threads,
       interOpNumThreads: 1,
     });
-    this.sessions.add(session);
-    const wanted = graphInputs(graph);
-    const inputNames = wanted.map((i) => i.name);
-    const outputNames = graph.outputs.map((o) => o.name);
-    const onnxNames = onnxOutputNames(graph);
-    const meta = graph.outputs.map((o) => graph.nodes[o.node]);
-    return {
-      inputNames,
-      outputNames,
-      run: async (inputs) => {
-        checkFeeds(wanted, inputs);
-        const feeds: Record<string, ort.Tensor> = {};
-        for (const name of inputNames) feeds[name] = this.own(inputs[name]).tensor;
-        const res = await session.run(feeds);
-        const out: Record<string, Buffer> = {};
-        outputNames.forEach((name, i) => (out[name] = this.wrap(res[onnxNames[i]], meta[i].shape, meta[i].dtype)));
-        return out;
-      },
-      dispose: async () => {
-        if (!this.sessions.delete(session)) return;
-        await session.release();
-      },
-    };
+    return sessionPrepared<ort.Tensor>(
+      graph,
+      session,
+      this.sessions,
+      (b) => this.own(b),
+      (t, shape, dtype) => this.wrap(t, shape, dtype),
+    );
   }
 
   liveBuffers(): number {

@@ -10,9 +10,9 @@
  */
 import type * as OrtWeb from "onnxruntime-web";
 import type { DType, Graph } from "../ir.ts";
-import { graphInputs, size } from "../ir.ts";
+import { size } from "../ir.ts";
 import { lowerToOnnx, onnxOutputNames, type OnnxTarget } from "../onnx/lower.ts";
-import { checkFeeds, hostData, ortType } from "./auto.ts";
+import { hostData, ortType, sessionPrepared } from "./auto.ts";
 import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
 
 type Ort = typeof OrtWeb;
@@ -95,32 +95,13 @@ abstract class OrtWebExecutor implements Executor {
       graphOptimizationLevel: "all",
       ...this.sessionOptions(graph, opts),
     });
-    this.sessions.add(session);
-    const wanted = graphInputs(graph);
-    const inputNames = wanted.map((i) => i.name);
-    const outputNames = graph.outputs.map((o) => o.name);
-    const onnxNames = onnxOutputNames(graph);
-    const meta = graph.outputs.map((o) => graph.nodes[o.node]);
-    return {
-      inputNames,
-      outputNames,
-      run: async (inputs) => {
-        checkFeeds(wanted, inputs);
-        const feeds: Record<string, Tensor> = {};
-        for (const name of inputNames) feeds[name] = this.own(inputs[name]).tensor;
-        const res = await session.run(feeds);
-        const out: Record<string, Buffer> = {};
-        outputNames.forEach((
-          name,
-          i,
-        ) => (out[name] = this.wrap(res[onnxNames[i]] as Tensor, meta[i].shape, meta[i].dtype)));
-        return out;
-      },
-      dispose: async () => {
-        if (!this.sessions.delete(session)) return;
-        await session.release();
-      },
-    };
+    return sessionPrepared<Tensor>(
+      graph,
+      session,
+      this.sessions,
+      (b) => this.own(b),
+      (t, shape, dtype) => this.wrap(t, shape, dtype),
+    );
   }
 
   liveBuffers(): number {
