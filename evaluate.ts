@@ -7,7 +7,8 @@
  *
  * @module
  */
-import { Command, CommanderError, Option } from "commander";
+import { Command, Option } from "commander";
+import { runCommand } from "./pipeline/cli.ts";
 import { parse } from "yaml";
 import { createExecutor } from "./engine/executors/auto.ts";
 import type { ExecutorName } from "./engine/executors/executor.ts";
@@ -53,7 +54,6 @@ function positive(v: string | undefined, flag: string, min = 1): number | undefi
 
 /** Runs the evaluate CLI; returns the exit code. */
 export async function evaluateCli(argv: readonly string[]): Promise<number> {
-  let code = 0;
   const program = new Command()
     .name("deno task evaluate")
     .description("Evaluation report (FID-proxy, text fidelity, ms/image) of a teacher and optionally a student UNet.")
@@ -131,14 +131,7 @@ export async function evaluateCli(argv: readonly string[]): Promise<number> {
         await ex.close();
       }
     });
-  try {
-    await program.parseAsync([...argv], { from: "user" });
-  } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
-    console.error((e as Error).message.split("\n")[0]);
-    code = 1;
-  }
-  return code;
+  return await runCommand(program, argv);
 }
 
 if (import.meta.main) Deno.exit(await evaluateCli(Deno.args));

@@ -6,7 +6,8 @@
  *
  * @module
  */
-import { Command, CommanderError, Option } from "commander";
+import { Command, Option } from "commander";
+import { runCommand } from "./pipeline/cli.ts";
 import { parse } from "yaml";
 import { createExecutor } from "./engine/executors/auto.ts";
 import type { ExecutorName } from "./engine/executors/executor.ts";
@@ -76,7 +77,6 @@ export async function loadUnetFolder(dir: string, modelName?: string, preferEma 
 
 /** Runs the sample CLI; returns the exit code. */
 export async function sampleCli(argv: readonly string[]): Promise<number> {
-  let code = 0;
   const program = new Command()
     .name("deno task sample")
     .description("Draws a prompts × seeds grid from a saved UNet and writes it as PNG with a JSON legend.")
@@ -129,14 +129,7 @@ export async function sampleCli(argv: readonly string[]): Promise<number> {
         await ex.close();
       }
     });
-  try {
-    await program.parseAsync([...argv], { from: "user" });
-  } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
-    console.error((e as Error).message.split("\n")[0]);
-    code = 1;
-  }
-  return code;
+  return await runCommand(program, argv);
 }
 
 if (import.meta.main) Deno.exit(await sampleCli(Deno.args));
