@@ -4,7 +4,8 @@
  * projection (Miyato & Koyama 2018) on the text embedding and on an image embedding of the real image.
  *
  * Inputs: `f0`…`f{K-1}` feature maps [B, C_k, H_k, W_k], `text` [B, T], `image` [B, I].
- * Output: `logits` [B, K], one logit per head (mean over the head's spatial map).
+ * Outputs: `logits` [B, K], one logit per head (mean over the head's spatial map), and with `per_location` also
+ * `map0`…`map{K-1}` [B, H_k·W_k], each head's logit at every location, for a hinge per location.
  *
  * @module
  */
@@ -24,6 +25,8 @@ const Params = z.strictObject({
   text_dim: z.number().int().min(0).default(64),
   /** Width of the image embedding (0: no image conditioning). */
   image_dim: z.number().int().min(0).default(1280),
+  /** Also output each head's logits per location (`map{k}`), so that the hinge applies per location. */
+  per_location: z.boolean().default(false),
 });
 /** Discriminator settings. */
 export type DiscParams = z.output<typeof Params>;
@@ -46,16 +49,30 @@ function shapes(p: DiscParams): Record<string, number[]> {
   return s;
 }
 
-/** One head's logit per example: unconditional term + projection of its feature map on the condition's embedding. */
-export function discHead(p: Record<string, Tensor>, k: number, f: Tensor, cond: Tensor | null, hidden: number): Tensor {
+/**
+ * One head's logits per location [B, H·W]: an unconditional 1×1 output plus the projection of the location's hidden
+ * vector on the condition's embedding, ⟨h_l, cmap⟩/√hidden (StyleGAN-T's heads, whose hinge is per location).
+ */
+export function discHeadMap(
+  p: Record<string, Tensor>,
+  k: number,
+  f: Tensor,
+  cond: Tensor | null,
+  hidden: number,
+): Tensor {
   let h = leakyRelu(conv(f, p[`h${k}.in.w`], p[`h${k}.in.b`]), 0.2);
   h = leakyRelu(conv(h, p[`h${k}.mid.w`], p[`h${k}.mid.b`], { pad: 1 }), 0.2);
-  const [b] = h.shape;
-  const uncond = mean(conv(h, p[`h${k}.out.w`], p[`h${k}.out.b`]), [1, 2, 3]); // [B]
+  const [b, , hh, ww] = h.shape;
+  const uncond = reshape(conv(h, p[`h${k}.out.w`], p[`h${k}.out.b`]), [b, hh * ww]);
   if (!cond) return uncond;
-  const cmap = linear(cond, p[`h${k}.cmap.w`], p[`h${k}.cmap.b`]); // [B, hidden]
-  const proj = sum(mul(mean(h, [2, 3]), cmap), 1); // ⟨mean_hw h, cmap⟩ = mean_hw ⟨h, cmap⟩
-  return add(uncond, mul(reshape(proj, [b]), 1 / Math.sqrt(hidden)));
+  const cmap = reshape(linear(cond, p[`h${k}.cmap.w`], p[`h${k}.cmap.b`]), [b, hidden, 1, 1]);
+  const proj = reshape(sum(mul(h, cmap), 1), [b, hh * ww]);
+  return add(uncond, mul(proj, 1 / Math.sqrt(hidden)));
+}
+
+/** One head's logit per example: the mean over locations of `discHeadMap`. */
+export function discHead(p: Record<string, Tensor>, k: number, f: Tensor, cond: Tensor | null, hidden: number): Tensor {
+  return mean(discHeadMap(p, k, f, cond, hidden), 1);
 }
 
 /** The condition vector of the heads: text and image embeddings side by side. */
@@ -87,11 +104,20 @@ export const addDiscriminator: ModelDef<DiscParams> = {
     });
     if (p.text_dim) expectPort(inputs, "text", { dtype: "f32", shape: [b, p.text_dim] });
     if (p.image_dim) expectPort(inputs, "image", { dtype: "f32", shape: [b, p.image_dim] });
-    return { logits: { dtype: "f32", shape: [b, p.channels.length] } satisfies PortSpec };
+    const out: Record<string, PortSpec> = { logits: { dtype: "f32", shape: [b, p.channels.length] } };
+    if (p.per_location) {
+      p.channels.forEach((_, k) => {
+        const [, , h, w] = inputs[`f${k}`].shape;
+        out[`map${k}`] = { dtype: "f32", shape: [b, h * w] };
+      });
+    }
+    return out;
   },
   apply: (p, params, inputs) => {
     const cond = discCondition(p, inputs.text, inputs.image);
-    const heads = p.channels.map((_, k) => reshape(discHead(params, k, inputs[`f${k}`], cond, p.hidden), [-1, 1]));
-    return { logits: concat(heads, 1) };
+    const maps = p.channels.map((_, k) => discHeadMap(params, k, inputs[`f${k}`], cond, p.hidden));
+    const out: Record<string, Tensor> = { logits: concat(maps.map((m) => mean(m, 1, true)), 1) };
+    if (p.per_location) maps.forEach((m, k) => (out[`map${k}`] = m));
+    return out;
   },
 };

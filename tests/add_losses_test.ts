@@ -106,11 +106,11 @@ Deno.test("sum: weighted total of the connected inputs; each term logged unweigh
 type W = Record<string, number[]>;
 const lrelu = (v: number) => (v > 0 ? v : 0.2 * v);
 
-/** Head k's logit per example: 1×1 conv, lReLU, 3×3 conv (pad 1), lReLU, mean of a 1×1 conv, + projection. */
-function headRef(w: W, k: number, f: ArrayLike<number>, shape: number[], cond: number[][] | null, hidden: number) {
+/** Head k's logits per example and location: 1×1 conv, lReLU, 3×3 conv (pad 1), lReLU, 1×1 conv, + projection. */
+function headMapRef(w: W, k: number, f: ArrayLike<number>, shape: number[], cond: number[][] | null, hidden: number) {
   const [B, C, H, Wd] = shape, HW = H * Wd;
   const g = (n: string) => w[`h${k}.${n}`];
-  const out: number[] = [];
+  const out: number[][] = [];
   for (let b = 0; b < B; b++) {
     const h1 = new Float64Array(hidden * HW), h2 = new Float64Array(hidden * HW);
     for (let o = 0; o < hidden; o++) {
@@ -137,26 +137,30 @@ function headRef(w: W, k: number, f: ArrayLike<number>, shape: number[], cond: n
         }
       }
     }
-    let uncond = 0;
-    for (let i = 0; i < HW; i++) {
-      let s = g("out.b")[0];
-      for (let c = 0; c < hidden; c++) s += g("out.w")[c] * h2[c * HW + i];
-      uncond += s / HW;
-    }
-    let proj = 0;
+    const cm: number[] = [];
     if (cond) {
       const cd = cond[b];
       for (let o = 0; o < hidden; o++) {
-        let cm = g("cmap.b")[o];
-        for (let j = 0; j < cd.length; j++) cm += g("cmap.w")[o * cd.length + j] * cd[j];
-        let m = 0;
-        for (let i = 0; i < HW; i++) m += h2[o * HW + i] / HW;
-        proj += m * cm;
+        let c = g("cmap.b")[o];
+        for (let j = 0; j < cd.length; j++) c += g("cmap.w")[o * cd.length + j] * cd[j];
+        cm.push(c);
       }
     }
-    out.push(uncond + proj / Math.sqrt(hidden));
+    const map: number[] = [];
+    for (let i = 0; i < HW; i++) {
+      let s = g("out.b")[0], proj = 0;
+      for (let c = 0; c < hidden; c++) s += g("out.w")[c] * h2[c * HW + i];
+      for (let o = 0; o < cm.length; o++) proj += h2[o * HW + i] * cm[o];
+      map.push(s + proj / Math.sqrt(hidden));
+    }
+    out.push(map);
   }
   return out;
+}
+
+/** One head's logit per example: the mean over locations of `headMapRef`. */
+function headRef(w: W, k: number, f: ArrayLike<number>, shape: number[], cond: number[][] | null, hidden: number) {
+  return headMapRef(w, k, f, shape, cond, hidden).map(meanOf);
 }
 
 /**
@@ -176,7 +180,7 @@ function randomHeads(p: DiscParams, seed: number, gain = 1): W {
 Deno.test("add_discriminator model: logits of discHead/discCondition match plain loops", () => {
   const featShapes = [[2, 2, 4, 4], [2, 3, 2, 2], [2, 2, 1, 1]];
   for (const [text_dim, image_dim] of [[2, 3], [0, 3], [2, 0], [0, 0]]) {
-    const p: DiscParams = { channels: featShapes.map((s) => s[1]), hidden: 4, text_dim, image_dim };
+    const p: DiscParams = { channels: featShapes.map((s) => s[1]), hidden: 4, text_dim, image_dim, per_location: true };
     const w = randomHeads(p, 7 + text_dim + image_dim), rand = lcg(99);
     const b = new Bench();
     const params = Object.fromEntries(Object.entries(w).map(([k, v]) => [k, b.input(k, [v.length], v)]));
@@ -189,7 +193,8 @@ Deno.test("add_discriminator model: logits of discHead/discCondition match plain
     fs.forEach((f, k) => (ins[`f${k}`] = b.input(`f${k}`, featShapes[k], f)));
     if (text_dim) ins.text = b.input("text", [2, 2], text);
     if (image_dim) ins.image = b.input("image", [2, 3], image);
-    const r = b.run({ logits: addDiscriminator.apply(p, shaped, ins).logits });
+    const o = addDiscriminator.apply(p, shaped, ins);
+    const r = b.run({ logits: o.logits, map0: o.map0, map1: o.map1, map2: o.map2 });
     const cond = [0, 1].map((i) => [
       ...(text_dim ? text.slice(2 * i, 2 * i + 2) : []),
       ...(image_dim ? image.slice(3 * i, 3 * i + 3) : []),
@@ -199,6 +204,10 @@ Deno.test("add_discriminator model: logits of discHead/discCondition match plain
       headRef(w, k, f, featShapes[k], text_dim + image_dim ? cond : null, 4).forEach((v, i) => (want[i * 3 + k] = v));
     });
     allClose(r.logits, want, TOL, `logits text_dim=${text_dim} image_dim=${image_dim}`);
+    fs.forEach((f, k) => {
+      const maps = headMapRef(w, k, f, featShapes[k], text_dim + image_dim ? cond : null, 4).flat();
+      allClose(r[`map${k}`], maps, TOL, `map${k} text_dim=${text_dim} image_dim=${image_dim}`);
+    });
   }
 });
 
@@ -269,16 +278,22 @@ function sqGradNorm(g: (f: number[]) => number[], f: number[], h = 1e-6): number
   return s;
 }
 
-const DP: DiscParams = { channels: [2, 3], hidden: 4, text_dim: 2, image_dim: 3 };
+const DP: DiscParams = { channels: [2, 3], hidden: 4, text_dim: 2, image_dim: 3, per_location: false };
 
 /** Traces the add_discriminator stage on the tiny network with head parameters `heads` (path → tensor). */
-function traceDisc(tr: Trace, heads: Record<string, Tensor>, ins: Record<string, Tensor>, gamma: number) {
+function traceDisc(
+  tr: Trace,
+  heads: Record<string, Tensor>,
+  ins: Record<string, Tensor>,
+  gamma: number,
+  dp: DiscParams = DP,
+) {
   const shaped = Object.fromEntries(
-    Object.entries(addDiscriminator.shapes(DP)).map(([k, s]) => [k, reshape(heads[k], s)]),
+    Object.entries(addDiscriminator.shapes(dp)).map(([k, s]) => [k, reshape(heads[k], s)]),
   );
   const { ctx, metrics } = fakeCtx(tr, {
     features: featNet,
-    disc: (i) => addDiscriminator.apply(DP, shaped, i),
+    disc: (i) => addDiscriminator.apply(dp, shaped, i),
   });
   const p = addDiscriminatorStage.params.parse({ model: "disc", features: "features", r1_gamma: gamma });
   const out = addDiscriminatorStage.trace!(ctx, p, ins);
@@ -322,6 +337,41 @@ Deno.test("add_discriminator stage: hinge L_D, L_G and R1 (vs finite differences
   close(r.loss_g[0], -E((i) => dFake[0][i] + dFake[1][i]), TOL, "L_G");
   close(r.d_real[0], meanOf(dReal.flat()), TOL, "d_real");
   close(r.d_fake[0], meanOf(dFake.flat()), TOL, "d_fake");
+});
+
+Deno.test("add_discriminator stage: per-location hinge (StyleGAN-T heads) vs plain loops", () => {
+  const dp: DiscParams = { ...DP, per_location: true };
+  const w = randomHeads(dp, 4, 4), rand = lcg(6);
+  const real = randn(32 * 3, rand), fake = randn(32 * 3, rand).map((v) => 0.5 * v), text = randn(4, rand);
+  const b = new Bench();
+  const heads = Object.fromEntries(Object.entries(w).map(([k, v]) => [k, b.input(k, [v.length], v)]));
+  const ins = {
+    real: b.input("real", IMG, real),
+    fake: b.input("fake", IMG, fake),
+    text: b.input("text", [2, 2], text),
+  };
+  const out = traceDisc(b.tr, heads, ins, 0.6, dp);
+  const r = b.run({ loss_d: out.loss_d, loss_g: out.loss_g, ...out.metrics });
+  const fr = featRef(real), ff = featRef(fake);
+  const cond = [0, 1].map((i) => [...text.slice(2 * i, 2 * i + 2), ...fr.pooled[i]]);
+  const M = (k: number, f: number[]) => headMapRef(w, k, f, k ? L1 : L0, cond, dp.hidden).flat();
+  const mr = [M(0, fr.l0), M(1, fr.l1)], mf = [M(0, ff.l0), M(1, ff.l1)];
+  const hinge = meanOf(mr[0].map((v) => Math.max(0, 1 - v))) + meanOf(mr[1].map((v) => Math.max(0, 1 - v))) +
+    meanOf(mf[0].map((v) => Math.max(0, 1 + v))) + meanOf(mf[1].map((v) => Math.max(0, 1 + v)));
+  // Some locations are on each side of a hinge while their head's mean is not, or the test could not tell the forms.
+  const meanForm = [0, 1].reduce(
+    (a, k) =>
+      a + meanOf([0, 1].map((i) =>
+        Math.max(0, 1 - meanOf(mr[k].slice(i * mr[k].length / 2, (i + 1) * mr[k].length / 2)))
+      )) +
+      meanOf([0, 1].map((i) =>
+        Math.max(0, 1 + meanOf(mf[k].slice(i * mf[k].length / 2, (i + 1) * mf[k].length / 2)))
+      )),
+    0,
+  );
+  assert.ok(Math.abs(meanForm - hinge) > 1e-3, `per-location ${hinge} vs per-example ${meanForm}: not sensitive`);
+  close(r.loss_d[0], hinge + 0.3 * r.r1[0], TOL, "L_D");
+  close(r.loss_g[0], -(meanOf(mf[0]) + meanOf(mf[1])), TOL, "L_G");
 });
 
 Deno.test("add_discriminator stage: ∂R1/∂(head parameters), a gradient of a gradient, vs finite differences", () => {

@@ -6,7 +6,8 @@ import type { ConvAttrs, DType, Graph, Node } from "../engine/ir.ts";
 import { size, strides } from "../engine/ir.ts";
 import { createExecutor, hasHardwareGpu } from "../engine/executors/auto.ts";
 import type { Executor, HostArray } from "../engine/executors/executor.ts";
-import { lowerToOnnx } from "../engine/onnx/lower.ts";
+import { type GradWeightLowering, lowerToOnnx } from "../engine/onnx/lower.ts";
+import * as ortNode from "onnxruntime-node";
 
 // ---------------------------------------------------------------- tiny graph builder and reference loops
 
@@ -417,6 +418,33 @@ Deno.test("lowerToOnnx is deterministic and names stay short", () => {
   const a = lowerToOnnx(g, "cpu"), b = lowerToOnnx(g, "cpu");
   if (a.length !== b.length || a.some((v, i) => v !== b[i])) throw new Error("not deterministic");
   if (a.length > 200) throw new Error(`model of ${a.length} bytes for 3 nodes`);
+});
+
+// The executors above use each target's default weight-gradient lowering; every alternative is checked here too.
+Deno.test("conv weight gradient: every lowering (gemm, matmul, conv) vs plain loops on onnxruntime-node", async () => {
+  const convs: [number[], number[], ConvAttrs][] = [
+    [[2, 3, 5, 6], [4, 3, 3, 3], { stride: [1, 1], pad: [1, 1, 1, 1], groups: 1 }],
+    [[2, 2, 8, 7], [3, 2, 3, 3], { stride: [2, 2], pad: [1, 0, 0, 1], groups: 1 }],
+    [[1, 2, 7, 6], [2, 2, 2, 3], { stride: [2, 1], pad: [0, 0, 0, 0], groups: 1 }],
+  ];
+  for (const [xs, ws, a] of convs) {
+    const xt = randT(xs), wt = randT(ws);
+    const gyt = randT(convRef(xt, wt, null, a).y.shape);
+    const { gw } = convRef(xt, wt, gyt, a);
+    const b = new B();
+    b.out("gw", b.add("conv2d_grad_weight", [b.input("x", xt), b.input("gy", gyt)], a, ws), gw);
+    for (const how of ["gemm", "matmul", "conv"] as GradWeightLowering[]) {
+      const s = await ortNode.InferenceSession.create(lowerToOnnx(b.graph(), "cpu", { gradWeight: how }));
+      const feed = (t: T) => new ortNode.Tensor("float32", Float32Array.from(t.data), t.shape);
+      const got = (await s.run({ x: feed(xt), gy: feed(gyt) })).gw.data as Float32Array;
+      await s.release();
+      for (let i = 0; i < gw.data.length; i++) {
+        if (Math.abs(got[i] - gw.data[i]) > 1e-5 + 1e-4 * Math.abs(gw.data[i])) {
+          throw new Error(`${how} x[${xs}] w[${ws}] at ${i}: ${got[i]} vs ${gw.data[i]}`);
+        }
+      }
+    }
+  }
 });
 
 const gpuAvailable = await (async () => {

@@ -384,8 +384,56 @@ function gradWeightMatMul(
   return b.reshape(b.transpose(prod, [2, 1, 0]), [Cout, Cin, kh, kw], out);
 }
 
+/**
+ * Weight gradient (groups 1) as one Gemm per kh*kw window of the padded input, gy [Cout, N*Ho*Wo] times the window
+ * [Cin, N*Ho*Wo] transposed (Gemm's transB, no copy), each [Cout, Cin] result becoming one kernel tap. Unlike
+ * `gradWeightMatMul` it never concatenates the windows (kh*kw copies of the input) nor transposes the product.
+ */
+function gradWeightGemm(
+  b: Builder,
+  n: ConvNode,
+  x: string,
+  gy: string,
+  xs: number[],
+  gs: number[],
+  out: string,
+): string {
+  const { stride, pad } = n.attrs;
+  const [N, Cin] = xs;
+  const [, Cout, Ho, Wo] = gs;
+  const [, , kh, kw] = n.shape;
+  const k = N * Ho * Wo;
+  let xp = b.transpose(x, [1, 0, 2, 3]);
+  if (pad.some((p) => p !== 0)) xp = b.op("Pad", [xp, b.i64([0, 0, pad[0], pad[1], 0, 0, pad[2], pad[3]])]);
+  const gyt = b.reshape(b.transpose(gy, [1, 0, 2, 3]), [Cout, k]);
+  const taps: string[] = [];
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const s = b.op("Slice", [
+        xp,
+        b.i64([i, j]),
+        b.i64([i + (Ho - 1) * stride[0] + 1, j + (Wo - 1) * stride[1] + 1]),
+        b.i64([2, 3]),
+        b.i64(stride),
+      ]);
+      const tap = b.op("Gemm", [gyt, b.reshape(s, [Cin, k])], [{ name: "transB", i: 1 }]); // [Cout, Cin]
+      taps.push(b.reshape(tap, [Cout, Cin, 1]));
+    }
+  }
+  if (taps.length === 1) return b.reshape(taps[0], [Cout, Cin, kh, kw], out);
+  return b.reshape(b.op("Concat", taps, [{ name: "axis", i: 2 }]), [Cout, Cin, kh, kw], out);
+}
+
 /** Lowers one IR node, writing its value to `out`. */
-function lowerNode(b: Builder, g: Graph, n: Node, ins: string[], out: string, target: OnnxTarget): string {
+function lowerNode(
+  b: Builder,
+  g: Graph,
+  n: Node,
+  ins: string[],
+  out: string,
+  target: OnnxTarget,
+  gradWeight: GradWeightLowering,
+): string {
   const inShape = (k: number) => g.nodes[n.inputs[k]].shape;
   switch (n.op) {
     case "input":
@@ -426,10 +474,11 @@ function lowerNode(b: Builder, g: Graph, n: Node, ins: string[], out: string, ta
       if (oph !== 0 || opw !== 0) attrs.push({ name: "output_padding", ints: [oph, opw] });
       return b.op("ConvTranspose", ins, attrs, out);
     }
-    case "conv2d_grad_weight":
-      return target !== "webgpu" && n.attrs.groups === 1
-        ? gradWeightMatMul(b, n, ins[0], ins[1], inShape(0), inShape(1), out)
-        : gradWeightConv(b, n, ins[0], ins[1], inShape(0), inShape(1), out);
+    case "conv2d_grad_weight": {
+      const how = n.attrs.groups === 1 ? gradWeight : "conv";
+      const f = how === "gemm" ? gradWeightGemm : how === "matmul" ? gradWeightMatMul : gradWeightConv;
+      return f(b, n, ins[0], ins[1], inShape(0), inShape(1), out);
+    }
     case "reshape":
       return b.reshape(ins[0], n.shape, out);
     case "transpose":
@@ -511,6 +560,16 @@ export interface LowerOptions {
    * consumers such as transformers.js feed token ids as int64.
    */
   int64Inputs?: readonly string[];
+  /** How conv weight gradients are lowered; the default is the target's fastest (`defaultGradWeight`). */
+  gradWeight?: GradWeightLowering;
+}
+
+/** Lowerings of the conv weight gradient (groups 1; grouped ones always use `conv`). */
+export type GradWeightLowering = "gemm" | "matmul" | "conv";
+
+/** The weight-gradient lowering each target uses unless told otherwise (measured: `deno task bench`). */
+export function defaultGradWeight(target: OnnxTarget): GradWeightLowering {
+  return target === "webgpu" ? "conv" : "gemm";
 }
 
 /**
@@ -522,6 +581,7 @@ export interface LowerOptions {
  */
 export function lowerToOnnx(graph: Graph, target: OnnxTarget, opts: LowerOptions = {}): Uint8Array {
   const int64 = new Set(opts.int64Inputs ?? []);
+  const gradWeight = opts.gradWeight ?? defaultGradWeight(target);
   for (const name of int64) {
     const n = graph.nodes.find((m) => m.op === "input" && m.attrs.name === name);
     if (!n || n.dtype !== "i32") throw new Error(`lowerToOnnx: int64Inputs names "${name}", which is no i32 input`);
@@ -552,7 +612,7 @@ export function lowerToOnnx(graph: Graph, target: OnnxTarget, opts: LowerOptions
       }
       names[i] = b.init(onnxType(n.dtype), n.shape, constRaw(n.attrs.data, n.dtype));
     } else {
-      names[i] = lowerNode(b, graph, n, n.inputs.map((j) => names[j]), direct.get(i) ?? b.fresh(), target);
+      names[i] = lowerNode(b, graph, n, n.inputs.map((j) => names[j]), direct.get(i) ?? b.fresh(), target, gradWeight);
     }
   });
 

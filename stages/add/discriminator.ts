@@ -5,6 +5,9 @@
  *   L_G = −E[Σ_k D_k(F_k(x̂))]
  *   L_D = E[Σ_k max(0, 1 − D_k(F_k(x0)))] + E[Σ_k max(0, 1 + D_k(F_k(x̂)))] + (γ/2) Σ_k E‖∇_{F_k} D_k(F_k(x0))‖²
  *
+ * D_k is the mean of head k's logits over its locations; with per-location heads (the model's `per_location`, as in
+ * StyleGAN-T) the hinges of L_D apply at each location before the mean, while L_G, linear, is the same either way.
+ *
  * The last term is the R1 penalty (Mescheder et al. 2018) on the heads' inputs; its gradient with respect to the
  * heads is a gradient of a gradient, which the engine's autodiff traces like any other. Each head is conditioned on
  * the text embedding and on the feature network's pooled embedding of the real image. Wire `loss_d` to the
@@ -66,16 +69,23 @@ export const addDiscriminatorStage: StageDef<P> = {
       const ins: Record<string, Tensor> = { image };
       levels.forEach((l, k) => (ins[`f${k}`] = f[l]));
       if (text) ins.text = text;
-      return ctx.apply(p.model, ins).logits; // [B, K]
+      const out = ctx.apply(p.model, ins);
+      // logits [B, K]; with per-location heads also each head's map [B, L_k]
+      return { logits: out.logits, maps: levels.map((_, k) => out[`map${k}`]).filter((m) => m) };
     };
     // R1 differentiates each head in its own input F_k. The feature network computes its levels one from another,
     // so a gradient with respect to the levels themselves would also run from F_k through the later levels into
     // the later heads (and back through the frozen network). The heads read the real features through
     // stop-gradient copies instead, which the real branch can afford: nothing upstream of it is trained.
     const realIns = levels.map((l) => stopGradient(fr[l]));
-    const dReal = heads(Object.fromEntries(levels.map((l, k) => [l, realIns[k]]))), dFake = heads(ff);
+    const hr = heads(Object.fromEntries(levels.map((l, k) => [l, realIns[k]]))), hf = heads(ff);
+    const dReal = hr.logits, dFake = hf.logits;
     const perExample = (t: Tensor) => mean(sum(t, 1)); // Σ_k, then E over the batch
-    let lossD = add(perExample(relu(sub(1, dReal))), perExample(relu(add(dFake, 1))));
+    // Per-location heads (StyleGAN-T): Σ_k of each head's hinge averaged over batch and locations.
+    const hinge = (maps: Tensor[], f: (m: Tensor) => Tensor) => maps.map((m) => mean(f(m))).reduce((a, c) => add(a, c));
+    let lossD = hr.maps.length
+      ? add(hinge(hr.maps, (m) => relu(sub(1, m))), hinge(hf.maps, (m) => relu(add(m, 1))))
+      : add(perExample(relu(sub(1, dReal))), perExample(relu(add(dFake, 1))));
     let r1: Tensor | null = null;
     if (p.r1_gamma > 0) {
       // Head k reads only its copy of F_k (and the condition), so ∂(Σ_k D_k)/∂F_k = ∂D_k/∂F_k.
