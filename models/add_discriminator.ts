@@ -10,11 +10,11 @@
  * @module
  */
 import { z } from "zod";
-import { add, mean, mul } from "../engine/math.ts";
+import { add, mean, mul, sqrt, square, sub } from "../engine/math.ts";
 import { conv, leakyRelu, linear } from "../engine/nn.ts";
-import { concat, reshape, sum } from "../engine/ops.ts";
+import { concat, expand, reshape, sum } from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { expectPort, type ModelDef, type PortSpec } from "../pipeline/stage.ts";
+import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../pipeline/stage.ts";
 
 const Params = z.strictObject({
   /** Channels of each feature level the heads read (MobileNetV2 at its default levels: 24, 32, 96, 320). */
@@ -27,6 +27,12 @@ const Params = z.strictObject({
   image_dim: z.number().int().min(0).default(1280),
   /** Also output each head's logits per location (`map{k}`), so that the hinge applies per location. */
   per_location: z.boolean().default(false),
+  /**
+   * Minibatch standard deviation (Karras et al. 2018, ProGAN §3): each head also reads, as one more input channel,
+   * the standard deviation of its features across groups of this many examples (0: off). A batch of near-identical
+   * images then looks unlike a batch of real ones, which counters collapse to one image.
+   */
+  mbstd_group: z.number().int().min(0).default(0),
 });
 /** Discriminator settings. */
 export type DiscParams = z.output<typeof Params>;
@@ -35,7 +41,7 @@ function shapes(p: DiscParams): Record<string, number[]> {
   const s: Record<string, number[]> = {};
   const c = p.text_dim + p.image_dim;
   p.channels.forEach((ck, k) => {
-    s[`h${k}.in.w`] = [p.hidden, ck, 1, 1];
+    s[`h${k}.in.w`] = [p.hidden, ck + (p.mbstd_group ? 1 : 0), 1, 1];
     s[`h${k}.in.b`] = [p.hidden];
     s[`h${k}.mid.w`] = [p.hidden, p.hidden, 3, 3];
     s[`h${k}.mid.b`] = [p.hidden];
@@ -59,7 +65,9 @@ export function discHeadMap(
   f: Tensor,
   cond: Tensor | null,
   hidden: number,
+  mbstdGroup = 0,
 ): Tensor {
+  if (mbstdGroup) f = concat([f, minibatchStd(f, mbstdGroup)], 1);
   let h = leakyRelu(conv(f, p[`h${k}.in.w`], p[`h${k}.in.b`]), 0.2);
   h = leakyRelu(conv(h, p[`h${k}.mid.w`], p[`h${k}.mid.b`], { pad: 1 }), 0.2);
   const [b, , hh, ww] = h.shape;
@@ -68,6 +76,21 @@ export function discHeadMap(
   const cmap = reshape(linear(cond, p[`h${k}.cmap.w`], p[`h${k}.cmap.b`]), [b, hidden, 1, 1]);
   const proj = reshape(sum(mul(h, cmap), 1), [b, hh * ww]);
   return add(uncond, mul(proj, 1 / Math.sqrt(hidden)));
+}
+
+/**
+ * Minibatch standard deviation of x [B, C, H, W] as one channel [B, 1, H, W]: examples b and b' share a group when
+ * b ≡ b' (mod B/G); each group's per-feature standard deviation over its G examples, averaged over C, H and W.
+ */
+export function minibatchStd(x: Tensor, group: number): Tensor {
+  const [b, c, h, w] = x.shape;
+  const g = Math.min(group, b);
+  if (b % g) throw new Error(`minibatchStd: batch ${b} is not a multiple of the group size ${g}`);
+  const y = reshape(x, [g, b / g, c, h, w]);
+  const d = sub(y, mean(y, 0, true));
+  const std = sqrt(add(mean(square(d), 0), 1e-8)); // [B/G, C, H, W]
+  const s = mean(std, [1, 2, 3], true); // [B/G, 1, 1, 1]
+  return reshape(expand(reshape(s, [1, b / g, 1, 1, 1]), [g, b / g, 1, h, w]), [b, 1, h, w]);
 }
 
 /** One head's logit per example: the mean over locations of `discHeadMap`. */
@@ -102,6 +125,9 @@ export const addDiscriminator: ModelDef<DiscParams> = {
       const f = expectPort(inputs, `f${k}`, { dtype: "f32", shape: [b, c, -1, -1] });
       b = f.shape[0];
     });
+    if (p.mbstd_group && b % Math.min(p.mbstd_group, b)) {
+      throw new StageTypeError(`batch ${b} is not a multiple of the discriminator's mbstd_group ${p.mbstd_group}`);
+    }
     if (p.text_dim) expectPort(inputs, "text", { dtype: "f32", shape: [b, p.text_dim] });
     if (p.image_dim) expectPort(inputs, "image", { dtype: "f32", shape: [b, p.image_dim] });
     const out: Record<string, PortSpec> = { logits: { dtype: "f32", shape: [b, p.channels.length] } };
@@ -115,7 +141,7 @@ export const addDiscriminator: ModelDef<DiscParams> = {
   },
   apply: (p, params, inputs) => {
     const cond = discCondition(p, inputs.text, inputs.image);
-    const maps = p.channels.map((_, k) => discHeadMap(params, k, inputs[`f${k}`], cond, p.hidden));
+    const maps = p.channels.map((_, k) => discHeadMap(params, k, inputs[`f${k}`], cond, p.hidden, p.mbstd_group));
     const out: Record<string, Tensor> = { logits: concat(maps.map((m) => mean(m, 1, true)), 1) };
     if (p.per_location) maps.forEach((m, k) => (out[`map${k}`] = m));
     return out;

@@ -16,7 +16,7 @@ import { avgPool, conv } from "../engine/nn.ts";
 import { reshape } from "../engine/ops.ts";
 import { layoutOf, unpack } from "../engine/pack.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
-import { addDiscriminator, type DiscParams } from "../models/add_discriminator.ts";
+import { addDiscriminator, type DiscParams, minibatchStd } from "../models/add_discriminator.ts";
 import { makeSchedule } from "../models/diffusion/schedules.ts";
 import { ConfigError, loadConfig } from "../pipeline/config.ts";
 import { planPipeline } from "../pipeline/plan.ts";
@@ -180,7 +180,14 @@ function randomHeads(p: DiscParams, seed: number, gain = 1): W {
 Deno.test("add_discriminator model: logits of discHead/discCondition match plain loops", () => {
   const featShapes = [[2, 2, 4, 4], [2, 3, 2, 2], [2, 2, 1, 1]];
   for (const [text_dim, image_dim] of [[2, 3], [0, 3], [2, 0], [0, 0]]) {
-    const p: DiscParams = { channels: featShapes.map((s) => s[1]), hidden: 4, text_dim, image_dim, per_location: true };
+    const p: DiscParams = {
+      channels: featShapes.map((s) => s[1]),
+      hidden: 4,
+      text_dim,
+      image_dim,
+      per_location: true,
+      mbstd_group: 0,
+    };
     const w = randomHeads(p, 7 + text_dim + image_dim), rand = lcg(99);
     const b = new Bench();
     const params = Object.fromEntries(Object.entries(w).map(([k, v]) => [k, b.input(k, [v.length], v)]));
@@ -209,6 +216,31 @@ Deno.test("add_discriminator model: logits of discHead/discCondition match plain
       allClose(r[`map${k}`], maps, TOL, `map${k} text_dim=${text_dim} image_dim=${image_dim}`);
     });
   }
+});
+
+Deno.test("minibatchStd: per-group standard deviation channel vs loops, and its gradient vs finite differences", () => {
+  const shape = [6, 2, 2, 3], rand = lcg(17), x = randn(72, rand);
+  for (const group of [2, 3, 6]) {
+    const b = new Bench();
+    const r = b.run({ s: minibatchStd(b.input("x", shape, x), group) });
+    const m = 6 / group, want: number[] = [];
+    const stdOf = (j: number) => {
+      let acc = 0;
+      for (let f = 0; f < 12; f++) {
+        const v = Array.from({ length: group }, (_, g) => x[(g * m + j) * 12 + f]);
+        const mu = meanOf(v);
+        acc += Math.sqrt(meanOf(v.map((u) => (u - mu) ** 2)) + 1e-8);
+      }
+      return acc / 12;
+    };
+    for (let bb = 0; bb < 6; bb++) for (let i = 0; i < 6; i++) want.push(stdOf(bb % m));
+    allClose(r.s, want, TOL, `group ${group}`);
+  }
+  const res = checkGrad("minibatchStd", [{ shape, data: x }], ([t]) => {
+    const w = t.trace.constant(Array.from({ length: 36 }, (_, i) => Math.sin(i)), [6, 1, 2, 3]);
+    return mean(mul(minibatchStd(t, 3), w));
+  }, { samples: 30, seed: 3 });
+  assert.ok(res.checked >= 30, `${res.checked} coordinates checked`);
 });
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -278,7 +310,7 @@ function sqGradNorm(g: (f: number[]) => number[], f: number[], h = 1e-6): number
   return s;
 }
 
-const DP: DiscParams = { channels: [2, 3], hidden: 4, text_dim: 2, image_dim: 3, per_location: false };
+const DP: DiscParams = { channels: [2, 3], hidden: 4, text_dim: 2, image_dim: 3, per_location: false, mbstd_group: 0 };
 
 /** Traces the add_discriminator stage on the tiny network with head parameters `heads` (path → tensor). */
 function traceDisc(

@@ -20,6 +20,7 @@ import { vjp } from "../../engine/grad.ts";
 import { add, mean, mul, neg, relu, square, sub } from "../../engine/math.ts";
 import { stopGradient, sum } from "../../engine/ops.ts";
 import type { Tensor } from "../../engine/tensor.ts";
+import { AUGMENTS, diffAugment } from "../../models/diff_augment.ts";
 import { expectPort, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
 
 const Params = z.strictObject({
@@ -29,6 +30,11 @@ const Params = z.strictObject({
   features: z.string(),
   /** R1 weight γ on the heads' inputs (the paper's 1e-5). */
   r1_gamma: z.number().min(0).default(1e-5),
+  /**
+   * Differentiable augmentations applied to real and generated images before the feature network (DiffAugment,
+   * models/diff_augment.ts), each branch with its own randomness; [] for none.
+   */
+  augment: z.array(z.enum(AUGMENTS)).default([]),
 });
 type P = z.output<typeof Params>;
 
@@ -50,7 +56,14 @@ export const addDiscriminatorStage: StageDef<P> = {
     if (f?.kind !== "mobilenet_v2") {
       throw new StageTypeError(`model "${params.features}" must be a mobilenet_v2`, ["params", "features"]);
     }
-    const dp = d.params as { channels: number[]; text_dim: number };
+    const dp = d.params as { channels: number[]; text_dim: number; mbstd_group: number };
+    const b = real.shape[0];
+    if (dp.mbstd_group && b % Math.min(dp.mbstd_group, b)) {
+      throw new StageTypeError(
+        `batch ${b} is not a multiple of model "${params.model}"'s mbstd_group ${dp.mbstd_group}`,
+        ["params", "model"],
+      );
+    }
     const levels = (f.params as { levels: string[] }).levels;
     if (levels.length !== dp.channels.length) {
       throw new StageTypeError(
@@ -62,9 +75,12 @@ export const addDiscriminatorStage: StageDef<P> = {
     return { loss_g: { dtype: "f32", shape: [] }, loss_d: { dtype: "f32", shape: [] } };
   },
   trace: (ctx, p, { fake, real, text }) => {
-    const fr = ctx.apply(p.features, { x: real }), ff = ctx.apply(p.features, { x: fake });
+    const aug = (x: Tensor, branch: string) =>
+      p.augment.length ? diffAugment(x, p.augment, (tag, shape) => ctx.uniform(`${branch}.${tag}`, shape)) : x;
+    const fr = ctx.apply(p.features, { x: aug(real, "real") }), ff = ctx.apply(p.features, { x: aug(fake, "fake") });
     const levels = Object.keys(fr).filter((k) => k !== "pooled");
-    const image = stopGradient(fr.pooled);
+    // The condition is the embedding of the real image itself, not of its augmented copy.
+    const image = stopGradient(p.augment.length ? ctx.apply(p.features, { x: real }).pooled : fr.pooled);
     const heads = (f: Record<string, Tensor>) => {
       const ins: Record<string, Tensor> = { image };
       levels.forEach((l, k) => (ins[`f${k}`] = f[l]));
