@@ -80,6 +80,11 @@ const Params = z.strictObject({
    * settings) matches, and recomputed and stored otherwise. The report says which rows came from the cache.
    */
   teacher_cache: z.string().optional(),
+  /**
+   * File stem of the outputs: `<out>/<name>.json` and `<name>.md` (the latest evaluation), and `<name>_history.jsonl`,
+   * one line per evaluation with its step and every row's FID-proxy and top-1, to follow a run (`only_last: false`).
+   */
+  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, "a file stem: letters, digits, _ . -").default("report"),
 });
 type P = z.output<typeof Params>;
 
@@ -125,14 +130,15 @@ export async function emojiCaptionSets(
   ];
 }
 
-/** Writes `<dir>/report.json` (the report plus `meta`) and `<dir>/report.md`, each atomically. Returns the paths. */
+/** Writes `<dir>/<name>.json` (the report plus `meta`) and `<dir>/<name>.md`, each atomically. Returns the paths. */
 export async function writeReport(
   dir: string,
   report: EvalReport,
   meta: Record<string, string | number | null>,
+  name = "report",
 ): Promise<{ json: string; md: string }> {
   await Deno.mkdir(dir, { recursive: true });
-  const json = `${dir}/report.json`, md = `${dir}/report.md`;
+  const json = `${dir}/${name}.json`, md = `${dir}/${name}.md`;
   await writeAtomic(json, JSON.stringify({ ...meta, ...report }, null, 2) + "\n");
   await writeAtomic(md, reportMarkdown(report, meta));
   return { json, md };
@@ -235,8 +241,17 @@ export const addReport: StageDef<P> = {
       teacher_rows: cache?.hit
         ? `cached ${cache.hit.date} on ${cache.hit.executor} (${p.teacher_cache})`
         : "computed in this run",
-    });
-    ctx.log(`eval_report: ${paths.md} (and report.json)`);
+    }, p.name);
+    // One line per evaluation; a resumed run may repeat the steps after its checkpoint, each line carries its step.
+    const line = {
+      step: ctx.step,
+      rows: report.rows.map((r) => ({
+        name: r.name,
+        ...Object.fromEntries(Object.entries(r.sets).map(([k, v]) => [k, { fid: v.fid, top1: v.top1 }])),
+      })),
+    };
+    await Deno.writeTextFile(`${ctx.out}/${p.name}_history.jsonl`, JSON.stringify(line) + "\n", { append: true });
+    ctx.log(`eval_report: ${paths.md} (and ${p.name}.json, ${p.name}_history.jsonl)`);
   },
 };
 

@@ -145,6 +145,14 @@ async function checkOutputs(run: Run, steps: number[], keys: string[]) {
     }
   }
   assert.ok((await Deno.stat(`${run.out}/report.md`)).size > 0, "report.md is empty");
+  // The progress evaluation fires at its cadence and appends one line per firing.
+  const history = (await Deno.readTextFile(`${run.out}/eval_progress_history.jsonl`)).trim().split("\n")
+    .map((l) => JSON.parse(l));
+  assert.deepEqual(history.map((h) => h.step), steps);
+  for (const h of history) {
+    assert.deepEqual(h.rows.map((r: { name: string }) => r.name), ["student 1-step"]);
+    assert.ok(Number.isFinite(h.rows[0].heldout.fid) && Number.isFinite(h.rows[0].train.fid), JSON.stringify(h));
+  }
 }
 
 let cpuRun: Run | null = null;
