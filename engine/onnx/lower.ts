@@ -347,7 +347,8 @@ function gradWeightConv(
 
 /**
  * Weight gradient (groups 1) as one batched MatMul over the kh*kw strided windows of the padded input:
- * [kh*kw, Cin, N*Ho*Wo] x [N*Ho*Wo, Cout]. Fastest on onnxruntime's CPU kernels.
+ * [kh*kw, Cin, N*Ho*Wo] x [N*Ho*Wo, Cout]. The previous cpu default, kept as a measured alternative (it copies every
+ * window once more, into the concatenation).
  */
 function gradWeightMatMul(
   b: Builder,
@@ -576,8 +577,8 @@ export function defaultGradWeight(target: OnnxTarget): GradWeightLowering {
  * Lowers an IR graph to a serialized ONNX model (opset 17, ir_version 8).
  *
  * Input nodes become graph inputs under their IR names, consts become initializers, and each output becomes a graph
- * output named by `onnxOutputNames`. `target` picks per-executor lowerings (the conv weight gradient is a batched
- * MatMul on cpu/wasm and a Conv over batch-transposed tensors on webgpu; sign avoids a CPU fallback on webgpu).
+ * output named by `onnxOutputNames`. `target` picks per-executor lowerings (the conv weight gradient is one Gemm
+ * per kernel tap on cpu/wasm and a Conv over batch-transposed tensors on webgpu; sign avoids a CPU fallback on webgpu).
  */
 export function lowerToOnnx(graph: Graph, target: OnnxTarget, opts: LowerOptions = {}): Uint8Array {
   const int64 = new Set(opts.int64Inputs ?? []);
