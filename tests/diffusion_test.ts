@@ -137,9 +137,11 @@ Deno.test("timestep spacings match diffusers' and the student timesteps start at
   assert.throws(() => spacedTimesteps(1000, 1001), /steps must be an integer in \[1, 1000\]/);
   assert.throws(() => spacedTimesteps(1000, 10, "leading", 200), /bad timesteps/);
 
-  assert.deepEqual(Array.from(studentTimesteps(4, 1000)), [999, 666, 333, 0]);
+  assert.deepEqual(Array.from(studentTimesteps(4, 1000)), [999, 749, 499, 249]);
+  assert.deepEqual(Array.from(studentTimesteps(4, 1000, "linspace")), [999, 666, 333, 0]);
   assert.deepEqual(Array.from(studentTimesteps(1, 1000)), [999]);
-  assert.deepEqual(Array.from(studentTimesteps(2, 1000)), [999, 0]);
+  assert.deepEqual(Array.from(studentTimesteps(2, 1000)), [999, 499]);
+  assert.deepEqual(Array.from(studentTimesteps(2, 1000, "linspace")), [999, 0]);
   assert.deepEqual(Array.from(studentTimesteps(4, 1000, "trailing")), [999, 749, 499, 249]);
   for (let n = 1; n <= 4; n++) {
     for (const sp of ["linspace", "trailing"] as const) assert.equal(studentTimesteps(n, 1000, sp)[0], 999);

@@ -308,7 +308,7 @@ export function eulerLevels(schedule: Schedule, options: EulerOptions): { t: num
 export interface AddOptions {
   /** Number of student steps, 1–4 in the paper (default 4); ignored when `timesteps` is given. */
   steps?: number;
-  /** Spacing of `studentTimesteps` (default "linspace"). */
+  /** Spacing of `studentTimesteps` (default "trailing", as the `add_noise` stage trains). */
   spacing?: "linspace" | "trailing";
   /** Explicit strictly decreasing student timesteps; the first should be T−1. */
   timesteps?: ArrayLike<number>;
@@ -331,7 +331,7 @@ export async function sampleAdd(
   const T = numTimesteps(schedule);
   const ts = options.timesteps
     ? checkDescending(schedule, options.timesteps, "sampleAdd")
-    : studentTimesteps(options.steps ?? 4, T, options.spacing ?? "linspace");
+    : studentTimesteps(options.steps ?? 4, T, options.spacing ?? "trailing");
   let x0: Float64Array | null = null;
   for (const t of ts) {
     const { alpha, sigma } = levelAt(schedule, t);

@@ -229,11 +229,11 @@ export function spacedTimesteps(T: number, steps: number, spacing: Spacing = "tr
 /**
  * The N student timesteps of ADD (Sauer, Lorenz, Blattmann, Rombach, "Adversarial Diffusion Distillation", 2023,
  * §3.2: N = 4 with τ_N = 1000, i.e. index T−1, and zero terminal SNR so the student starts from pure noise), in
- * sampling order: the first is T−1. "linspace" gives linspace(0, T−1, N) reversed, as a public ADD trainer does
- * (999, 666, 333, 0 for N = 4; 999 alone for N = 1); "trailing" gives diffusers' trailing spacing (999, 749, 499,
- * 249), as SDXL-Turbo's scheduler config uses.
+ * sampling order: the first is T−1. "trailing" (the default) gives diffusers' trailing spacing (999, 749, 499, 249),
+ * as SDXL-Turbo's scheduler config uses; "linspace" gives linspace(0, T−1, N) reversed, as a public ADD trainer does
+ * (999, 666, 333, 0 for N = 4; 999 alone for N = 1), whose last student timestep is the clean image itself.
  */
-export function studentTimesteps(N = 4, T = 1000, spacing: "linspace" | "trailing" = "linspace"): Int32Array {
+export function studentTimesteps(N = 4, T = 1000, spacing: "linspace" | "trailing" = "trailing"): Int32Array {
   if (spacing === "linspace" && N === 1) return Int32Array.of(T - 1);
   return spacedTimesteps(T, N, spacing);
 }

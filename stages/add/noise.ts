@@ -14,7 +14,10 @@ import { expectPort, type StageDef, StageTypeError } from "../../pipeline/stage.
 
 const Params = z.strictObject({
   schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
-  /** Student timesteps; default the N = 4 of `studentTimesteps` (999, 666, 333, 0). */
+  /**
+   * Student timesteps; default the N = 4 of `studentTimesteps` with trailing spacing (999, 749, 499, 249), the ones
+   * the ADD sampler steps through.
+   */
   timesteps: z.array(z.number().int().min(0)).min(1).optional(),
   /** N when `timesteps` is not given. */
   n: z.number().int().positive().default(4),
