@@ -295,15 +295,11 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
     }
     progress.finish();
     // Name what the run produced, so the user knows where to look.
-    const made: string[] = ["metrics.jsonl"];
-    for (const f of ["metrics.svg", "report.md", "report.json", "samples/", "checkpoints/"]) {
-      try {
-        await Deno.stat(`${out}/${f}`);
-        made.push(f);
-      } catch {
-        // not produced by this pipeline
-      }
+    const made: string[] = [];
+    for await (const e of Deno.readDir(out)) {
+      if (!e.name.startsWith(".")) made.push(e.isDirectory ? `${e.name}/` : e.name);
     }
+    made.sort();
     print(`done: ${cfg.steps} steps; outputs in ${out}/ (${made.join(", ")})`);
     return 0;
   } finally {
