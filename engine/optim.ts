@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { add, div, minimum, mul, pow, sqrt, square, sub } from "./math.ts";
+import { add, cos, div, maximum, minimum, mul, pow, sqrt, square, sub } from "./math.ts";
 import { sum } from "./ops.ts";
 import type { Tensor, TensorLike } from "./tensor.ts";
 
@@ -78,4 +78,42 @@ export function clipByGlobalNorm(gs: readonly Tensor[], maxNorm: number): { grad
   const norm = globalNorm(gs);
   const scale = minimum(div(maxNorm, add(norm, 1e-6)), 1);
   return { grads: gs.map((g) => mul(g, scale)), norm };
+}
+
+/** A learning-rate schedule over an optimizer's update count t = 1, 2, … */
+export interface LrSchedule {
+  /** `constant`, `linear` decay, or `cosine` decay (Loshchilov & Hutter 2017, SGDR, without restarts). */
+  kind: "constant" | "linear" | "cosine";
+  /** Updates of linear warm-up from 0 (0: none). */
+  warmup?: number;
+  /** Update count at which the decay ends (warm-up included); required unless `constant`. */
+  decaySteps?: number;
+  /** The factor the decay ends at (0: decays to zero). */
+  finalFraction?: number;
+}
+
+/**
+ * The schedule's factor at update t on the host (the reference for `lrFactor`):
+ * warm(t) · f(p) with warm = min(t/W, 1), p = clamp((t − W)/(D − W), 0, 1), f = 1 − (1 − r)p (linear) or
+ * r + (1 − r)(1 + cos πp)/2 (cosine), W the warm-up, D the decay length, r the final fraction.
+ */
+export function lrFactorAt(t: number, s: LrSchedule): number {
+  const w = s.warmup ?? 0, r = s.finalFraction ?? 0;
+  const warm = w > 0 ? Math.min(t / w, 1) : 1;
+  if (s.kind === "constant") return warm;
+  const d = Math.max(1, (s.decaySteps ?? NaN) - w);
+  const p = Math.min(Math.max((t - w) / d, 0), 1);
+  return warm * (s.kind === "linear" ? 1 - (1 - r) * p : r + (1 - r) * (1 + Math.cos(Math.PI * p)) / 2);
+}
+
+/** `lrFactorAt` traced from the update count t (an f32 scalar tensor), to multiply a learning rate by in the graph. */
+export function lrFactor(t: Tensor, s: LrSchedule): Tensor | number {
+  const w = s.warmup ?? 0, r = s.finalFraction ?? 0;
+  const warm: Tensor | number = w > 0 ? minimum(div(t, w), 1) : 1;
+  if (s.kind === "constant") return warm;
+  if (!(s.decaySteps !== undefined && s.decaySteps > 0)) throw new Error(`lrFactor: ${s.kind} needs decaySteps`);
+  const d = Math.max(1, s.decaySteps - w);
+  const p = minimum(maximum(div(sub(t, w), d), 0), 1);
+  const f = s.kind === "linear" ? sub(1, mul(p, 1 - r)) : add(r, mul(add(1, cos(mul(p, Math.PI))), (1 - r) / 2));
+  return typeof warm === "number" ? f : mul(warm, f);
 }

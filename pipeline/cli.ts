@@ -136,7 +136,7 @@ function printPlan(
   print("plan, each step:");
   let i = 1;
   for (const h of plan.hosts) print(`  ${i++}. host: ${h}`);
-  const sched = new Scheduler(plan, { name: run.executor } as never, run.seed);
+  const sched = new Scheduler(plan, { name: run.executor } as never, run.seed, run.steps);
   for (const p of plan.phases) {
     const g = sched.tracePhase(p);
     const every = p.every === 1 ? "every step" : `every ${p.every} steps`;

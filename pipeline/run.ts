@@ -100,7 +100,7 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
   const resumed = opts.resume ? await readResumeState(latest!, plan, cfg.seed, cfg.executor, warn) : null;
 
   const executor = await createExecutor(cfg.executor as ExecutorName);
-  const sched = new Scheduler(plan, executor, cfg.seed);
+  const sched = new Scheduler(plan, executor, cfg.seed, cfg.steps);
   let signal: "SIGINT" | "SIGTERM" | null = null;
   let progress: Progress | null = null;
   const listeners: [Deno.Signal, () => void][] = (["SIGINT", "SIGTERM"] as const).map((sig) => [sig, () => {

@@ -8,8 +8,8 @@
 import type { Buffer, Executor, HostArray, Prepared } from "../engine/executors/executor.ts";
 import { grad } from "../engine/grad.ts";
 import type { Graph } from "../engine/ir.ts";
-import { div } from "../engine/math.ts";
-import { adamw, clipByGlobalNorm, ema } from "../engine/optim.ts";
+import { div, mul } from "../engine/math.ts";
+import { adamw, clipByGlobalNorm, ema, lrFactor } from "../engine/optim.ts";
 import { type Layout, layoutOf, nest, pack, packHost, unpack, unpackHost } from "../engine/pack.ts";
 import { Rng } from "../engine/rng.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
@@ -25,6 +25,10 @@ export interface OptimizerParams {
   eps: number;
   weight_decay: number;
   clip_norm?: number;
+  schedule: "constant" | "linear" | "cosine";
+  warmup: number;
+  decay_steps?: number;
+  final_lr_fraction: number;
 }
 
 interface RandomInput {
@@ -64,7 +68,8 @@ export class Scheduler {
   private readonly compiled: CompiledPhase[] = [];
   private readonly emaGraphs = new Map<string, Prepared>();
 
-  constructor(readonly plan: Plan, readonly executor: Executor, readonly seed: number) {
+  /** `runSteps`: the run's length, the default end of learning-rate decays. */
+  constructor(readonly plan: Plan, readonly executor: Executor, readonly seed: number, readonly runSteps?: number) {
     for (const [name, m] of Object.entries(plan.models)) layouts(this.layouts, name, m.shapes);
   }
 
@@ -158,13 +163,25 @@ export class Scheduler {
     // Adam's bias corrections count this optimizer's updates, not global steps: a phase run every k steps makes its
     // n-th update at step n·k (step is an exact f32 integer, so the division is exact).
     const t = phase.every === 1 ? step : div(step, phase.every);
+    const decaySteps = op.decay_steps ?? (this.runSteps ? Math.floor(this.runSteps / phase.every) : undefined);
+    const factor = lrFactor(t, {
+      kind: op.schedule,
+      warmup: op.warmup,
+      decaySteps: op.schedule === "constant" ? undefined : decaySteps,
+      finalFraction: op.final_lr_fraction,
+    });
+    const lr = typeof factor === "number" ? op.lr * factor : mul(factor, op.lr);
+    if (typeof lr !== "number") {
+      outputs[`metric.${phase.optimizer}.lr`] = lr;
+      metrics[`metric.${phase.optimizer}.lr`] = `${phase.optimizer}.lr`;
+    }
     phase.updates.forEach((m, i) => {
       const mk = storeKey.moment(phase.optimizer, m, "m"), vk = storeKey.moment(phase.optimizer, m, "v");
       const mm = tr.input(mk, [this.layouts[m].total]), vv = tr.input(vk, [this.layouts[m].total]);
       stateIn[mk] = mk;
       stateIn[vk] = vk;
       const r = adamw(flats[m], gs[i], mm, vv, t, {
-        lr: op.lr,
+        lr,
         beta1: op.beta1,
         beta2: op.beta2,
         eps: op.eps,

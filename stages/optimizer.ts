@@ -1,6 +1,7 @@
 /**
  * `optimizer`: closes an update phase. Differentiates its scalar `loss` and updates the named models with AdamW
- * (decoupled weight decay; β1 = 0 allowed, as ADD's discriminator uses), optionally clipping by global norm.
+ * (decoupled weight decay; β1 = 0 allowed, as ADD's discriminator uses), optionally clipping by global norm, with an
+ * optional warm-up and linear or cosine learning-rate decay (engine/optim.ts `lrFactor`).
  * Its cadence (`every`) is the phase's.
  *
  * @module
@@ -18,6 +19,15 @@ const Params = z.strictObject({
   weight_decay: z.number().min(0).default(0),
   /** Clip gradients to this global L2 norm (off when absent). */
   clip_norm: z.number().positive().optional(),
+  /**
+   * Learning-rate schedule over this optimizer's updates: `constant`, or `linear`/`cosine` decay to
+   * `lr · final_lr_fraction` at update `decay_steps` (default: the run's steps, divided by the cadence), after
+   * `warmup` updates of linear warm-up. The rate in use is logged as `<stage>.lr`.
+   */
+  schedule: z.enum(["constant", "linear", "cosine"]).default("constant"),
+  warmup: z.number().int().min(0).default(0),
+  decay_steps: z.number().int().positive().optional(),
+  final_lr_fraction: z.number().min(0).max(1).default(0),
 });
 
 /** The optimizer stage. */
