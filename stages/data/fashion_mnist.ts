@@ -85,10 +85,9 @@ export function parseIdx(bytes: Uint8Array, path: string): { dims: number[]; dat
 export async function loadFashionMnist(p: FashionMnistParams): Promise<CaptionedDataset> {
   const stem = p.split === "train" ? "train" : "t10k";
   const imgPath = `${p.dir}/${stem}-images-idx3-ubyte.gz`, lblPath = `${p.dir}/${stem}-labels-idx1-ubyte.gz`;
-  const [images, labels] = await Promise.all([gunzip(imgPath), gunzip(lblPath)]).then(([a, b]) => [
-    parseIdx(a, imgPath),
-    parseIdx(b, lblPath),
-  ]);
+  // One after the other, so that when both are missing the error always names the images file.
+  const images = parseIdx(await gunzip(imgPath), imgPath);
+  const labels = parseIdx(await gunzip(lblPath), lblPath);
   const [n, h, w] = images.dims;
   // `fields` promises 28×28, as every Fashion-MNIST file is.
   if (images.dims.length !== 3 || h !== 28 || w !== 28 || labels.dims.length !== 1 || labels.dims[0] !== n) {
