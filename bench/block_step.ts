@@ -196,6 +196,17 @@ console.log(
     : `PyTorch CPU peer: ${torch.toFixed(2)} ms/step (the fastest set-up above)`,
 );
 
+let roofline = "";
+if (executors.includes("cpu")) {
+  // The target ratio is only reachable if the step can run that fast at all: its convolutions alone need
+  // convFlops at the best GEMM rate onnxruntime reaches here. Measured first: the wasm and webgpu runtimes leave
+  // threads behind that would slow it.
+  const gflops = await gemmGflops(steps), flops = convFlops(SIZE);
+  const floor = flops / (gflops * 1e9) * 1000;
+  roofline = `ROOFLINE conv_gflop=${(flops / 1e9).toFixed(3)} cpu_gemm_gflops=${gflops.toFixed(1)} floor_ms=${
+    floor.toFixed(2)
+  } floor_ratio=${torch === null ? "NaN" : (floor / torch).toFixed(3)}`;
+}
 const results: string[] = [];
 for (const name of executors) {
   const n = name === "webgpu" || name === "wasm" ? Math.min(steps, 10) : steps;
@@ -218,15 +229,5 @@ for (const name of executors) {
   const s = await startup(name);
   console.log(`STARTUP executor=${name} nodes=${s.nodes} ms=${s.ms.toFixed(0)}`);
 }
-if (executors.includes("cpu")) {
-  // The target ratio is only reachable if the step can run that fast at all: its convolutions alone need
-  // convFlops at the best GEMM rate onnxruntime reaches here.
-  const gflops = await gemmGflops(steps), flops = convFlops(SIZE);
-  const floor = flops / (gflops * 1e9) * 1000;
-  console.log(
-    `ROOFLINE conv_gflop=${(flops / 1e9).toFixed(3)} cpu_gemm_gflops=${gflops.toFixed(1)} floor_ms=${
-      floor.toFixed(2)
-    } floor_ratio=${torch === null ? "NaN" : (floor / torch).toFixed(3)}`,
-  );
-}
+if (roofline) console.log(roofline);
 for (const line of results) console.log(line);

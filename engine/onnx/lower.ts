@@ -346,6 +346,33 @@ function gradWeightConv(
 }
 
 /**
+ * The kh*kw strided windows of the zero-padded input that meet each kernel tap, in tap order, each [Cin, N*Ho*Wo]:
+ * the shared first half of the MatMul and Gemm weight-gradient lowerings.
+ */
+function paddedWindows(b: Builder, n: ConvNode, x: string, xs: number[], gs: number[]): string[] {
+  const { stride, pad } = n.attrs;
+  const [N, Cin] = xs;
+  const [, , Ho, Wo] = gs;
+  const [, , kh, kw] = n.shape;
+  let xp = b.transpose(x, [1, 0, 2, 3]);
+  if (pad.some((p) => p !== 0)) xp = b.op("Pad", [xp, b.i64([0, 0, pad[0], pad[1], 0, 0, pad[2], pad[3]])]);
+  const windows: string[] = [];
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const s = b.op("Slice", [
+        xp,
+        b.i64([i, j]),
+        b.i64([i + (Ho - 1) * stride[0] + 1, j + (Wo - 1) * stride[1] + 1]),
+        b.i64([2, 3]),
+        b.i64(stride),
+      ]);
+      windows.push(b.reshape(s, [Cin, N * Ho * Wo]));
+    }
+  }
+  return windows;
+}
+
+/**
  * Weight gradient (groups 1) as one batched MatMul over the kh*kw strided windows of the padded input:
  * [kh*kw, Cin, N*Ho*Wo] x [N*Ho*Wo, Cout]. The previous cpu default, kept as a measured alternative (it copies every
  * window once more, into the concatenation).
@@ -359,26 +386,11 @@ function gradWeightMatMul(
   gs: number[],
   out: string,
 ): string {
-  const { stride, pad } = n.attrs;
   const [N, Cin] = xs;
   const [, Cout, Ho, Wo] = gs;
   const [, , kh, kw] = n.shape;
   const k = N * Ho * Wo;
-  let xp = b.transpose(x, [1, 0, 2, 3]);
-  if (pad.some((p) => p !== 0)) xp = b.op("Pad", [xp, b.i64([0, 0, pad[0], pad[1], 0, 0, pad[2], pad[3]])]);
-  const windows: string[] = [];
-  for (let i = 0; i < kh; i++) {
-    for (let j = 0; j < kw; j++) {
-      const s = b.op("Slice", [
-        xp,
-        b.i64([i, j]),
-        b.i64([i + (Ho - 1) * stride[0] + 1, j + (Wo - 1) * stride[1] + 1]),
-        b.i64([2, 3]),
-        b.i64(stride),
-      ]);
-      windows.push(b.reshape(s, [1, Cin, k]));
-    }
-  }
+  const windows = paddedWindows(b, n, x, xs, gs).map((w) => b.reshape(w, [1, Cin, k]));
   const cols = windows.length === 1 ? windows[0] : b.op("Concat", windows, [{ name: "axis", i: 0 }]);
   const gyt = b.reshape(b.transpose(gy, [0, 2, 3, 1]), [k, Cout]);
   const prod = b.op("MatMul", [cols, gyt]); // [kh*kw, Cin, Cout]
@@ -399,28 +411,13 @@ function gradWeightGemm(
   gs: number[],
   out: string,
 ): string {
-  const { stride, pad } = n.attrs;
   const [N, Cin] = xs;
   const [, Cout, Ho, Wo] = gs;
   const [, , kh, kw] = n.shape;
-  const k = N * Ho * Wo;
-  let xp = b.transpose(x, [1, 0, 2, 3]);
-  if (pad.some((p) => p !== 0)) xp = b.op("Pad", [xp, b.i64([0, 0, pad[0], pad[1], 0, 0, pad[2], pad[3]])]);
-  const gyt = b.reshape(b.transpose(gy, [1, 0, 2, 3]), [Cout, k]);
-  const taps: string[] = [];
-  for (let i = 0; i < kh; i++) {
-    for (let j = 0; j < kw; j++) {
-      const s = b.op("Slice", [
-        xp,
-        b.i64([i, j]),
-        b.i64([i + (Ho - 1) * stride[0] + 1, j + (Wo - 1) * stride[1] + 1]),
-        b.i64([2, 3]),
-        b.i64(stride),
-      ]);
-      const tap = b.op("Gemm", [gyt, b.reshape(s, [Cin, k])], [{ name: "transB", i: 1 }]); // [Cout, Cin]
-      taps.push(b.reshape(tap, [Cout, Cin, 1]));
-    }
-  }
+  const gyt = b.reshape(b.transpose(gy, [1, 0, 2, 3]), [Cout, N * Ho * Wo]);
+  const taps = paddedWindows(b, n, x, xs, gs).map((w) =>
+    b.reshape(b.op("Gemm", [gyt, w], [{ name: "transB", i: 1 }]), [Cout, Cin, 1]) // one [Cout, Cin] tap
+  );
   if (taps.length === 1) return b.reshape(taps[0], [Cout, Cin, kh, kw], out);
   return b.reshape(b.op("Concat", taps, [{ name: "axis", i: 2 }]), [Cout, Cin, kh, kw], out);
 }
