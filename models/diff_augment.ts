@@ -2,7 +2,7 @@
  * Differentiable augmentation (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training"),
  * applied to real and generated images alike before a discriminator, so that it cannot win by memorising a small
  * training set (the emoji set has ~3,400 images) while the generator still gets gradients through the augmentation.
- * Projected GAN and StyleGAN-T, whose discriminator ADD uses, train with it.
+ * Projected GAN, on whose discriminator StyleGAN-T's (and so ADD's) builds, trains with it.
  *
  * Every transform is written in engine primitives with per-example randomness drawn by the caller, so it is traced
  * into the step graph and differentiates like any other op. Images are NCHW in [-1, 1].
