@@ -332,10 +332,13 @@ function traceDisc(
   return { loss_d: out.loss_d, loss_g: out.loss_g, metrics };
 }
 
-Deno.test("add_discriminator stage: hinge L_D, L_G and R1 (vs finite differences of the plain-loop heads)", () => {
-  const w = randomHeads(DP, 3, 4), rand = lcg(5);
+/**
+ * Random heads and inputs, the stage's outputs on the reference, and the loop-side features and condition. Every
+ * head is conditioned on the text and on the *real* image's pooled features, fake or real input alike.
+ */
+function discCase(dp: DiscParams, headSeed: number, inputSeed: number, gamma: number) {
+  const w = randomHeads(dp, headSeed, 4), rand = lcg(inputSeed);
   const real = randn(32 * 3, rand), fake = randn(32 * 3, rand).map((v) => 0.5 * v), text = randn(4, rand);
-  const gamma = 0.6;
   const b = new Bench();
   const heads = Object.fromEntries(Object.entries(w).map(([k, v]) => [k, b.input(k, [v.length], v)]));
   const ins = {
@@ -343,12 +346,16 @@ Deno.test("add_discriminator stage: hinge L_D, L_G and R1 (vs finite differences
     fake: b.input("fake", IMG, fake),
     text: b.input("text", [2, 2], text),
   };
-  const out = traceDisc(b.tr, heads, ins, gamma);
+  const out = traceDisc(b.tr, heads, ins, gamma, dp);
   const r = b.run({ loss_d: out.loss_d, loss_g: out.loss_g, ...out.metrics });
-
   const fr = featRef(real), ff = featRef(fake);
-  // Every head is conditioned on the text and on the *real* image's pooled features, fake or real input alike.
   const cond = [0, 1].map((i) => [...text.slice(2 * i, 2 * i + 2), ...fr.pooled[i]]);
+  return { w, r, fr, ff, cond };
+}
+
+Deno.test("add_discriminator stage: hinge L_D, L_G and R1 (vs finite differences of the plain-loop heads)", () => {
+  const gamma = 0.6;
+  const { w, r, fr, ff, cond } = discCase(DP, 3, 5, gamma);
   const D = (k: number, f: number[]) => headRef(w, k, f, k ? L1 : L0, cond, DP.hidden);
   const dReal = [D(0, fr.l0), D(1, fr.l1)], dFake = [D(0, ff.l0), D(1, ff.l1)]; // [k][b]
   const E = (per: (b: number) => number) => (per(0) + per(1)) / 2;
@@ -373,19 +380,7 @@ Deno.test("add_discriminator stage: hinge L_D, L_G and R1 (vs finite differences
 
 Deno.test("add_discriminator stage: per-location hinge (StyleGAN-T heads) vs plain loops", () => {
   const dp: DiscParams = { ...DP, per_location: true };
-  const w = randomHeads(dp, 4, 4), rand = lcg(6);
-  const real = randn(32 * 3, rand), fake = randn(32 * 3, rand).map((v) => 0.5 * v), text = randn(4, rand);
-  const b = new Bench();
-  const heads = Object.fromEntries(Object.entries(w).map(([k, v]) => [k, b.input(k, [v.length], v)]));
-  const ins = {
-    real: b.input("real", IMG, real),
-    fake: b.input("fake", IMG, fake),
-    text: b.input("text", [2, 2], text),
-  };
-  const out = traceDisc(b.tr, heads, ins, 0.6, dp);
-  const r = b.run({ loss_d: out.loss_d, loss_g: out.loss_g, ...out.metrics });
-  const fr = featRef(real), ff = featRef(fake);
-  const cond = [0, 1].map((i) => [...text.slice(2 * i, 2 * i + 2), ...fr.pooled[i]]);
+  const { w, r, fr, ff, cond } = discCase(dp, 4, 6, 0.6);
   const M = (k: number, f: number[]) => headMapRef(w, k, f, k ? L1 : L0, cond, dp.hidden).flat();
   const mr = [M(0, fr.l0), M(1, fr.l1)], mf = [M(0, ff.l0), M(1, ff.l1)];
   const hinge = meanOf(mr[0].map((v) => Math.max(0, 1 - v))) + meanOf(mr[1].map((v) => Math.max(0, 1 - v))) +
