@@ -319,6 +319,7 @@ function traceDisc(
   ins: Record<string, Tensor>,
   gamma: number,
   dp: DiscParams = DP,
+  extra: Record<string, unknown> = {},
 ) {
   const shaped = Object.fromEntries(
     Object.entries(addDiscriminator.shapes(dp)).map(([k, s]) => [k, reshape(heads[k], s)]),
@@ -327,7 +328,7 @@ function traceDisc(
     features: featNet,
     disc: (i) => addDiscriminator.apply(dp, shaped, i),
   });
-  const p = addDiscriminatorStage.params.parse({ model: "disc", features: "features", r1_gamma: gamma });
+  const p = addDiscriminatorStage.params.parse({ model: "disc", features: "features", r1_gamma: gamma, ...extra });
   const out = addDiscriminatorStage.trace!(ctx, p, ins);
   return { loss_d: out.loss_d, loss_g: out.loss_g, metrics };
 }
@@ -336,17 +337,25 @@ function traceDisc(
  * Random heads and inputs, the stage's outputs on the reference, and the loop-side features and condition. Every
  * head is conditioned on the text and on the *real* image's pooled features, fake or real input alike.
  */
-function discCase(dp: DiscParams, headSeed: number, inputSeed: number, gamma: number) {
+function discCase(
+  dp: DiscParams,
+  headSeed: number,
+  inputSeed: number,
+  gamma: number,
+  alpha?: number[],
+  extra: Record<string, unknown> = {},
+) {
   const w = randomHeads(dp, headSeed, 4), rand = lcg(inputSeed);
   const real = randn(32 * 3, rand), fake = randn(32 * 3, rand).map((v) => 0.5 * v), text = randn(4, rand);
   const b = new Bench();
   const heads = Object.fromEntries(Object.entries(w).map(([k, v]) => [k, b.input(k, [v.length], v)]));
-  const ins = {
+  const ins: Record<string, Tensor> = {
     real: b.input("real", IMG, real),
     fake: b.input("fake", IMG, fake),
     text: b.input("text", [2, 2], text),
   };
-  const out = traceDisc(b.tr, heads, ins, gamma, dp);
+  if (alpha) ins.alpha = b.input("alpha", [2, 1, 1, 1], alpha);
+  const out = traceDisc(b.tr, heads, ins, gamma, dp, extra);
   const r = b.run({ loss_d: out.loss_d, loss_g: out.loss_g, ...out.metrics });
   const fr = featRef(real), ff = featRef(fake);
   const cond = [0, 1].map((i) => [...text.slice(2 * i, 2 * i + 2), ...fr.pooled[i]]);
@@ -376,6 +385,21 @@ Deno.test("add_discriminator stage: hinge L_D, L_G and R1 (vs finite differences
   close(r.loss_g[0], -E((i) => dFake[0][i] + dFake[1][i]), TOL, "L_G");
   close(r.d_real[0], meanOf(dReal.flat()), TOL, "d_real");
   close(r.d_fake[0], meanOf(dFake.flat()), TOL, "d_fake");
+});
+
+Deno.test("add_discriminator stage: image condition zeroed where the student's input was pure noise", () => {
+  const extra = { image_condition_at_pure_noise: false };
+  const { w, r, fr, ff, cond } = discCase(DP, 3, 5, 0.6, [0, 0.5], extra);
+  // Example 0 (α = 0) keeps its text condition and loses the image's; example 1 keeps both.
+  const masked = cond.map((c, i) => i === 0 ? [...c.slice(0, 2), 0, 0, 0] : c);
+  const D = (k: number, f: number[], c: number[][]) => headRef(w, k, f, k ? L1 : L0, c, DP.hidden);
+  const lossG = (c: number[][]) => -meanOf([0, 1].map((i) => D(0, ff.l0, c)[i] + D(1, ff.l1, c)[i]));
+  assert.ok(Math.abs(lossG(masked) - lossG(cond)) > 1e-3, "masking does not change L_G: test not sensitive");
+  close(r.loss_g[0], lossG(masked), TOL, "L_G");
+  close(r.d_real[0], meanOf([D(0, fr.l0, masked), D(1, fr.l1, masked)].flat()), TOL, "d_real");
+  // With the condition kept (the default), α is ignored.
+  const kept = discCase(DP, 3, 5, 0.6, [0, 0.5]);
+  close(kept.r.loss_g[0], lossG(cond), TOL, "L_G, condition kept");
 });
 
 Deno.test("add_discriminator stage: per-location hinge (StyleGAN-T heads) vs plain loops", () => {

@@ -17,8 +17,8 @@
  */
 import { z } from "zod";
 import { vjp } from "../../engine/grad.ts";
-import { add, mean, mul, neg, relu, square, sub } from "../../engine/math.ts";
-import { stopGradient, sum } from "../../engine/ops.ts";
+import { add, greater, mean, mul, neg, relu, square, sub } from "../../engine/math.ts";
+import { cast, reshape, stopGradient, sum } from "../../engine/ops.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { AUGMENTS, diffAugment } from "../../models/diff_augment.ts";
 import { expectPort, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
@@ -35,6 +35,14 @@ const Params = z.strictObject({
    * models/diff_augment.ts), each branch with its own randomness; [] for none.
    */
   augment: z.array(z.enum(AUGMENTS)).default([]),
+  /**
+   * Condition on the real image also where the student's input was pure noise (the paper: always). Where it was,
+   * the student cannot know which real image it stands beside, so an image-conditioned discriminator tells its
+   * output from the real one by the mismatch alone, a contest the student cannot win. false: those examples' image
+   * condition is zeroed, for real and generated alike; needs the `alpha` input (α_s of the student's input, 0 at
+   * pure noise).
+   */
+  image_condition_at_pure_noise: z.boolean().default(true),
 });
 type P = z.output<typeof Params>;
 
@@ -44,7 +52,7 @@ export const addDiscriminatorStage: StageDef<P> = {
   doc: "hinge losses of ADD's discriminator heads on frozen features, with R1 on the heads' inputs",
   role: "traced",
   params: Params,
-  inputs: ["fake", "real", "text?"],
+  inputs: ["fake", "real", "text?", "alpha?"],
   models: (p) => [p.model, p.features],
   types: ({ params, inputs, models }) => {
     const real = expectPort(inputs, "real", { dtype: "f32", rank: 4 });
@@ -72,15 +80,27 @@ export const addDiscriminatorStage: StageDef<P> = {
       );
     }
     if (dp.text_dim > 0) expectPort(inputs, "text", { dtype: "f32", shape: [real.shape[0], dp.text_dim] });
+    if (!params.image_condition_at_pure_noise) {
+      if (!inputs.alpha) {
+        throw new StageTypeError(
+          "image_condition_at_pure_noise: false needs the input alpha (the student input's α_s, e.g. noise.alpha)",
+          ["params", "image_condition_at_pure_noise"],
+        );
+      }
+      expectPort(inputs, "alpha", { dtype: "f32", shape: [b, 1, 1, 1] });
+    }
     return { loss_g: { dtype: "f32", shape: [] }, loss_d: { dtype: "f32", shape: [] } };
   },
-  trace: (ctx, p, { fake, real, text }) => {
+  trace: (ctx, p, { fake, real, text, alpha }) => {
     const aug = (x: Tensor, branch: string) =>
       p.augment.length ? diffAugment(x, p.augment, (tag, shape) => ctx.uniform(`${branch}.${tag}`, shape)) : x;
     const fr = ctx.apply(p.features, { x: aug(real, "real") }), ff = ctx.apply(p.features, { x: aug(fake, "fake") });
     const levels = Object.keys(fr).filter((k) => k !== "pooled");
     // The condition is the embedding of the real image itself, not of its augmented copy.
-    const image = stopGradient(p.augment.length ? ctx.apply(p.features, { x: real }).pooled : fr.pooled);
+    let image = stopGradient(p.augment.length ? ctx.apply(p.features, { x: real }).pooled : fr.pooled);
+    if (!p.image_condition_at_pure_noise) {
+      image = mul(image, cast(greater(reshape(alpha, [real.shape[0], 1]), 0), "f32"));
+    }
     const heads = (f: Record<string, Tensor>) => {
       const ins: Record<string, Tensor> = { image };
       levels.forEach((l, k) => (ins[`f${k}`] = f[l]));
