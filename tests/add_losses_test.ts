@@ -387,19 +387,23 @@ Deno.test("add_discriminator stage: hinge L_D, L_G and R1 (vs finite differences
   close(r.d_fake[0], meanOf(dFake.flat()), TOL, "d_fake");
 });
 
-Deno.test("add_discriminator stage: image condition zeroed where the student's input was pure noise", () => {
-  const extra = { image_condition_at_pure_noise: false };
-  const { w, r, fr, ff, cond } = discCase(DP, 3, 5, 0.6, [0, 0.5], extra);
-  // Example 0 (α = 0) keeps its text condition and loses the image's; example 1 keeps both.
-  const masked = cond.map((c, i) => i === 0 ? [...c.slice(0, 2), 0, 0, 0] : c);
-  const D = (k: number, f: number[], c: number[][]) => headRef(w, k, f, k ? L1 : L0, c, DP.hidden);
-  const lossG = (c: number[][]) => -meanOf([0, 1].map((i) => D(0, ff.l0, c)[i] + D(1, ff.l1, c)[i]));
-  assert.ok(Math.abs(lossG(masked) - lossG(cond)) > 1e-3, "masking does not change L_G: test not sensitive");
-  close(r.loss_g[0], lossG(masked), TOL, "L_G");
-  close(r.d_real[0], meanOf([D(0, fr.l0, masked), D(1, fr.l1, masked)].flat()), TOL, "d_real");
+Deno.test("add_discriminator stage: image condition zeroed at pure noise, or scaled by α_s", () => {
+  const D = (w: Record<string, number[]>, k: number, f: number[], c: number[][]) =>
+    headRef(w, k, f, k ? L1 : L0, c, DP.hidden);
+  const alpha = [0, 0.5];
+  for (const mode of ["unless_pure_noise", "times_alpha"]) {
+    const { w, r, fr, ff, cond } = discCase(DP, 3, 5, 0.6, alpha, { image_condition: mode });
+    // Text condition (first 2) kept; image condition (last 3) zeroed where α = 0, or scaled by α.
+    const scale = alpha.map((a) => mode === "times_alpha" ? a : a > 0 ? 1 : 0);
+    const masked = cond.map((c, i) => [...c.slice(0, 2), ...c.slice(2).map((v) => v * scale[i])]);
+    const lossG = (c: number[][]) => -meanOf([0, 1].map((i) => D(w, 0, ff.l0, c)[i] + D(w, 1, ff.l1, c)[i]));
+    assert.ok(Math.abs(lossG(masked) - lossG(cond)) > 1e-3, `${mode}: L_G unchanged, test not sensitive`);
+    close(r.loss_g[0], lossG(masked), TOL, `${mode} L_G`);
+    close(r.d_real[0], meanOf([D(w, 0, fr.l0, masked), D(w, 1, fr.l1, masked)].flat()), TOL, `${mode} d_real`);
+  }
   // With the condition kept (the default), α is ignored.
-  const kept = discCase(DP, 3, 5, 0.6, [0, 0.5]);
-  close(kept.r.loss_g[0], lossG(cond), TOL, "L_G, condition kept");
+  const { w, r, ff, cond } = discCase(DP, 3, 5, 0.6, alpha);
+  close(r.loss_g[0], -meanOf([0, 1].map((i) => D(w, 0, ff.l0, cond)[i] + D(w, 1, ff.l1, cond)[i])), TOL, "always");
 });
 
 Deno.test("add_discriminator stage: per-location hinge (StyleGAN-T heads) vs plain loops", () => {

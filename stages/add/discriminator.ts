@@ -36,13 +36,13 @@ const Params = z.strictObject({
    */
   augment: z.array(z.enum(AUGMENTS)).default([]),
   /**
-   * Condition on the real image also where the student's input was pure noise (the paper: always). Where it was,
-   * the student cannot know which real image it stands beside, so an image-conditioned discriminator tells its
-   * output from the real one by the mismatch alone, a contest the student cannot win. false: those examples' image
-   * condition is zeroed, for real and generated alike; needs the `alpha` input (α_s of the student's input, 0 at
-   * pure noise).
+   * How the real image's condition enters each example. `always`: as in the paper. Where the student's input was
+   * pure noise it cannot know which real image it stands beside, so an image-conditioned discriminator tells its
+   * output from the real one by the mismatch alone, a contest the student cannot win; `unless_pure_noise` zeroes
+   * the condition of those examples, real and generated branch alike; `times_alpha` scales it by α_s, the share of
+   * the real image in the student's input. Both need the `alpha` input (α_s, e.g. `noise.alpha`).
    */
-  image_condition_at_pure_noise: z.boolean().default(true),
+  image_condition: z.enum(["always", "unless_pure_noise", "times_alpha"]).default("always"),
 });
 type P = z.output<typeof Params>;
 
@@ -80,11 +80,11 @@ export const addDiscriminatorStage: StageDef<P> = {
       );
     }
     if (dp.text_dim > 0) expectPort(inputs, "text", { dtype: "f32", shape: [real.shape[0], dp.text_dim] });
-    if (!params.image_condition_at_pure_noise) {
+    if (params.image_condition !== "always") {
       if (!inputs.alpha) {
         throw new StageTypeError(
-          "image_condition_at_pure_noise: false needs the input alpha (the student input's α_s, e.g. noise.alpha)",
-          ["params", "image_condition_at_pure_noise"],
+          `image_condition: ${params.image_condition} needs the input alpha (the student input's α_s, e.g. noise.alpha)`,
+          ["params", "image_condition"],
         );
       }
       expectPort(inputs, "alpha", { dtype: "f32", shape: [b, 1, 1, 1] });
@@ -98,8 +98,9 @@ export const addDiscriminatorStage: StageDef<P> = {
     const levels = Object.keys(fr).filter((k) => k !== "pooled");
     // The condition is the embedding of the real image itself, not of its augmented copy.
     let image = stopGradient(p.augment.length ? ctx.apply(p.features, { x: real }).pooled : fr.pooled);
-    if (!p.image_condition_at_pure_noise) {
-      image = mul(image, cast(greater(reshape(alpha, [real.shape[0], 1]), 0), "f32"));
+    if (p.image_condition !== "always") {
+      const a = reshape(alpha, [real.shape[0], 1]);
+      image = mul(image, p.image_condition === "times_alpha" ? a : cast(greater(a, 0), "f32"));
     }
     const heads = (f: Record<string, Tensor>) => {
       const ins: Record<string, Tensor> = { image };
