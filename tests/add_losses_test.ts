@@ -406,6 +406,36 @@ Deno.test("add_discriminator stage: image condition zeroed at pure noise, or sca
   close(r.loss_g[0], -meanOf([0, 1].map((i) => D(w, 0, ff.l0, cond)[i] + D(w, 1, ff.l1, cond)[i])), TOL, "always");
 });
 
+Deno.test("add_discriminator stage: a pixel head on the 2×2-pooled image, with its R1, vs plain loops", () => {
+  const dp: DiscParams = { ...DP, channels: [2, 3, 3] };
+  const { w, r, fr, ff, cond } = discCase(dp, 8, 9, 0.6, undefined, { pixel_head: 2 });
+  const rand = lcg(9), real = randn(32 * 3, rand), fake = randn(32 * 3, rand).map((v) => 0.5 * v); // as discCase
+  const pool = (x: number[]) => {
+    const out: number[] = [];
+    for (let bc = 0; bc < 6; bc++) {
+      for (let i = 0; i < 2; i++) {
+        for (let j = 0; j < 2; j++) {
+          let s = 0;
+          for (const [di, dj] of [[0, 0], [0, 1], [1, 0], [1, 1]]) s += x[bc * 16 + (2 * i + di) * 4 + 2 * j + dj];
+          out.push(s / 4);
+        }
+      }
+    }
+    return out;
+  };
+  const PX = [2, 3, 2, 2];
+  const D = (k: number, f: number[]) => headRef(w, k, f, [L0, L1, PX][k], cond, dp.hidden);
+  const dReal = [D(0, fr.l0), D(1, fr.l1), D(2, pool(real))], dFake = [D(0, ff.l0), D(1, ff.l1), D(2, pool(fake))];
+  const E = (per: (b: number) => number) => (per(0) + per(1)) / 2;
+  const hinge = E((i) => dReal.reduce((a, d) => a + Math.max(0, 1 - d[i]), 0)) +
+    E((i) => dFake.reduce((a, d) => a + Math.max(0, 1 + d[i]), 0));
+  const r1 = (sqGradNorm((f) => D(0, f), fr.l0) + sqGradNorm((f) => D(1, f), fr.l1) +
+    sqGradNorm((f) => D(2, f), pool(real))) / 2;
+  close(r.r1[0], r1, TOL, "R1 with the pixel head");
+  close(r.loss_d[0], hinge + 0.3 * r1, TOL, "L_D");
+  close(r.loss_g[0], -E((i) => dFake.reduce((a, d) => a + d[i], 0)), TOL, "L_G");
+});
+
 Deno.test("add_discriminator stage: per-location hinge (StyleGAN-T heads) vs plain loops", () => {
   const dp: DiscParams = { ...DP, per_location: true };
   const { w, r, fr, ff, cond } = discCase(dp, 4, 6, 0.6);

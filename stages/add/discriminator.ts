@@ -20,6 +20,7 @@ import { vjp } from "../../engine/grad.ts";
 import { add, greater, mean, mul, neg, relu, square, sub } from "../../engine/math.ts";
 import { cast, reshape, stopGradient, sum } from "../../engine/ops.ts";
 import type { Tensor } from "../../engine/tensor.ts";
+import { avgPool } from "../../engine/nn.ts";
 import { AUGMENTS, diffAugment } from "../../models/diff_augment.ts";
 import { expectPort, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
 
@@ -43,8 +44,16 @@ const Params = z.strictObject({
    * the real image in the student's input. Both need the `alpha` input (α_s, e.g. `noise.alpha`).
    */
   image_condition: z.enum(["always", "unless_pure_noise", "times_alpha"]).default("always"),
+  /**
+   * Also give the discriminator one head on the image's own pixels, average-pooled to this size (0: none); the
+   * model then needs one more entry in `channels`, the image's channel count. An ImageNet feature network is built to
+   * be nearly blind to colour, so without it nothing in the adversarial game sees colour.
+   */
+  pixel_head: z.number().int().min(0).default(0),
 });
 type P = z.output<typeof Params>;
+
+const PIXELS = "pixels";
 
 /** The add_discriminator stage. */
 export const addDiscriminatorStage: StageDef<P> = {
@@ -73,11 +82,29 @@ export const addDiscriminatorStage: StageDef<P> = {
       );
     }
     const levels = (f.params as { levels: string[] }).levels;
-    if (levels.length !== dp.channels.length) {
+    const heads = levels.length + (params.pixel_head ? 1 : 0);
+    if (heads !== dp.channels.length) {
       throw new StageTypeError(
-        `discriminator has ${dp.channels.length} heads but the feature network gives ${levels.length} levels`,
+        `discriminator has ${dp.channels.length} heads but the feature network gives ${levels.length} levels` +
+          (params.pixel_head ? " and the pixel head one more" : ""),
         ["params", "model"],
       );
+    }
+    if (params.pixel_head) {
+      const [, c, h, w] = real.shape;
+      if (h % params.pixel_head || w % params.pixel_head) {
+        throw new StageTypeError(`pixel_head ${params.pixel_head} does not divide the image size ${h}×${w}`, [
+          "params",
+          "pixel_head",
+        ]);
+      }
+      if (dp.channels[heads - 1] !== c) {
+        throw new StageTypeError(
+          `the pixel head reads ${c} channels but model "${params.model}"'s last channel entry is ` +
+            `${dp.channels[heads - 1]}`,
+          ["params", "model"],
+        );
+      }
     }
     if (dp.text_dim > 0) expectPort(inputs, "text", { dtype: "f32", shape: [real.shape[0], dp.text_dim] });
     if (params.image_condition !== "always") {
@@ -94,8 +121,15 @@ export const addDiscriminatorStage: StageDef<P> = {
   trace: (ctx, p, { fake, real, text, alpha }) => {
     const aug = (x: Tensor, branch: string) =>
       p.augment.length ? diffAugment(x, p.augment, (tag, shape) => ctx.uniform(`${branch}.${tag}`, shape)) : x;
-    const fr = ctx.apply(p.features, { x: aug(real, "real") }), ff = ctx.apply(p.features, { x: aug(fake, "fake") });
+    const ar = aug(real, "real"), af = aug(fake, "fake");
+    const fr = ctx.apply(p.features, { x: ar }), ff = ctx.apply(p.features, { x: af });
     const levels = Object.keys(fr).filter((k) => k !== "pooled");
+    if (p.pixel_head) {
+      levels.push(PIXELS);
+      const k = real.shape[2] / p.pixel_head;
+      fr[PIXELS] = k > 1 ? avgPool(ar, k) : ar;
+      ff[PIXELS] = k > 1 ? avgPool(af, k) : af;
+    }
     // The condition is the embedding of the real image itself, not of its augmented copy.
     let image = stopGradient(p.augment.length ? ctx.apply(p.features, { x: real }).pooled : fr.pooled);
     if (p.image_condition !== "always") {
