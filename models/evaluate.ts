@@ -81,6 +81,8 @@ export interface EvaluateOptions {
 /** One generator on one set. */
 export interface SetScores {
   fid: number;
+  /** Fréchet distance of `pixelFeatures` (colour and layout; independent of the feature network). */
+  pixelFd: number;
   top1: number;
   top5: number;
   images: number;
@@ -121,7 +123,7 @@ export interface EvalReport {
   featureDim: number;
   sets: SetInfo[];
   /** FID proxy between the real images of the first two sets: the floor a perfect generator would show. */
-  floor: { a: string; b: string; fid: number } | null;
+  floor: { a: string; b: string; fid: number; pixelFd: number } | null;
   rows: GeneratorRow[];
 }
 
@@ -229,6 +231,32 @@ function checkSet(s: CaptionSet): number {
   }
   if (n < 2) throw new Error(`evaluate: set "${s.name}" needs at least 2 images for the FID proxy, got ${n}`);
   return n;
+}
+
+/** Side of the pooled images whose pixels `pixelFeatures` returns. */
+export const PIXEL_POOL = 8;
+
+/**
+ * Colour-and-layout features of images [N, C, S, S] in [-1, 1]: each channel averaged over (S/P)×(S/P) blocks to
+ * P×P (P = `PIXEL_POOL`, or S if smaller; S must be a multiple), C·P² values per image. Their Fréchet distance, the
+ * pixel FD, checks what MobileNetV2 features miss: an ImageNet network is trained to be nearly blind to colour, and
+ * the same network is ADD's discriminator, which a student can satisfy without the right colours.
+ */
+export function pixelFeatures(x: Float32Array, channels: number, size: number): { f: Float64Array; dim: number } {
+  const p = Math.min(PIXEL_POOL, size), k = size / p;
+  if (!Number.isInteger(k)) throw new Error(`pixelFeatures: image size ${size} is not a multiple of ${p}`);
+  const n = x.length / (channels * size * size), dim = channels * p * p, f = new Float64Array(n * dim);
+  for (let i = 0; i < n; i++) {
+    for (let c = 0; c < channels; c++) {
+      const src = (i * channels + c) * size * size;
+      for (let y = 0; y < size; y++) {
+        for (let xx = 0; xx < size; xx++) {
+          f[i * dim + c * p * p + Math.floor(y / k) * p + Math.floor(xx / k)] += x[src + y * size + xx] / (k * k);
+        }
+      }
+    }
+  }
+  return { f, dim };
 }
 
 // The feature network takes RGB: grey is replicated.
@@ -399,13 +427,25 @@ export async function evaluateGenerators(o: EvaluateOptions): Promise<EvalReport
     return { f: features.subarray(at * dim, (at + n) * dim), n };
   };
 
+  const pixels = new Map(parts.map((p) => [p.key, pixelFeatures(p.data, channels, size)]));
+  const pixelFd = (a: string, b: string) => {
+    const x = pixels.get(a)!, y = pixels.get(b)!;
+    return frechetDistanceOfFeatures(x.f, x.f.length / x.dim, y.f, y.f.length / y.dim, x.dim);
+  };
   const rows: GeneratorRow[] = generators.map((g) => {
     const scores: Record<string, SetScores> = {};
     for (const s of sets) {
       const gen = feats(`${g.name}/${s.name}`), real = feats(`real/${s.name}`);
       const fid = frechetDistanceOfFeatures(gen.f, gen.n, real.f, real.n, dim);
       const [top1, top5] = textFidelity(gen.f, s.captions, real.f, s.captions, dim, [1, 5]);
-      scores[s.name] = { fid, top1, top5, images: gen.n, nonFinite: nonFinite.get(`${g.name}/${s.name}`)! };
+      scores[s.name] = {
+        fid,
+        pixelFd: pixelFd(`${g.name}/${s.name}`, `real/${s.name}`),
+        top1,
+        top5,
+        images: gen.n,
+        nonFinite: nonFinite.get(`${g.name}/${s.name}`)!,
+      };
     }
     const t = timing.get(g.name)!;
     return {
@@ -420,7 +460,12 @@ export async function evaluateGenerators(o: EvaluateOptions): Promise<EvalReport
   const floor = sets.length >= 2
     ? (() => {
       const a = feats(`real/${sets[0].name}`), b = feats(`real/${sets[1].name}`);
-      return { a: sets[0].name, b: sets[1].name, fid: frechetDistanceOfFeatures(a.f, a.n, b.f, b.n, dim) };
+      return {
+        a: sets[0].name,
+        b: sets[1].name,
+        fid: frechetDistanceOfFeatures(a.f, a.n, b.f, b.n, dim),
+        pixelFd: pixelFd(`real/${sets[0].name}`, `real/${sets[1].name}`),
+      };
     })()
     : null;
   return {
@@ -451,6 +496,7 @@ export function reportMarkdown(r: EvalReport, meta: Record<string, string | numb
   const head = [
     "generator",
     ...r.sets.map((s) => `${s.label} FID-proxy`),
+    ...r.sets.map((s) => `${s.label} pixel FD`),
     ...r.sets.flatMap((s) => [`${s.label} top-1`, `${s.label} top-5`]),
     "ms/image",
   ];
@@ -463,6 +509,7 @@ export function reportMarkdown(r: EvalReport, meta: Record<string, string | numb
       const cells = [
         row.name,
         ...r.sets.map((s) => fmt(row.sets[s.name].fid, 2)),
+        ...r.sets.map((s) => fmt(row.sets[s.name].pixelFd, 2)),
         ...r.sets.flatMap((s) => [pct(row.sets[s.name].top1), pct(row.sets[s.name].top5)]),
         fmt(row.msPerImage, 1),
       ];
@@ -483,7 +530,14 @@ export function reportMarkdown(r: EvalReport, meta: Record<string, string | numb
   }
   if (r.floor) {
     const la = r.sets.find((s) => s.name === r.floor!.a)!.label, lb = r.sets.find((s) => s.name === r.floor!.b)!.label;
-    lines.push(`Real-vs-real FID-proxy floor (${la} real vs ${lb} real): ${fmt(r.floor.fid, 2)}`, "");
+    lines.push(
+      `Real-vs-real floors (${la} real vs ${lb} real): FID-proxy ${fmt(r.floor.fid, 2)}, pixel FD ` +
+        `${fmt(r.floor.pixelFd, 2)}`,
+      "",
+      `Pixel FD: Fréchet distance of the images average-pooled to ${PIXEL_POOL}×${PIXEL_POOL} per channel, a check ` +
+        "independent of MobileNetV2 (nearly blind to colour, and also the discriminator's feature network).",
+      "",
+    );
   }
   lines.push(
     "Text fidelity: share of generated images whose nearest (top-1) or 5 nearest (top-5) real images of the set, in " +

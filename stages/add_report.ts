@@ -247,7 +247,9 @@ export const addReport: StageDef<P> = {
       step: ctx.step,
       rows: report.rows.map((r) => ({
         name: r.name,
-        ...Object.fromEntries(Object.entries(r.sets).map(([k, v]) => [k, { fid: v.fid, top1: v.top1 }])),
+        ...Object.fromEntries(
+          Object.entries(r.sets).map(([k, v]) => [k, { fid: v.fid, pixel_fd: v.pixelFd, top1: v.top1 }]),
+        ),
       })),
     };
     await Deno.writeTextFile(`${ctx.out}/${p.name}_history.jsonl`, JSON.stringify(line) + "\n", { append: true });
@@ -291,6 +293,8 @@ async function readTeacherCache(p: P, weights: Record<string, Float32Array>, exe
 /** Everything besides the weights that the teacher's rows depend on. */
 function cacheSettings(p: P, executor: string) {
   return {
+    // 2: rows carry the pixel FD
+    rows_version: 2,
     executor,
     teacher_steps: p.teacher_steps,
     teacher_guidance: p.teacher_guidance,

@@ -13,6 +13,8 @@ import {
   chanceFidelity,
   type EvalReport,
   evaluateGenerators,
+  PIXEL_POOL,
+  pixelFeatures,
   reportMarkdown,
   textFidelity,
   toDisplayed,
@@ -94,6 +96,31 @@ Deno.test("textFidelity: top-k hits by caption match a full sort; chance level m
   assert.equal(chanceFidelity(["a", "b"], ["a", "b", "c", "d"], 1), 1 / 4);
 });
 
+Deno.test("pixelFeatures: block means per channel, against a loop over output cells; sizes below 8 kept whole", () => {
+  const rng = new Rng(5);
+  for (const [channels, size] of [[3, 32], [1, 16], [3, 4]]) {
+    const n = 3, x = rng.normal(n * channels * size * size);
+    const { f, dim } = pixelFeatures(x, channels, size);
+    const p = Math.min(PIXEL_POOL, size), k = size / p;
+    assert.equal(dim, channels * p * p);
+    for (let i = 0; i < n; i++) {
+      for (let c = 0; c < channels; c++) {
+        for (let oy = 0; oy < p; oy++) {
+          for (let ox = 0; ox < p; ox++) {
+            let s = 0;
+            for (let dy = 0; dy < k; dy++) {
+              for (let dx = 0; dx < k; dx++) s += x[((i * channels + c) * size + oy * k + dy) * size + ox * k + dx];
+            }
+            const got = f[i * dim + (c * p + oy) * p + ox];
+            assert.ok(Math.abs(got - s / (k * k)) < 1e-6, `${channels}×${size}: ${got} vs ${s / (k * k)}`);
+          }
+        }
+      }
+    }
+  }
+  assert.throws(() => pixelFeatures(new Float32Array(3 * 12 * 12), 3, 12), /not a multiple of 8/);
+});
+
 Deno.test("toDisplayed: clamps to [-1, 1] and rounds to the 8-bit grid; grid values pass unchanged", () => {
   const grid = Float32Array.from({ length: 256 }, (_, v) => v / 127.5 - 1);
   assert.deepEqual(toDisplayed(Float32Array.from(grid)), grid);
@@ -146,6 +173,7 @@ Deno.test({
         assert.ok(Math.abs(o.fid) < 1e-6 * floor, `oracle FID ${o.fid} on ${s.name}`);
         // The same images in another order: the FID proxy cannot tell, text fidelity can.
         assert.ok(Math.abs(sh.fid) < 1e-6 * floor, `shuffled FID ${sh.fid} on ${s.name}`);
+        assert.ok(Math.abs(o.pixelFd) < 1e-9 && Math.abs(sh.pixelFd) < 1e-9, `pixel FD ${o.pixelFd}, ${sh.pixelFd}`);
         const same = s.captions.filter((c, i) => s.captions[perm[i]] === c).length;
         assert.equal(sh.top1, same / n, `shuffled top-1 on ${s.name}`);
         assert.ok(sh.top1 <= 0.25, `shuffled top-1 ${sh.top1} near chance`);
@@ -237,19 +265,25 @@ function checkReport(r: EvalReport & { step: number }, md: string, n: number): v
   const header = md.split("\n").find((l) => l.startsWith("| generator"))!;
   assert.equal(
     header,
-    "| generator | held-out FID-proxy | train FID-proxy | held-out top-1 | held-out top-5 | train top-1 | train top-5 " +
-      "| ms/image |",
+    "| generator | held-out FID-proxy | train FID-proxy | held-out pixel FD | train pixel FD | held-out top-1 " +
+      "| held-out top-5 | train top-1 | train top-5 | ms/image |",
   );
   for (const name of ROWS) {
     const line = md.split("\n").find((l) => l.startsWith(`| ${name} |`));
-    assert.ok(line && line.split("|").length === 10, `markdown row of ${name}`);
+    assert.ok(line && line.split("|").length === 12, `markdown row of ${name}`);
     // The markdown shows the JSON's numbers.
     const row = r.rows.find((x) => x.name === name)!;
     assert.ok(
-      line.includes(` ${row.sets.heldout.fid.toFixed(2)} `) && line.includes(` ${row.msPerImage.toFixed(1)} |`),
+      line.includes(` ${row.sets.heldout.fid.toFixed(2)} `) && line.includes(` ${row.msPerImage.toFixed(1)} |`) &&
+        line.includes(` ${row.sets.train.pixelFd.toFixed(2)} `),
     );
   }
-  assert.ok(md.includes(`floor (held-out real vs train real): ${r.floor!.fid.toFixed(2)}`));
+  assert.ok(
+    md.includes(
+      `floors (held-out real vs train real): FID-proxy ${r.floor!.fid.toFixed(2)}, pixel FD ` +
+        r.floor!.pixelFd.toFixed(2),
+    ),
+  );
   assert.ok(md.includes("- executor: cpu") && md.includes("- step: 1"));
 }
 
@@ -375,12 +409,15 @@ Deno.test("reportMarkdown: every set's columns in order, meta lines, non-finite 
       steps: 3,
       guidance: 2,
       msPerImage: 1.25,
-      sets: { a: { fid: NaN, top1: 0.5, top5: 1, images: 2, nonFinite: 1 } },
+      sets: { a: { fid: NaN, pixelFd: 3.5, top1: 0.5, top5: 1, images: 2, nonFinite: 1 } },
     }],
   };
   const md = reportMarkdown(r, { step: 7 });
-  assert.ok(md.includes("| generator | A FID-proxy | A top-1 | A top-5 | ms/image |"));
-  assert.ok(md.includes("| g | NaN | 50.0% | 100.0% | 1.3 |") || md.includes("| g | NaN | 50.0% | 100.0% | 1.2 |"));
+  assert.ok(md.includes("| generator | A FID-proxy | A pixel FD | A top-1 | A top-5 | ms/image |"));
+  assert.ok(
+    md.includes("| g | NaN | 3.50 | 50.0% | 100.0% | 1.3 |") ||
+      md.includes("| g | NaN | 3.50 | 50.0% | 100.0% | 1.2 |"),
+  );
   assert.ok(md.includes("g = ddim 3 steps, guidance 2") && md.includes("- step: 7") && !md.includes("floor"));
   assert.ok(md.includes("**g produced NaN or infinite values** in 1 A images."));
 });
