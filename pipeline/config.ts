@@ -374,8 +374,9 @@ export function loadConfig(
     }
     try {
       const value = parseSetValue(set.slice(eq + 1));
-      // `null` removes the key, as in an `extends` layer (e.g. --set stages.preview=null drops a stage).
-      if (value === null) doc.deleteIn(path);
+      // `null` removes the key, as in an `extends` layer (e.g. --set stages.preview=null drops a stage). Where the
+      // file extends another, the key may come from the base: an explicit null makes the merge remove it there.
+      if (value === null && !doc.has("extends")) doc.deleteIn(path);
       else doc.setIn(path, doc.createNode(value));
     } catch {
       const above = path.findIndex((_, i) => !isMap(doc.getIn(path.slice(0, i + 1), true)) && i < path.length - 1);

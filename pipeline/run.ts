@@ -241,6 +241,10 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
         out,
         rng: new Rng(cfg.seed).fold(`host/${stage}`).fold(step),
         dataset: (name) => loadDataset(name),
+        executor,
+        models: plan.models,
+        readModel: (model, o) => sched.readModel(model, o?.ema),
+        log: (l) => progress!.log(l),
       });
       for (const name of plan.hosts) {
         const st = plan.stages[name];
@@ -272,12 +276,8 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
             ...hctx(name),
             metrics,
             last: step === cfg.steps,
-            executor,
-            models: plan.models,
-            readModel: (model, o) => sched.readModel(model, o?.ema),
             updateEma: (model, decay) => sched.updateEma(model, decay),
             saveCheckpoint: (k) => save(step, k),
-            log: (l) => progress!.log(l),
           };
           await st.def.effect!(ctx, st.params, ins);
         }

@@ -116,16 +116,21 @@ export interface HostContext {
   out: string;
   /** A declared dataset, loaded once per run. */
   dataset(name: string): Promise<Dataset>;
-}
-
-/** What an effect stage gets when it fires. */
-export interface EffectContext extends HostContext {
-  /** The executor the run's compiled graphs use (for stages that compile graphs of their own, e.g. sampling). */
+  /**
+   * The executor the run's compiled graphs use, for stages that compile graphs of their own (sampling, or a frozen
+   * teacher making regression targets).
+   */
   executor: Executor;
   /** The declared models. */
   models: Record<string, ModelInfo>;
   /** Reads a model's current parameters (or its EMA with `ema: true`) back to the host. */
   readModel(name: string, opts?: { ema?: boolean }): Promise<Record<string, Float32Array>>;
+  /** Prints a line without breaking the progress bar. */
+  log(line: string): void;
+}
+
+/** What an effect stage gets when it fires. */
+export interface EffectContext extends HostContext {
   /** Latest value of every logged scalar. */
   metrics: Record<string, number>;
   /** Updates a model's EMA on the executor: e ← decay·e + (1 − decay)·p (the first call copies p). */
@@ -134,8 +139,6 @@ export interface EffectContext extends HostContext {
   saveCheckpoint(keep: number): Promise<string>;
   /** True when this is the last step of the run. */
   last: boolean;
-  /** Prints a line without breaking the progress bar. */
-  log(line: string): void;
 }
 
 /** The roles of stages; see the module doc. */

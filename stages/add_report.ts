@@ -23,6 +23,7 @@ import {
   reportMarkdown,
 } from "../models/evaluate.ts";
 import { writeAtomic } from "../models/png_grid.ts";
+import { weightsKey } from "../models/weights_key.ts";
 import type { UNetParams } from "../models/unet.ts";
 import { type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { emoji, type EmojiParams, loadEmoji } from "./data/emoji.ts";
@@ -267,19 +268,7 @@ interface TeacherCache {
 /** The cache file's path, the key of this teacher and settings, and the stored rows when the key matches. */
 async function readTeacherCache(p: P, weights: Record<string, Float32Array>, executor: string) {
   const file = join(PROJECT_ROOT, p.teacher_cache!);
-  const h = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify(cacheSettings(p, executor))));
-  const parts = [new Uint8Array(h), ...Object.keys(weights).sort().map((k) => new Uint8Array(weights[k].buffer))];
-  const all = new Uint8Array(parts.reduce((n, a) => n + a.length, 0));
-  let at = 0;
-  for (const a of parts) {
-    all.set(a, at);
-    at += a.length;
-  }
-  const key = Array.from(
-    new Uint8Array(await crypto.subtle.digest("SHA-256", all)),
-    (b) => b.toString(16).padStart(2, "0"),
-  )
-    .join("");
+  const key = await weightsKey(cacheSettings(p, executor), weights);
   let hit: TeacherCache | null = null;
   try {
     const c = JSON.parse(await Deno.readTextFile(file)) as TeacherCache;

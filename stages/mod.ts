@@ -24,6 +24,8 @@ import { addNoise } from "./add/noise.ts";
 import { addStudent } from "./add/student.ts";
 import { addDistill } from "./add/distill.ts";
 import { addDiscriminatorStage } from "./add/discriminator.ts";
+import { teacherPairs } from "./add/teacher_pairs.ts";
+import { featureMse } from "./feature_mse.ts";
 import { addDiscriminator } from "../models/add_discriminator.ts";
 import { mobilenetV2 } from "../models/feature_net.ts";
 import { mlp } from "../models/mlp.ts";
@@ -45,6 +47,8 @@ registerStage(addNoise);
 registerStage(addStudent);
 registerStage(addDistill);
 registerStage(addDiscriminatorStage);
+registerStage(teacherPairs);
+registerStage(featureMse);
 
 registerModel(mlp);
 registerModel(unet);

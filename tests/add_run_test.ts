@@ -264,5 +264,31 @@ Deno.test({
         }
       });
     }
+    await t.step("with DMD's regression on teacher pairs", async () => {
+      const cfg = await rebased("add_regression");
+      // A small bank, cached in the test's own folder (the run may write nowhere else).
+      const run = await runCli(cfg, "regression", [
+        ...short,
+        "--set",
+        "stages.pairs.params.pairs=6",
+        "--set",
+        "stages.pairs.params.steps=2",
+        "--set",
+        `stages.pairs.params.cache=${await tmp("pairs_cache")}`,
+      ]);
+      checkMetrics(run, 2, [...ALL_KEYS, "generator_loss.regression"]);
+      const w = loadConfig(cfg, Deno.readTextFileSync(cfg)).config.stages.generator_loss.params.weights as Record<
+        string,
+        number
+      >;
+      for (const r of run.rows) {
+        const want = w.a * r["generator_loss.adv"] + w.b * r["generator_loss.distill"] +
+          w.c * r["generator_loss.regression"];
+        assert.ok(Math.abs(r["opt_g.loss"] - want) <= 1e-5 * Math.max(1, Math.abs(want)), `step ${r.step}: opt_g.loss`);
+      }
+      // Same seed and student as the full run: the regression changes the generator's step, not the first D step.
+      if (cpuRun) assert.equal(run.rows[0]["opt_d.loss"], cpuRun.rows[0]["opt_d.loss"]);
+      assert.equal([...Deno.readDirSync(`${tmpRoot}/pairs_cache`)].length, 1, "one cached bank");
+    });
   },
 });

@@ -42,6 +42,17 @@ stages:
   if (l.config.run.name !== "child" || l.config.run.out !== "out/child") throw new Error(`name ${l.config.run.name}`);
 });
 
+Deno.test("extends: --set path=null removes a key that only the base defines", () => {
+  const text = `version: 1\nextends: base.yaml\nrun: { steps: 7 }\n`;
+  Deno.writeTextFileSync(`${dir}/child.yaml`, text);
+  const l = loadConfig(`${dir}/child.yaml`, text, ["stages.b=null", "models.net.params.hidden=null", "run.seed=null"]);
+  if ("b" in l.config.stages || !("a" in l.config.stages)) throw new Error(`stages ${Object.keys(l.config.stages)}`);
+  const params = l.config.models.net.params as Record<string, unknown>;
+  if ("hidden" in params || params.in !== 1) throw new Error(`params ${JSON.stringify(params)}`);
+  // run.seed removed falls back to its default.
+  if (l.config.run.seed !== 0 || l.config.run.steps !== 7) throw new Error(`run ${JSON.stringify(l.config.run)}`);
+});
+
 Deno.test("extends: errors point into the file that set the value", () => {
   // A bad value in the child points at the child; one inherited from the base points at the base.
   expectError(`version: 1\nextends: base.yaml\nrun: { steps: -1 }\n`, /child\.yaml:3:\d+: .*run\.steps/);

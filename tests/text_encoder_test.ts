@@ -340,6 +340,10 @@ Deno.test("text_encode stage: types, one encoder call per distinct caption, cach
     rng: new Rng(0),
     out: "out/unused",
     dataset: (name) => name === "d" ? Promise.resolve(ds) : Promise.reject(new Error(`no dataset ${name}`)),
+    executor: null as unknown as HostContext["executor"],
+    models: {},
+    readModel: () => Promise.reject(new Error("text_encode reads no model")),
+    log: () => {},
   };
   const params = textEncode.params.parse({ dataset: "d" });
   const datasets = { d: { name: "d", kind: "x", params: {} } };
