@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { dirname, isAbsolute, relative, resolve } from "node:path";
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type YAMLMap } from "yaml";
 import { z } from "zod";
 
@@ -461,9 +462,27 @@ function extendBase(file: string, raw: Record<string, unknown>, where: Where, ch
   }
   const base = loadRawLayer(baseFile, text, [...chain, file]);
   const { extends: _e, ...own } = raw;
-  const merged = mergeLayers(base.raw, own) as Record<string, unknown>;
+  const merged = mergeLayers(rebaseInitPaths(base.raw, baseFile, file), own) as Record<string, unknown>;
   const whereMerged: Where = (path, atKey) => (hasPath(own, path) ? where(path, atKey) : base.where(path, atKey));
   return { raw: merged, where: whereMerged };
+}
+
+/**
+ * A base layer's relative `models.*.init` paths, which are relative to the base file, rewritten relative to the file
+ * that extends it (the run resolves them against the top file): `extends: ../../configs/add.yaml` from another folder
+ * still finds add.yaml's teacher weights.
+ */
+function rebaseInitPaths(raw: unknown, baseFile: string, file: string): unknown {
+  if (!isPlain(raw) || !isPlain(raw.models)) return raw;
+  const from = dirname(baseFile), to = dirname(file);
+  if (resolve(from) === resolve(to)) return raw;
+  const models: Record<string, unknown> = {};
+  for (const [name, m] of Object.entries(raw.models)) {
+    models[name] = isPlain(m) && typeof m.init === "string" && !isAbsolute(m.init)
+      ? { ...m, init: relative(resolve(to), resolve(from, m.init)) }
+      : m;
+  }
+  return { ...raw, models };
 }
 
 /**

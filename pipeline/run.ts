@@ -129,7 +129,13 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
       // A resume overwrites the weights: the init file is not read (it may have moved since).
       if (resumed) return Object.fromEntries(want.entries.map((e) => [e.path, new Float32Array(e.size)]));
       const file = path.startsWith("/") ? path : `${baseDir}${path}`;
-      const { tensors } = await readSafetensors(file);
+      let tensors: Awaited<ReturnType<typeof readSafetensors>>["tensors"];
+      try {
+        ({ tensors } = await readSafetensors(file));
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        throw new RunError(`${loaded.file}: models.${m}.init: no such file "${file}"`);
+      }
       const vals: Record<string, Float32Array> = {};
       for (const e of want.entries) {
         const t = tensors[e.path];

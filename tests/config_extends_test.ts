@@ -53,6 +53,24 @@ Deno.test("extends: --set path=null removes a key that only the base defines", (
   if (l.config.run.seed !== 0 || l.config.run.steps !== 7) throw new Error(`run ${JSON.stringify(l.config.run)}`);
 });
 
+Deno.test("extends: a base's init paths stay relative to the base file, from a child in another folder", () => {
+  Deno.mkdirSync(`${dir}/configs`, { recursive: true });
+  Deno.mkdirSync(`${dir}/mine/deeper`, { recursive: true });
+  Deno.writeTextFileSync(
+    `${dir}/configs/b.yaml`,
+    base.replace("params: { in: 1, hidden: [8] } }", "params: { in: 1, hidden: [8] }, init: ../w/net.safetensors }"),
+  );
+  const text = `version: 1\nextends: ../../configs/b.yaml\n`;
+  const l = loadConfig(`${dir}/mine/deeper/child.yaml`, text);
+  const init = l.config.models.net.init!;
+  if (!init.startsWith("../")) throw new Error(`init ${init} should stay relative`);
+  const resolved = new URL(init, `file://${dir}/mine/deeper/`).pathname;
+  if (resolved !== `${dir}/w/net.safetensors`) throw new Error(`init ${init} resolves to ${resolved}`);
+  // From the base's own folder nothing changes.
+  const same = loadConfig(`${dir}/configs/c.yaml`, `version: 1\nextends: b.yaml\n`);
+  if (same.config.models.net.init !== "../w/net.safetensors") throw new Error(`init ${same.config.models.net.init}`);
+});
+
 Deno.test("extends: errors point into the file that set the value", () => {
   // A bad value in the child points at the child; one inherited from the base points at the base.
   expectError(`version: 1\nextends: base.yaml\nrun: { steps: -1 }\n`, /child\.yaml:3:\d+: .*run\.steps/);
