@@ -124,10 +124,14 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
       print(`compiled phase "${c.optimizer}": ${c.nodes} nodes on ${executor.name} in ${(c.ms / 1000).toFixed(1)} s`);
     }
     const baseDir = loaded.file.replace(/[^/]*$/, "") || "./";
+    const updated = new Set(plan.phases.flatMap((p) => p.updates));
     await sched.initialise(async (m, path) => {
       const want = sched.layouts[m];
-      // A resume overwrites the weights: the init file is not read (it may have moved since).
-      if (resumed) return Object.fromEntries(want.entries.map((e) => [e.path, new Float32Array(e.size)]));
+      // A resume overwrites trained models' weights: their init file is not read (it may have moved since). Frozen
+      // models (a teacher) are not in checkpoints and come from their init file again.
+      if (resumed && updated.has(m)) {
+        return Object.fromEntries(want.entries.map((e) => [e.path, new Float32Array(e.size)]));
+      }
       const file = path.startsWith("/") ? path : `${baseDir}${path}`;
       let tensors: Awaited<ReturnType<typeof readSafetensors>>["tensors"];
       try {

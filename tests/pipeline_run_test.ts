@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { parse } from "yaml";
 import { featureFrequencies, fourierFeatures, triangle } from "../configs/custom/my_stages.ts";
 import { evaluate } from "../engine/executors/reference.ts";
-import { decodeSafetensors } from "../engine/safetensors.ts";
+import { decodeSafetensors, writeSafetensors } from "../engine/safetensors.ts";
 import { Trace } from "../engine/tensor.ts";
 import { latestCheckpoint, listCheckpoints, writeCheckpoint } from "../pipeline/checkpoint.ts";
 import { fmtValue, Progress } from "../pipeline/progress.ts";
@@ -250,6 +250,32 @@ Deno.test("--steps k, then --resume: metrics, weights, EMA and moments identical
   for (const f of ["net.safetensors", "net.ema.safetensors", "state.safetensors"]) {
     assert.ok(await sameBytes(`${ca.dir}/${f}`, `${cb.dir}/${f}`), `${f} differs after resume`);
   }
+});
+
+Deno.test("--resume of a pipeline with a frozen model loaded from its init file: same rows as uninterrupted", async () => {
+  // The frozen model is not in checkpoints: a resume must load it from its init file again, not leave it zero.
+  const dir = await tmp("resume-frozen");
+  await writeSafetensors(`${dir}/frozen.safetensors`, {
+    "l0.w": { data: Float32Array.of(1.5), shape: [1, 1] },
+    "l0.b": { data: Float32Array.of(0.25), shape: [1] },
+  });
+  const extra = `
+  shift: { kind: model, inputs: { x: batch.x }, params: { model: frozen } }
+  loss: { kind: mse, inputs: { pred: predict.y, target: shift.y } }
+  ckpt: { kind: checkpoint, every: 10, params: { keep: 3 } }`;
+  const yaml = toyYaml({ steps: 30 }, extra)
+    .replace(
+      "models:\n",
+      "models:\n  frozen: { kind: mlp, params: { in: 1, hidden: [], out: 1 }, init: frozen.safetensors }\n",
+    )
+    .replace(/^  loss: \{ kind: mse, inputs: \{ pred: predict.y, target: batch.y \} \}\n/m, "");
+  const cfg = await writeConfig(dir, "frozen.yaml", yaml);
+  expectCode(await cli([cfg, "--out", `${dir}/a`]), 0, "uninterrupted");
+  expectCode(await cli([cfg, "--out", `${dir}/b`, "--steps", "10"]), 0, "first 10 steps");
+  expectCode(await cli([cfg, "--out", `${dir}/b`, "--resume"]), 0, "resumed");
+  const [ra, rb] = [await rows(`${dir}/a`), await rows(`${dir}/b`)];
+  assert.equal(ra.length, 30);
+  assertSameRows(ra, rb, "metrics.jsonl");
 });
 
 Deno.test("Ctrl-C/SIGTERM save a checkpoint and exit 130/143; --resume matches an uninterrupted run", async () => {
