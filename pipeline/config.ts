@@ -522,9 +522,15 @@ export function mergeLayers(base: unknown, over: unknown): unknown {
   const out: Record<string, unknown> = { ...base };
   for (const [k, v] of Object.entries(over)) {
     if (v === null) delete out[k];
-    else out[k] = k in base ? mergeLayers(base[k], v) : v;
+    else out[k] = k in base ? mergeLayers(base[k], v) : withoutNulls(v);
   }
   return out;
+}
+
+/** A layer's own mapping with its `null`s (removals of what no base defines) dropped. */
+function withoutNulls(v: unknown): unknown {
+  if (!isPlain(v)) return v;
+  return Object.fromEntries(Object.entries(v).filter(([, x]) => x !== null).map(([k, x]) => [k, withoutNulls(x)]));
 }
 
 function hasPath(o: unknown, path: Path): boolean {

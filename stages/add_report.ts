@@ -213,7 +213,9 @@ export const addReport: StageDef<P> = {
       })),
     ];
     const sets = await emojiCaptionSets(p.dataset, p);
-    const cache = p.teacher_cache && p.teacher_steps.length ? await readTeacherCache(p, tw, ctx.executor.name) : null;
+    const cache = p.teacher_cache && p.teacher_steps.length
+      ? await readTeacherCache(p, tw, teacher, ctx.executor.name)
+      : null;
     const todo = cache?.hit ? generators.filter((g) => !g.name.startsWith("teacher ")) : generators;
     if (cache?.hit) ctx.log(`eval_report: teacher rows from ${p.teacher_cache} (computed ${cache.hit.date})`);
     ctx.log(`eval_report: ${todo.length} generators × ${sets.map((s) => s.captions.length).join(" + ")} images`);
@@ -266,9 +268,9 @@ interface TeacherCache {
 }
 
 /** The cache file's path, the key of this teacher and settings, and the stored rows when the key matches. */
-async function readTeacherCache(p: P, weights: Record<string, Float32Array>, executor: string) {
+async function readTeacherCache(p: P, weights: Record<string, Float32Array>, u: UNetParams, executor: string) {
   const file = join(PROJECT_ROOT, p.teacher_cache!);
-  const key = await weightsKey(cacheSettings(p, executor), weights);
+  const key = await weightsKey(cacheSettings(p, u, executor), weights);
   let hit: TeacherCache | null = null;
   try {
     const c = JSON.parse(await Deno.readTextFile(file)) as TeacherCache;
@@ -280,11 +282,13 @@ async function readTeacherCache(p: P, weights: Record<string, Float32Array>, exe
 }
 
 /** Everything besides the weights that the teacher's rows depend on. */
-function cacheSettings(p: P, executor: string) {
+function cacheSettings(p: P, u: UNetParams, executor: string) {
   return {
     // 2: rows carry the pixel FD
     rows_version: 2,
     executor,
+    // The architecture too: heads or groups change the outputs, not the weights' shapes.
+    unet: u,
     teacher_steps: p.teacher_steps,
     teacher_guidance: p.teacher_guidance,
     dataset: p.dataset,

@@ -1,8 +1,9 @@
 /**
- * `feature_mse`: a perceptual distance between `pred` and `target` on a frozen feature network, as LPIPS does it
- * without its learned channel weights (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a
- * Perceptual Metric", eq. 1): at each feature level, unit-normalise every location's channel vector, take the squared
- * difference summed over channels, average over locations and the batch; the loss is the mean over levels. A pixel
+ * `feature_mse`: a perceptual distance between `pred` and `target` on a frozen feature network, after LPIPS without
+ * its learned channel weights (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual
+ * Metric", eq. 1): at each feature level, unit-normalise every location's channel vector, take the squared difference
+ * summed over channels, average over locations and the batch; the loss is the mean over levels (LPIPS sums them: a
+ * factor of the number of levels, so a weight tuned here does not change with it). A pixel
  * MSE regression gives the average of what it cannot tell apart — a blur; this one compares structure. DMD's
  * regression loss (Yin et al. 2024, §3.3) is LPIPS for that reason.
  *
@@ -19,7 +20,7 @@ const Params = z.strictObject({
   features: z.string(),
 });
 
-/** x / ‖x‖ over channels (axis 1) at every location, ε inside the root as LPIPS has it. */
+/** x / ‖x‖ over channels (axis 1) at every location; ε inside the root (LPIPS adds it outside) keeps ∂ finite at 0. */
 function unitChannels(x: Tensor): Tensor {
   return div(x, sqrt(add(sum(square(x), 1, true), 1e-10)));
 }
@@ -44,8 +45,12 @@ export const featureMse: StageDef<z.output<typeof Params>> = {
   types: ({ params, inputs, models }) => {
     const p = expectPort(inputs, "pred", { dtype: "f32", rank: 4 });
     expectPort(inputs, "target", { dtype: "f32", shape: p.shape });
-    if (models[params.features]?.kind !== "mobilenet_v2") {
+    const f = models[params.features];
+    if (f?.kind !== "mobilenet_v2") {
       throw new StageTypeError(`model "${params.features}" must be a mobilenet_v2`, ["params", "features"]);
+    }
+    if (!(f.params as { levels: string[] }).levels.length) {
+      throw new StageTypeError(`model "${params.features}" has no feature levels to compare`, ["params", "features"]);
     }
     return { loss: { dtype: "f32", shape: [] } };
   },

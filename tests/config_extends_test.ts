@@ -53,6 +53,14 @@ Deno.test("extends: --set path=null removes a key that only the base defines", (
   if (l.config.run.seed !== 0 || l.config.run.steps !== 7) throw new Error(`run ${JSON.stringify(l.config.run)}`);
 });
 
+Deno.test("extends: --set path=null on a value only the extending file defines falls back to its default", () => {
+  const text = `version: 1\nextends: base.yaml\nstages:\n  c: { kind: data, params: { dataset: d, batch: 4 } }\n`;
+  Deno.writeTextFileSync(`${dir}/child.yaml`, text);
+  const l = loadConfig(`${dir}/child.yaml`, text, ["stages.c.params.batch=null"]);
+  const params = l.config.stages.c.params as Record<string, unknown>;
+  if (params.dataset !== "d" || "batch" in params) throw new Error(`params ${JSON.stringify(params)}`);
+});
+
 Deno.test("extends: a base's init paths stay relative to the base file, from a child in another folder", () => {
   Deno.mkdirSync(`${dir}/configs`, { recursive: true });
   Deno.mkdirSync(`${dir}/mine/deeper`, { recursive: true });

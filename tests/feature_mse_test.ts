@@ -1,6 +1,6 @@
 // feature_mse (stages/feature_mse.ts): the LPIPS-style distance against plain float64 loops on two feature levels,
-// its gradient against finite differences, and the stage end to end — through a fake feature network — giving no
-// gradient to the target and 0 for identical inputs.
+// its gradient against finite differences, and the stage end to end — through a fake feature network whose pooled
+// output must not count — giving no gradient to the target.
 import assert from "node:assert/strict";
 import { evaluate } from "../engine/executors/reference.ts";
 import { vjp } from "../engine/grad.ts";

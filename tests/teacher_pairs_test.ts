@@ -52,9 +52,15 @@ const dataset: Dataset = {
   }),
 };
 
-function context(executor: Executor, weights: Record<string, Float32Array>, logs: string[], step = 1): HostContext {
+function context(
+  executor: Executor,
+  weights: Record<string, Float32Array>,
+  logs: string[],
+  step = 1,
+  u: typeof U = U,
+): HostContext {
   const models: Record<string, ModelInfo> = {
-    teacher: { name: "teacher", kind: "unet", params: U, shapes: unet.shapes(U) },
+    teacher: { name: "teacher", kind: "unet", params: u, shapes: unet.shapes(u) },
   };
   return {
     stage: "pairs",
@@ -150,6 +156,28 @@ Deno.test(
         assert.deepEqual(c.x_s, a.x_s);
       } finally {
         await ex3.close();
+      }
+      // The same weights in another architecture (one attention head instead of two): a new bank too.
+      const ex4 = await createExecutor("cpu");
+      const logs4: string[] = [];
+      try {
+        await teacherPairs.host!(context(ex4, weights, logs4, 1, { ...U, heads: 1 }), p, {});
+        assert.ok(logs4.some((l) => l.includes("made 5 teacher pairs")), logs4.join("\n"));
+      } finally {
+        await ex4.close();
+      }
+      // A cache folder that cannot be made (a file is in the way): the bank is made and used, just not cached.
+      const ex5 = await createExecutor("cpu");
+      const logs5: string[] = [];
+      try {
+        await Deno.writeTextFile(`${cache}/file`, "");
+        const q = { ...p, cache: `${cache}/file/sub` };
+        const d = await teacherPairs.host!(context(ex5, weights, logs5, 1), q, {});
+        assert.ok(logs5.some((l) => /made 5 teacher pairs in .* \(not cached: /.test(l)), logs5.join("\n"));
+        const a = await teacherPairs.host!(context(ex, weights, logs, 1), p, {});
+        assert.deepEqual(d.target, a.target);
+      } finally {
+        await ex5.close();
       }
     } finally {
       await runner.dispose();

@@ -29,7 +29,7 @@ import { loadCaptionEncoder } from "../text_encode.ts";
 const PROJECT_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
 const Params = z.strictObject({
-  /** The frozen teacher: a declared `unet` model. */
+  /** The teacher: a declared `unet` model that no optimizer updates (the bank is made once, from its weights). */
   model: z.string(),
   /** A declared captioned dataset (`image` and `caption_id` fields) whose examples give the captions. */
   dataset: z.string(),
@@ -43,8 +43,11 @@ const Params = z.strictObject({
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
   /** Text encoder folder or hub id, as in `text_encode`. */
   text_encoder: z.string().default("models/text_encoder"),
-  /** Folder (absolute, or relative to the project root) caching banks by key; null: make the bank every run. */
-  cache: z.string().nullable().default(".cache/teacher_pairs"),
+  /**
+   * Folder (absolute, or relative to the project root) caching banks by key; false: make the bank every run. Where
+   * the folder cannot be written the run goes on without caching.
+   */
+  cache: z.union([z.string(), z.literal(false)]).default(".cache/teacher_pairs"),
   /** Images per teacher run while the bank is made. */
   gen_batch: z.number().int().positive().default(16),
 });
@@ -144,18 +147,21 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
   for (let i = 0; i < p.pairs; i++) noise.set(noiseRng.fold(i).normal(per), i * per);
 
   const weights = await ctx.readModel(p.model);
+  const enc = await loadCaptionEncoder(p.text_encoder);
+  const text = await enc.encode(captions);
   const settings = {
     version: 1,
     seed: ctx.seed,
     executor: ctx.executor.name,
-    captions,
+    unet: u,
     steps: p.steps,
     schedule: p.schedule,
     prediction: p.prediction,
-    text_encoder: p.text_encoder,
   };
-  const dir = p.cache === null ? null : isAbsolute(p.cache) ? p.cache : join(PROJECT_ROOT, p.cache);
-  const file = dir && join(dir, `${(await weightsKey(settings, weights)).slice(0, 32)}.safetensors`);
+  // The conditioning itself is keyed (not the encoder's name), so a changed encoder or caption is a new bank.
+  const key = await weightsKey(settings, { ...weights, "\0tokens": text.tokens, "\0pooled": text.pooled });
+  const dir = p.cache === false ? null : isAbsolute(p.cache) ? p.cache : join(PROJECT_ROOT, p.cache);
+  const file = dir && join(dir, `${key.slice(0, 32)}.safetensors`);
   if (file) {
     try {
       const t = (await readSafetensors(file)).tensors.target;
@@ -169,7 +175,6 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
   }
 
   const t0 = performance.now();
-  const enc = await loadCaptionEncoder(p.text_encoder);
   const schedule = makeSchedule(p.schedule), gb = Math.min(p.gen_batch, p.pairs);
   const runner = await UNetRunner.create(ctx.executor, u, weights, gb, enc.dims.length);
   const target = new Float32Array(p.pairs * per);
@@ -179,10 +184,10 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
       // The last chunk is padded with the first pairs to the runner's batch; their samples are dropped.
       const rows = Array.from({ length: gb }, (_, i) => (s + i) % p.pairs);
       const n = Math.min(gb, p.pairs - s);
-      const text = await enc.encode(rows.map((i) => captions[i]));
+      const chunk = await enc.encode(rows.map((i) => captions[i]));
       const xT = new Float32Array(gb * per);
       rows.forEach((r, i) => xT.set(noise.subarray(r * per, (r + 1) * per), i * per));
-      const d = runner.denoiser(p.prediction, { ...text, length: enc.dims.length });
+      const d = runner.denoiser(p.prediction, { ...chunk, length: enc.dims.length });
       const x0 = await sampleDdim(d, xT, schedule, { steps: p.steps });
       // The data lie in [-1, 1]; so do the targets.
       for (let i = 0; i < n * per; i++) target[s * per + i] = Math.max(-1, Math.min(1, x0[i]));
@@ -195,10 +200,17 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
     await runner.dispose();
   }
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
+  let cached = "";
   if (file) {
-    await Deno.mkdir(dir!, { recursive: true });
-    await writeSafetensors(file, { target: { data: target, shape: [p.pairs, u.in_channels, u.size, u.size] } });
-    ctx.log(`${ctx.stage}: made ${p.pairs} teacher pairs in ${secs} s, cached in ${file}`);
-  } else ctx.log(`${ctx.stage}: made ${p.pairs} teacher pairs in ${secs} s`);
+    try {
+      await Deno.mkdir(dir!, { recursive: true });
+      await writeSafetensors(file, { target: { data: target, shape: [p.pairs, u.in_channels, u.size, u.size] } });
+      cached = `, cached in ${file}`;
+    } catch (e) {
+      // A run allowed to write only its output folder still trains; it just makes the bank again next time.
+      cached = ` (not cached: ${(e as Error).message})`;
+    }
+  }
+  ctx.log(`${ctx.stage}: made ${p.pairs} teacher pairs in ${secs} s${cached}`);
   return { captionId, noise, target, per };
 }
