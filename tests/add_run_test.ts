@@ -1,5 +1,6 @@
-// ADD end to end through the CLI in subprocesses: configs/add_tiny.yaml (tiny random UNets, MobileNetV2 features at
-// 32×32, 4 steps) on cpu and on webgpu (llvmpipe here), and ADD's ablation configs rebased onto it on cpu. Each run
+// ADD end to end through the CLI in subprocesses: configs/add_tiny.yaml (the default, ADD plus the teacher-pair
+// regression, with tiny random UNets, MobileNetV2 features at 32×32, 4 steps) on cpu and on webgpu (llvmpipe here),
+// and the paper's recipe and its ablation configs rebased onto a tiny version of it on cpu. Each run
 // must exit 0 and leave metrics.jsonl with every loss term finite at every step, checkpoints with the student's
 // weights and EMA, preview PNGs, metrics.svg and the evaluation report. The webgpu run's losses must match the cpu
 // run's.
@@ -14,8 +15,8 @@ const ROOT = new URL("../", import.meta.url).pathname;
 const MAIN = `${ROOT}main.ts`;
 const TINY = `${ROOT}configs/add_tiny.yaml`;
 
-/** Every loss term and logged scalar of the full ADD pipeline. */
-const ALL_KEYS = [
+/** Every loss term and logged scalar of the paper's ADD pipeline (configs/add_paper.yaml). */
+const PAPER_KEYS = [
   "opt_d.loss",
   "opt_g.loss",
   "opt_g.grad_norm",
@@ -25,6 +26,8 @@ const ALL_KEYS = [
   "adversarial.d_real",
   "adversarial.d_fake",
 ];
+/** ... and of the default, which adds the regression on teacher pairs. */
+const ALL_KEYS = [...PAPER_KEYS, "generator_loss.regression", "generator_loss.regression_px"];
 
 let tmpRoot: string | null = null;
 globalThis.addEventListener("unload", () => {
@@ -41,6 +44,7 @@ interface Run {
   out: string;
   rows: Record<string, number>[];
   seconds: number;
+  stdout: string;
 }
 
 /** Runs `main.ts` on a config with write access to the temporary root only; fails with its output unless it exits 0. */
@@ -65,7 +69,7 @@ async function runCli(config: string, name: string, args: string[] = []): Promis
   assert.match(stdout, new RegExp(`compiled phase "opt_g": \\d+ nodes on ${executor} `), `${name}: executor`);
   const text = await Deno.readTextFile(`${out}/metrics.jsonl`);
   const rows = text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as Record<string, number>);
-  return { out, rows, seconds };
+  return { out, rows, seconds, stdout };
 }
 
 /** One metrics row per step (log_every 1), each with every key in `keys` finite and none of `absent`. */
@@ -164,17 +168,21 @@ Deno.test({
   fn: async () => {
     const run = await runCli(TINY, "cpu", ["--executor", "cpu"]);
     checkMetrics(run, 4, ALL_KEYS);
-    // The generator's loss is the weighted sum the config asks for: adv + λ distill.
+    // The generator's loss is the weighted sum the config asks for: adv + λ distill + the two regressions.
     const weights = loadConfig(TINY, Deno.readTextFileSync(TINY)).config.stages.generator_loss.params.weights as {
       a?: number;
       b?: number;
+      c?: number;
+      d?: number;
     };
     const lambda = weights.b ?? 1;
     assert.ok(lambda !== 1, "the config should weight the distillation term");
     for (const r of run.rows) {
-      const want = (weights.a ?? 1) * r["generator_loss.adv"] + lambda * r["generator_loss.distill"];
+      const want = (weights.a ?? 1) * r["generator_loss.adv"] + lambda * r["generator_loss.distill"] +
+        (weights.c ?? 1) * r["generator_loss.regression"] + (weights.d ?? 1) * r["generator_loss.regression_px"];
       assert.ok(Math.abs(r["opt_g.loss"] - want) <= 1e-5 * Math.max(1, Math.abs(want)), `step ${r.step}: opt_g.loss`);
     }
+    assert.match(run.stdout, /pairs: made 8 teacher pairs in /);
     await checkCheckpoints(run, TINY, [2, 4], ["disc", "student"]);
     await checkOutputs(run, [2, 4], ALL_KEYS);
     cpuRun = run;
@@ -211,12 +219,28 @@ Deno.test({
   },
 });
 
-/** An ablation config of ADD with its `extends: add.yaml` pointed at the tiny config instead. */
+/** The tiny config without the default's regression on teacher pairs: the paper's recipe, shrunk. */
+async function paperTiny(): Promise<string> {
+  const file = `${await tmp("configs")}/add_paper_tiny.yaml`;
+  const own = Deno.readTextFileSync(`${ROOT}configs/add.yaml`).split("\n");
+  // Every stage the default adds to add_paper.yaml, removed again (generator_loss only gains inputs c and d).
+  const added = own.filter((l) => /^  [a-z_]+:$/.test(l)).map((l) => l.trim().slice(0, -1))
+    .filter((n) => n !== "generator_loss");
+  assert.ok(added.includes("pairs") && added.includes("regression"), `stages added by add.yaml: ${added}`);
+  await Deno.writeTextFile(
+    file,
+    `version: 1\nextends: ${TINY}\nstages:\n` + added.map((n) => `  ${n}: null\n`).join("") +
+      `  generator_loss:\n    inputs: { c: null, d: null }\n`,
+  );
+  return file;
+}
+
+/** A config that extends the paper's recipe (`extends: add_paper.yaml`), pointed at its tiny version instead. */
 async function rebased(name: string): Promise<string> {
   const text = await Deno.readTextFile(`${ROOT}configs/${name}.yaml`);
-  assert.match(text, /^extends: add\.yaml$/m, `${name}.yaml no longer extends add.yaml`);
+  assert.match(text, /^extends: add_paper\.yaml$/m, `${name}.yaml no longer extends add_paper.yaml`);
   const file = `${await tmp("configs")}/${name}_tiny.yaml`;
-  await Deno.writeTextFile(file, text.replace(/^extends: add\.yaml$/m, `extends: ${TINY}`));
+  await Deno.writeTextFile(file, text.replace(/^extends: add_paper\.yaml$/m, `extends: ${await paperTiny()}`));
   return file;
 }
 
@@ -232,7 +256,7 @@ Deno.test({
     await t.step("adversarial only", async () => {
       const cfg = await rebased("add_adversarial_only");
       const run = await runCli(cfg, "adversarial_only", short);
-      const keys = ALL_KEYS.filter((k) => k !== "generator_loss.distill");
+      const keys = PAPER_KEYS.filter((k) => k !== "generator_loss.distill");
       checkMetrics(run, 2, keys, ["generator_loss.distill"]);
       for (const r of run.rows) assert.equal(r["opt_g.loss"], r["generator_loss.adv"], "L_G is the adversarial term");
       await checkCheckpoints(run, cfg, [1, 2], ["disc", "student"]);
@@ -256,7 +280,7 @@ Deno.test({
       await t.step(`${w} weighting`, async () => {
         const cfg = await rebased(`add_weighting_${w}`);
         const run = await runCli(cfg, `weighting_${w}`, short);
-        checkMetrics(run, 2, ALL_KEYS);
+        checkMetrics(run, 2, PAPER_KEYS);
         // Another weighting of the same first step gives another distillation loss.
         if (distill1 !== undefined) {
           const d = run.rows[0]["generator_loss.distill"];
@@ -264,31 +288,21 @@ Deno.test({
         }
       });
     }
-    await t.step("with DMD's regression on teacher pairs", async () => {
-      const cfg = await rebased("add_regression");
-      // A small bank, cached in the test's own folder (the run may write nowhere else).
-      const run = await runCli(cfg, "regression", [
-        ...short,
-        "--set",
-        "stages.pairs.params.pairs=6",
-        "--set",
-        "stages.pairs.params.steps=2",
-        "--set",
-        `stages.pairs.params.cache=${await tmp("pairs_cache")}`,
-      ]);
-      checkMetrics(run, 2, [...ALL_KEYS, "generator_loss.regression"]);
+    await t.step("the paper's recipe (no regression on teacher pairs)", async () => {
+      const cfg = await paperTiny();
+      const run = await runCli(cfg, "paper", short);
+      checkMetrics(run, 2, PAPER_KEYS, ["generator_loss.regression", "generator_loss.regression_px"]);
+      assert.doesNotMatch(run.stdout, /teacher pairs/);
       const w = loadConfig(cfg, Deno.readTextFileSync(cfg)).config.stages.generator_loss.params.weights as Record<
         string,
         number
       >;
       for (const r of run.rows) {
-        const want = w.a * r["generator_loss.adv"] + w.b * r["generator_loss.distill"] +
-          w.c * r["generator_loss.regression"];
+        const want = w.a * r["generator_loss.adv"] + w.b * r["generator_loss.distill"];
         assert.ok(Math.abs(r["opt_g.loss"] - want) <= 1e-5 * Math.max(1, Math.abs(want)), `step ${r.step}: opt_g.loss`);
       }
       // Same seed and student as the full run: the regression changes the generator's step, not the first D step.
       if (cpuRun) assert.equal(run.rows[0]["opt_d.loss"], cpuRun.rows[0]["opt_d.loss"]);
-      assert.equal([...Deno.readDirSync(`${tmpRoot}/pairs_cache`)].length, 1, "one cached bank");
     });
   },
 });
