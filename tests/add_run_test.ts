@@ -224,7 +224,7 @@ async function paperTiny(): Promise<string> {
   const file = `${await tmp("configs")}/add_paper_tiny.yaml`;
   const own = Deno.readTextFileSync(`${ROOT}configs/add.yaml`).split("\n");
   // Every stage the default adds to add_paper.yaml, removed again (generator_loss only gains inputs c and d).
-  const added = own.filter((l) => /^  [a-z_]+:$/.test(l)).map((l) => l.trim().slice(0, -1))
+  const added = own.filter((l) => /^ {2}[a-z_]+:$/.test(l)).map((l) => l.trim().slice(0, -1))
     .filter((n) => n !== "generator_loss");
   assert.ok(added.includes("pairs") && added.includes("regression"), `stages added by add.yaml: ${added}`);
   await Deno.writeTextFile(
