@@ -27,6 +27,7 @@ import { planPipeline } from "../pipeline/plan.ts";
 import { runPipeline } from "../pipeline/run.ts";
 import { emojiCaptionSets } from "../stages/add_report.ts";
 import "../stages/mod.ts";
+import { randomTinyUnet, TINY_UNET } from "./tiny_unet.ts";
 
 const ORT = { sanitizeResources: false, sanitizeOps: false };
 let netPromise: Promise<MobileNet> | undefined;
@@ -191,29 +192,7 @@ Deno.test({
 // ---------------------------------------------------------------------------------------------------------------
 // The stage in a pipeline run, and the CLI.
 
-const TINY = {
-  channels: [8, 16],
-  attention_levels: [1],
-  heads: 2,
-  groups: 4,
-  context_dim: 64,
-  pooled_dim: 64,
-  size: 32,
-};
-
-/**
- * A tiny UNet's weights with every parameter perturbed: the initialiser zeroes the output layers, and a UNet that
- * outputs 0 gives the same images whatever its other weights.
- */
-function randomUnet(seed: number): Record<string, Float32Array> {
-  const u = unet.params.parse(TINY), rng = new Rng(seed);
-  const w = unet.init(u, rng.fold("init"));
-  for (const [k, v] of Object.entries(w)) {
-    const z = rng.fold(k).normal(v.length);
-    for (let i = 0; i < v.length; i++) v[i] += 0.1 * z[i];
-  }
-  return w;
-}
+const TINY = TINY_UNET, randomUnet = randomTinyUnet;
 
 async function saveUnet(path: string, w: Record<string, Float32Array>): Promise<string> {
   const shapes = unet.shapes(unet.params.parse(TINY));

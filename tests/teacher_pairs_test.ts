@@ -15,29 +15,13 @@ import type { Dataset, HostContext, ModelInfo } from "../pipeline/stage.ts";
 import { StageTypeError } from "../pipeline/stage.ts";
 import { teacherPairs } from "../stages/add/teacher_pairs.ts";
 import { loadCaptionEncoder } from "../stages/text_encode.ts";
+import { randomTinyUnet, TINY_UNET } from "./tiny_unet.ts";
 
 const opts = { sanitizeResources: false, sanitizeOps: false };
 
-const U = unet.params.parse({
-  channels: [8, 16],
-  attention_levels: [1],
-  heads: 2,
-  groups: 4,
-  context_dim: 64,
-  pooled_dim: 64,
-  size: 32,
-});
+const U = unet.params.parse(TINY_UNET);
 const PER = 3 * 32 * 32;
-
-/** Random weights with every parameter perturbed (the initialiser zeroes the output layer). */
-function teacherWeights(seed: number): Record<string, Float32Array> {
-  const rng = new Rng(seed), w = unet.init(U, rng.fold("init"));
-  for (const [k, v] of Object.entries(w)) {
-    const z = rng.fold(k).normal(v.length);
-    for (let i = 0; i < v.length; i++) v[i] += 0.1 * z[i];
-  }
-  return w;
-}
+const teacherWeights = randomTinyUnet;
 
 // Seven examples over four captions; caption ids index `captions`.
 const captions = ["red apple", "sun", "rocket", "blue heart"];
@@ -74,6 +58,20 @@ function context(
     readModel: () => Promise.resolve(weights),
     log: (l) => logs.push(l),
   };
+}
+
+/** Step 1 of a new run (its own executor, so its own bank) with these weights, architecture and params. */
+async function newRun(
+  weights: Record<string, Float32Array>,
+  u: typeof U,
+  p: ReturnType<typeof teacherPairs.params.parse>,
+) {
+  const ex = await createExecutor("cpu"), logs: string[] = [];
+  try {
+    return { out: await teacherPairs.host!(context(ex, weights, logs, 1, u), p, {}), logs };
+  } finally {
+    await ex.close();
+  }
 }
 
 Deno.test(
@@ -132,53 +130,25 @@ Deno.test(
       assert.ok(seen.size >= 4, `18 draws of 5 pairs hit only ${[...seen]}`);
       assert.equal(logs.filter((l) => l.includes("made 5 teacher pairs")).length, 1, logs.join("\n"));
 
+      const first = await teacherPairs.host!(context(ex, weights, logs, 1), p, {});
       // A new run (another executor) with the same teacher reads the cache and draws the same pairs.
-      const ex2 = await createExecutor("cpu");
-      const logs2: string[] = [];
-      try {
-        const a = await teacherPairs.host!(context(ex, weights, logs, 1), p, {});
-        const b = await teacherPairs.host!(context(ex2, weights, logs2, 1), p, {});
-        assert.ok(logs2.some((l) => l.includes("teacher pairs from")), logs2.join("\n"));
-        assert.deepEqual(b.target, a.target);
-        assert.deepEqual(b.x_s, a.x_s);
-      } finally {
-        await ex2.close();
-      }
+      const again = await newRun(weights, U, p);
+      assert.ok(again.logs.some((l) => l.includes("teacher pairs from")), again.logs.join("\n"));
+      assert.deepEqual(again.out.target, first.target);
+      assert.deepEqual(again.out.x_s, first.x_s);
       // Another teacher: the cache does not match, the bank is made again with other targets.
-      const ex3 = await createExecutor("cpu");
-      const logs3: string[] = [];
-      try {
-        const other = teacherWeights(2);
-        const c = await teacherPairs.host!(context(ex3, other, logs3, 1), p, {});
-        assert.ok(logs3.some((l) => l.includes("made 5 teacher pairs")), logs3.join("\n"));
-        const a = await teacherPairs.host!(context(ex, weights, logs, 1), p, {});
-        assert.notDeepEqual(c.target, a.target);
-        assert.deepEqual(c.x_s, a.x_s);
-      } finally {
-        await ex3.close();
-      }
+      const other = await newRun(teacherWeights(2), U, p);
+      assert.ok(other.logs.some((l) => l.includes("made 5 teacher pairs")), other.logs.join("\n"));
+      assert.notDeepEqual(other.out.target, first.target);
+      assert.deepEqual(other.out.x_s, first.x_s);
       // The same weights in another architecture (one attention head instead of two): a new bank too.
-      const ex4 = await createExecutor("cpu");
-      const logs4: string[] = [];
-      try {
-        await teacherPairs.host!(context(ex4, weights, logs4, 1, { ...U, heads: 1 }), p, {});
-        assert.ok(logs4.some((l) => l.includes("made 5 teacher pairs")), logs4.join("\n"));
-      } finally {
-        await ex4.close();
-      }
+      const heads = await newRun(weights, { ...U, heads: 1 }, p);
+      assert.ok(heads.logs.some((l) => l.includes("made 5 teacher pairs")), heads.logs.join("\n"));
       // A cache folder that cannot be made (a file is in the way): the bank is made and used, just not cached.
-      const ex5 = await createExecutor("cpu");
-      const logs5: string[] = [];
-      try {
-        await Deno.writeTextFile(`${cache}/file`, "");
-        const q = { ...p, cache: `${cache}/file/sub` };
-        const d = await teacherPairs.host!(context(ex5, weights, logs5, 1), q, {});
-        assert.ok(logs5.some((l) => /made 5 teacher pairs in .* \(not cached: /.test(l)), logs5.join("\n"));
-        const a = await teacherPairs.host!(context(ex, weights, logs, 1), p, {});
-        assert.deepEqual(d.target, a.target);
-      } finally {
-        await ex5.close();
-      }
+      await Deno.writeTextFile(`${cache}/file`, "");
+      const blocked = await newRun(weights, U, { ...p, cache: `${cache}/file/sub` });
+      assert.ok(blocked.logs.some((l) => /made 5 teacher pairs in .* \(not cached: /.test(l)), blocked.logs.join("\n"));
+      assert.deepEqual(blocked.out.target, first.target);
     } finally {
       await runner.dispose();
       await ex.close();
