@@ -4,7 +4,8 @@
  * teacher's sample is the regression loss of DMD (Yin et al. 2024, "One-step Diffusion with Distribution Matching
  * Distillation", §3.3): it ties each noise to one image, so the student uses its noise instead of drawing one image
  * per prompt, and gives the 1-step output a direct signal from the first step on. It is not part of ADD; a config
- * adds it by wiring this stage, an `add_student` on its outputs and an `mse` into the generator's loss.
+ * adds it by wiring this stage, an `add_student` on its outputs and a distance to `target` (`mse`, `feature_mse`) into
+ * the generator's loss, as configs/add.yaml does.
  *
  * The bank of `pairs` pairs is made once per run from the run's seed (examples of the dataset, each with its own
  * noise), on the run's executor, and cached under `cache` keyed by the teacher's weights and every setting, so a
