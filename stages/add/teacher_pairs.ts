@@ -60,6 +60,8 @@ interface Bank {
   noise: Float32Array;
   target: Float32Array;
   per: number;
+  /** The schedule's length: the pairs' timestep is T − 1. */
+  T: number;
 }
 
 // One bank per run (a run has its own executor) and stage.
@@ -115,14 +117,13 @@ export const teacherPairs: StageDef<P> = {
       bank = makeBank(ctx, p);
       mine.set(ctx.stage, bank);
     }
-    const { captionId, noise, target, per } = await bank;
+    const { captionId, noise, target, per, T } = await bank;
     const idx = ctx.rng.randint(p.batch, 0, p.pairs), b = p.batch;
     const x_s = new Float32Array(b * per), tgt = new Float32Array(b * per);
     idx.forEach((j, i) => {
       x_s.set(noise.subarray(j * per, (j + 1) * per), i * per);
       tgt.set(target.subarray(j * per, (j + 1) * per), i * per);
     });
-    const T = makeSchedule(p.schedule).alphasCumprod.length;
     return {
       caption_id: Int32Array.from(idx, (j) => captionId[j]),
       x_s,
@@ -148,6 +149,7 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
   for (let i = 0; i < p.pairs; i++) noise.set(noiseRng.fold(i).normal(per), i * per);
 
   const weights = await ctx.readModel(p.model);
+  const schedule = makeSchedule(p.schedule);
   const enc = await loadCaptionEncoder(p.text_encoder);
   const text = await enc.encode(captions);
   const settings = {
@@ -168,7 +170,7 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
       const t = (await readSafetensors(file)).tensors.target;
       if (t?.dtype === "F32" && t.shape.join() === [p.pairs, u.in_channels, u.size, u.size].join()) {
         ctx.log(`${ctx.stage}: ${p.pairs} teacher pairs from ${file}`);
-        return { captionId, noise, target: t.data as Float32Array, per };
+        return { captionId, noise, target: t.data as Float32Array, per, T: schedule.alphasCumprod.length };
       }
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) ctx.log(`${ctx.stage}: ignoring the cache ${file}: ${e}`);
@@ -176,7 +178,7 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
   }
 
   const t0 = performance.now();
-  const schedule = makeSchedule(p.schedule), gb = Math.min(p.gen_batch, p.pairs);
+  const gb = Math.min(p.gen_batch, p.pairs);
   const runner = await UNetRunner.create(ctx.executor, u, weights, gb, enc.dims.length);
   const target = new Float32Array(p.pairs * per);
   try {
@@ -213,5 +215,5 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
     }
   }
   ctx.log(`${ctx.stage}: made ${p.pairs} teacher pairs in ${secs} s${cached}`);
-  return { captionId, noise, target, per };
+  return { captionId, noise, target, per, T: schedule.alphasCumprod.length };
 }
