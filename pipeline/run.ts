@@ -242,6 +242,16 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
       }
       return d;
     };
+    const times = new Map<string, number>(); // wall ms per phase and per host/effect stage, for the closing line
+    const timed = async <T>(key: string, f: () => Promise<T>): Promise<T> => {
+      const t0 = performance.now();
+      try {
+        return await f();
+      } finally {
+        times.set(key, (times.get(key) ?? 0) + performance.now() - t0);
+      }
+    };
+    const loopStart = performance.now();
     for (let step = start + 1; step <= cfg.steps; step++) {
       const host = new Map<string, HostArray>();
       const hctx = (stage: string): HostContext => ({
@@ -260,10 +270,10 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
         const st = plan.stages[name];
         const ins: Record<string, HostArray> = {};
         for (const [port, ref] of Object.entries(st.inputs)) ins[port] = host.get(`${ref.stage}.${ref.port}`)!;
-        const outs = await st.def.host!(hctx(name), st.params, ins);
+        const outs = await timed(name, () => st.def.host!(hctx(name), st.params, ins));
         for (const [port, v] of Object.entries(outs)) host.set(`${name}.${port}`, v);
       }
-      const m = await sched.runPhases(step, host);
+      const m = await sched.runPhases(step, host, times);
       const bad = Object.entries(m).find(([, v]) => !Number.isFinite(v));
       if (bad) return stopMessage(step, `${bad[0]} is ${fmtNonFinite(bad[1])}`);
       metrics = { ...metrics, ...m };
@@ -289,7 +299,7 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
             updateEma: (model, decay) => sched.updateEma(model, decay),
             saveCheckpoint: (k) => save(step, k),
           };
-          await st.def.effect!(ctx, st.params, ins);
+          await timed(name, () => st.def.effect!(ctx, st.params, ins));
         }
         progress.update(step, metrics, signal !== null);
         if (signal && step < cfg.steps) {
@@ -310,6 +320,7 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
       if (!e.name.startsWith(".")) made.push(e.isDirectory ? `${e.name}/` : e.name);
     }
     made.sort();
+    print(timeLine(times, performance.now() - loopStart, cfg.steps - start));
     print(`done: ${cfg.steps} steps; outputs in ${out}/ (${made.join(", ")})`);
     return 0;
   } finally {
@@ -323,6 +334,18 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
     await sched.dispose();
     await executor.close();
   }
+}
+
+/**
+ * "time: 8m 31s for 500 steps — opt_g 61%, opt_d 29%, report 5%, …": where this invocation's wall time went, by
+ * compiled phase (named by its optimizer) and by host or effect stage; shares under 1% are left out.
+ */
+export function timeLine(times: ReadonlyMap<string, number>, totalMs: number, steps: number): string {
+  const s = Math.round(totalMs / 1000);
+  const total = s >= 60 ? `${Math.floor(s / 60)}m ${s % 60}s` : `${(totalMs / 1000).toFixed(1)} s`;
+  const parts = [...times].filter(([, ms]) => ms >= totalMs / 100).sort((a, b) => b[1] - a[1])
+    .map(([k, ms]) => `${k} ${Math.round((100 * ms) / totalMs)}%`);
+  return `time: ${total} for ${steps} step${steps === 1 ? "" : "s"}` + (parts.length ? ` — ${parts.join(", ")}` : "");
 }
 
 /** The config with every default filled in, down to the parameters of each kind, as a checkpoint records it. */

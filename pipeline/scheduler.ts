@@ -240,11 +240,19 @@ export class Scheduler {
     return unpackHost(await this.get(key), this.layouts[name]);
   }
 
-  /** Runs the phases due at `step` with this step's host values; returns the scalars they logged. */
-  async runPhases(step: number, host: Map<string, HostArray>): Promise<Record<string, number>> {
+  /**
+   * Runs the phases due at `step` with this step's host values; returns the scalars they logged. With `times`, adds
+   * each phase's wall milliseconds (uploads, run, read-back) under its optimizer's name.
+   */
+  async runPhases(
+    step: number,
+    host: Map<string, HostArray>,
+    times?: Map<string, number>,
+  ): Promise<Record<string, number>> {
     const out: Record<string, number> = {};
     for (const c of this.compiled) {
       if (step % c.phase.every !== 0) continue;
+      const t0 = performance.now();
       const ins: Record<string, Buffer> = {};
       const temp: Buffer[] = [];
       const upload = (name: string, data: HostArray, shape: readonly number[], dtype: "f32" | "i32" | "bool") => {
@@ -277,6 +285,7 @@ export class Scheduler {
         out[metric] = (await this.executor.read(res[output]))[0];
       }
       for (const [name, b] of Object.entries(res)) if (!(name in c.stateOut)) this.executor.dispose(b);
+      times?.set(c.phase.optimizer, (times.get(c.phase.optimizer) ?? 0) + performance.now() - t0);
     }
     return out;
   }

@@ -518,6 +518,15 @@ Deno.test("checkpoints: last K; weights, EMA, state, resolved config; metrics.js
     assert.ok(Number(p[2]) > 0);
     assert.equal(p[4], fmtValue(m[i]["opt.loss"]));
   });
+  // The closing time line splits the wall time among this run's phase and stages.
+  const t = r.stdout.match(/^time: (\d+\.\d s|\d+m \d+s) for 23 steps(?: — (.*))?$/m);
+  assert.ok(t, `no time line in:\n${r.stdout.slice(-400)}`);
+  const shares = (t[2] ?? "").split(", ").filter(Boolean).map((x) => x.split(" "));
+  assert.ok(shares.some(([k]) => k === "opt"), t[0]);
+  for (const [k, pc] of shares) {
+    assert.ok(["opt", "batch", "ema", "ckpt", "plot"].includes(k) && /^\d+%$/.test(pc), t[0]);
+  }
+  assert.ok(shares.reduce((a, [, pc]) => a + parseInt(pc), 0) <= 100 + shares.length, t[0]);
 });
 
 Deno.test("an optimizer that runs every 2 steps counts its own updates in Adam's bias correction", async () => {
