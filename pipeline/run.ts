@@ -296,6 +296,7 @@ export async function runPipeline(loaded: LoadedConfig, plan: Plan, opts: RunOpt
             ...hctx(name),
             metrics,
             last: step === cfg.steps,
+            every: st.at ? 1 : st.every,
             updateEma: (model, decay) => sched.updateEma(model, decay),
             saveCheckpoint: (k) => save(step, k),
           };

@@ -139,6 +139,8 @@ export interface EffectContext extends HostContext {
   saveCheckpoint(keep: number): Promise<string>;
   /** True when this is the last step of the run. */
   last: boolean;
+  /** The stage's cadence in steps (its `every`; 1 for `at: start`/`at: end`). */
+  every: number;
 }
 
 /** The roles of stages; see the module doc. */
