@@ -25,6 +25,9 @@ const Params = z.strictObject({
   profile: z.enum(["constant", "power"]).default("constant"),
   /** The power profile's exponent γ > 0 (6.94: σ_rel ≈ 0.1; 16.97: σ_rel ≈ 0.05). */
   gamma: z.number().positive().default(6.94),
+}).refine((p) => !(p.profile === "power" && p.warmup), {
+  path: ["warmup"],
+  message: "warm-up is for the constant profile; the power profile forgets the start by itself",
 });
 
 /** The decay of the n-th update (n ≥ 1) of the power profile: (1 − 1/n)^(γ+1); 0 at n = 1, so the start is forgotten. */

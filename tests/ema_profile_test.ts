@@ -33,6 +33,7 @@ Deno.test("ema power profile: the running average equals Σ (n^(γ+1) − (n−1
   assert.deepEqual(await decays({ decay: 0.9 }, [1, 2, 3], 1), [0.9, 0.9, 0.9], "constant profile unchanged");
   assert.throws(() => emaStage.params.parse({ model: "m", profile: "power", gamma: 0 }));
   assert.throws(() => emaStage.params.parse({ model: "m", profile: "karras" }));
+  assert.throws(() => emaStage.params.parse({ model: "m", profile: "power", warmup: true }), /warm-up/);
 });
 
 Deno.test("ema power profile in a run: each checkpoint's EMA follows from the previous one and the weights", async () => {
