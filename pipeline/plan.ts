@@ -32,7 +32,10 @@ export interface PlannedStage {
   at?: "start" | "end";
 }
 
-/** One compiled graph: the traced stages feeding one optimizer, run every `every` steps. */
+/**
+ * One compiled graph: the traced stages feeding one optimizer, run every `every` steps. A step runs the phases in the
+ * declaration order of their optimizers.
+ */
 export interface Phase {
   optimizer: string;
   /** Traced stages in topological order. */
@@ -214,7 +217,7 @@ export function planPipeline(loaded: LoadedConfig): Plan {
     }
   }
 
-  const phases = planPhases(stages, order, models, issues, config.stages);
+  const phases = planPhases(stages, order, names, models, issues, config.stages);
   for (const n of order) {
     if (stages[n].def.role === "traced" && !phases.some((p) => p.stages.includes(n))) {
       warnings.push(`${where(["stages", n])}: warning: traced stage "${n}" feeds no optimizer and never runs`);
@@ -298,15 +301,18 @@ function findCycle(deps: Map<string, Set<string>>, done: Set<string>, names: str
 function planPhases(
   stages: Record<string, PlannedStage>,
   order: string[],
+  names: string[],
   models: Plan["models"],
   issues: ConfigIssue[],
   raw: Record<string, { params: Record<string, unknown> }>,
 ) {
   const phases: Phase[] = [];
   const updatedBy = new Map<string, string>();
-  for (const name of order) {
+  // Optimizers run in the order they are declared (ADD: the discriminator, then the generator), not in the data-flow
+  // order, which an optimizer whose loss is declared later would otherwise change.
+  for (const name of names) {
     const st = stages[name];
-    if (st.def.role !== "optimizer") continue;
+    if (!st || st.def.role !== "optimizer") continue;
     const need = new Set<string>();
     const visit = (n: string) => {
       const s = stages[n];

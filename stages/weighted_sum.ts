@@ -8,21 +8,23 @@ import { add, mul } from "../engine/math.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { expectPort, type StageDef } from "../pipeline/stage.ts";
 
-const PORTS = ["a", "b", "c", "d"] as const;
+const PORTS = ["a", "b", "c", "d", "e", "f", "g", "h"] as const;
+const perPort = <T extends z.ZodTypeAny>(t: T) =>
+  z.strictObject(Object.fromEntries(PORTS.map((k) => [k, t])) as Record<(typeof PORTS)[number], T>).partial();
 const Params = z.strictObject({
   /** Weight of each connected input (default 1). */
-  weights: z.strictObject({ a: z.number(), b: z.number(), c: z.number(), d: z.number() }).partial().default({}),
+  weights: perPort(z.number()).default({}),
   /** Names under which each term is logged (default the port letters), e.g. `{a: adv, b: distill}`. */
-  names: z.strictObject({ a: z.string(), b: z.string(), c: z.string(), d: z.string() }).partial().default({}),
+  names: perPort(z.string()).default({}),
 });
 
 /** The sum stage. */
 export const weightedSum: StageDef<z.output<typeof Params>> = {
   kind: "sum",
-  doc: "weighted sum of up to four scalar losses (a, b, c, d)",
+  doc: "weighted sum of up to eight scalar losses (a … h)",
   role: "traced",
   params: Params,
-  inputs: ["a", "b?", "c?", "d?"],
+  inputs: ["a", ...PORTS.slice(1).map((k) => `${k}?`)],
   types: ({ inputs }) => {
     for (const k of PORTS) if (inputs[k]) expectPort(inputs, k, { dtype: "f32", shape: [] });
     return { loss: { dtype: "f32", shape: [] } };

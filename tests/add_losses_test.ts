@@ -89,15 +89,16 @@ const meanOf = (xs: ArrayLike<number>) => Array.from(xs).reduce((a, b) => a + b,
 
 Deno.test("sum: weighted total of the connected inputs; each term logged unweighted under its name", () => {
   const b = new Bench();
-  const vals = { a: 1.25, b: -0.5, c: 3 };
+  const vals = { a: 1.25, b: -0.5, c: 3, h: 0.75 };
   const ins = Object.fromEntries(Object.entries(vals).map(([k, v]) => [k, b.input(k, [], [v])]));
-  const p = weightedSum.params.parse({ weights: { a: 0.5, c: -2 }, names: { a: "adv", c: "distill" } });
+  const p = weightedSum.params.parse({ weights: { a: 0.5, c: -2, h: 4 }, names: { a: "adv", c: "distill" } });
   const { ctx, metrics } = fakeCtx(b.tr, {});
   const out = weightedSum.trace!(ctx, p, ins);
   const r = b.run({ loss: out.loss, ...metrics });
-  close(r.loss[0], 0.5 * 1.25 + 1 * -0.5 + -2 * 3, 1e-15, "loss");
-  assert.deepEqual(Object.keys(metrics).sort(), ["adv", "b", "distill"]);
-  assert.deepEqual([r.adv[0], r.b[0], r.distill[0]], [1.25, -0.5, 3]);
+  close(r.loss[0], 0.5 * 1.25 + 1 * -0.5 + -2 * 3 + 4 * 0.75, 1e-15, "loss");
+  assert.deepEqual(Object.keys(metrics).sort(), ["adv", "b", "distill", "h"]);
+  assert.deepEqual([r.adv[0], r.b[0], r.distill[0], r.h[0]], [1.25, -0.5, 3, 0.75]);
+  assert.throws(() => weightedSum.params.parse({ weights: { i: 1 } }), /i/);
 });
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -214,6 +214,49 @@ stages:
   assert.deepEqual(errorsOf(text), [`${at(text, "b.y")}: cycle: c → a → b → c`]);
 });
 
+Deno.test("phases run in the optimizers' declaration order, whatever the order of their losses", () => {
+  // opt_a is declared first but its loss last: data-flow order alone would run opt_b first.
+  const text = `version: 1
+models:
+  a: { kind: mlp, params: { in: 1, hidden: [4], out: 1 } }
+  b: { kind: mlp, params: { in: 1, hidden: [4], out: 1 } }
+data:
+  sine: { kind: toy_function, params: { fn: sin, size: 8 } }
+stages:
+  batch:
+    kind: data
+    params: { dataset: sine, batch: 4 }
+  pb:
+    kind: model
+    inputs: { x: batch.x }
+    params: { model: b }
+  opt_a:
+    kind: optimizer
+    inputs: { loss: loss_a.loss }
+    params: { models: [a] }
+  loss_b:
+    kind: mse
+    inputs: { pred: pb.y, target: batch.y }
+  opt_b:
+    kind: optimizer
+    inputs: { loss: loss_b.loss }
+    params: { models: [b] }
+  pa:
+    kind: model
+    inputs: { x: batch.x }
+    params: { model: a }
+  loss_a:
+    kind: mse
+    inputs: { pred: pa.y, target: batch.y }
+`;
+  const plan = planPipeline(loadConfig("c.yaml", text));
+  assert.ok(plan.order.indexOf("opt_b") < plan.order.indexOf("opt_a"), "the data-flow order puts opt_b first");
+  assert.deepEqual(plan.phases.map((p) => [p.optimizer, p.stages]), [["opt_a", ["pa", "loss_a"]], ["opt_b", [
+    "pb",
+    "loss_b",
+  ]]]);
+});
+
 Deno.test("warnings: unused outputs and traced stages feeding no optimizer are warnings, not errors", () => {
   const text = toy([
     "  ema:\n",
