@@ -26,6 +26,7 @@ import { addDistill } from "./add/distill.ts";
 import { addDiscriminatorStage } from "./add/discriminator.ts";
 import { teacherPairs } from "./add/teacher_pairs.ts";
 import { featureMse } from "./feature_mse.ts";
+import { dmd } from "./dmd.ts";
 import { addDiscriminator } from "../models/add_discriminator.ts";
 import { mobilenetV2 } from "../models/feature_net.ts";
 import { mlp } from "../models/mlp.ts";
@@ -49,6 +50,7 @@ registerStage(addDistill);
 registerStage(addDiscriminatorStage);
 registerStage(teacherPairs);
 registerStage(featureMse);
+registerStage(dmd);
 
 registerModel(mlp);
 registerModel(unet);

@@ -9,7 +9,6 @@
 import assert from "node:assert/strict";
 import "../stages/mod.ts";
 import { createExecutor } from "../engine/executors/auto.ts";
-import { evaluate } from "../engine/executors/reference.ts";
 import { vjp } from "../engine/grad.ts";
 import { add, mean, mul, tanh } from "../engine/math.ts";
 import { avgPool, conv } from "../engine/nn.ts";
@@ -20,7 +19,7 @@ import { addDiscriminator, type DiscParams, minibatchStd } from "../models/add_d
 import { makeSchedule } from "../models/diffusion/schedules.ts";
 import { ConfigError, loadConfig } from "../pipeline/config.ts";
 import { planPipeline } from "../pipeline/plan.ts";
-import { StageTypeError, type TraceContext } from "../pipeline/stage.ts";
+import { StageTypeError } from "../pipeline/stage.ts";
 import { addDiscriminatorStage } from "../stages/add/discriminator.ts";
 import { addDistill } from "../stages/add/distill.ts";
 import { addNoise } from "../stages/add/noise.ts";
@@ -28,60 +27,8 @@ import { weightedSum } from "../stages/weighted_sum.ts";
 import { checkGrad, lcg, randn } from "./grad_check.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
-type Feed = { data: number[]; shape: number[] };
+import { allClose, Bench, close, drawsFrom, fakeCtx, TOL } from "./stage_bench.ts";
 
-/** A trace plus the host values of its inputs, so a test declares an input and its data in one place. */
-class Bench {
-  readonly tr = new Trace();
-  readonly feeds: Record<string, Feed> = {};
-  input(name: string, shape: number[], data: number[], dtype: "f32" | "i32" = "f32"): Tensor {
-    assert.equal(data.length, shape.reduce((a, b) => a * b, 1), `data of ${name}`);
-    this.feeds[name] = { data, shape };
-    return this.tr.input(name, shape, dtype);
-  }
-  run(outputs: Record<string, Tensor>): Record<string, Float64Array> {
-    return evaluate(this.tr.build(outputs), this.feeds);
-  }
-}
-
-/**
- * A TraceContext for tracing one stage alone: `apply` calls the given functions, `normal`/`uniform` become inputs
- * `rand.<tag>` fed from `draws`, metrics are collected.
- */
-function fakeCtx(
-  tr: Trace,
-  models: Record<string, (ins: Record<string, Tensor>) => Record<string, Tensor>>,
-  draw: (tag: string, shape: number[]) => Tensor = () => assert.fail("no random draws expected"),
-): { ctx: TraceContext; metrics: Record<string, Tensor> } {
-  const metrics: Record<string, Tensor> = {};
-  const ctx: TraceContext = {
-    stage: "under_test",
-    step: tr.scalar(1),
-    model: (m) => assert.fail(`model("${m}") not expected`),
-    apply: (m, ins) => (models[m] ?? assert.fail(`apply("${m}") not expected`))(ins),
-    normal: draw,
-    uniform: draw,
-    metric: (n, v) => void (metrics[n] = v),
-  };
-  return { ctx, metrics };
-}
-
-const drawsFrom = (b: Bench, draws: Record<string, number[]>) => (tag: string, shape: number[]) =>
-  b.input(`rand.${tag}`, shape, draws[tag] ?? assert.fail(`unexpected draw "${tag}"`));
-
-// Graph constants (schedule tables, 1/n of means, the leaky-ReLU slope) are float32 even on the float64 reference, so
-// values that go through them agree with the loops here to ~1e-7, not 1e-15; the errors these tests look for (a
-// wrong weighting, a missing term) are of order 1.
-const TOL = 1e-6;
-
-function close(got: number, want: number, tol: number, what: string) {
-  const err = Math.abs(got - want) / Math.max(1, Math.abs(want));
-  assert.ok(err <= tol, `${what}: got ${got}, expected ${want} (rel err ${err.toExponential(2)})`);
-}
-function allClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what: string) {
-  assert.equal(got.length, want.length, `${what}: length`);
-  for (let i = 0; i < want.length; i++) close(got[i], want[i], tol, `${what}[${i}]`);
-}
 const meanOf = (xs: ArrayLike<number>) => Array.from(xs).reduce((a, b) => a + b, 0) / xs.length;
 
 // ---------------------------------------------------------------------------------------------------------------
