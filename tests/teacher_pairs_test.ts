@@ -8,7 +8,7 @@ import { createExecutor } from "../engine/executors/auto.ts";
 import type { Executor } from "../engine/executors/executor.ts";
 import { Rng } from "../engine/rng.ts";
 import { UNetRunner } from "../models/diffusion/generate.ts";
-import { sampleDdim } from "../models/diffusion/samplers.ts";
+import { sampleAdd, sampleDdim } from "../models/diffusion/samplers.ts";
 import { makeSchedule } from "../models/diffusion/schedules.ts";
 import { unet } from "../models/unet.ts";
 import type { Dataset, HostContext, ModelInfo } from "../pipeline/stage.ts";
@@ -153,6 +153,53 @@ Deno.test(
       await runner.dispose();
       await ex.close();
       await Deno.remove(cache, { recursive: true });
+    }
+  },
+);
+
+Deno.test(
+  "teacher_pairs with the ADD sampler: each pair's sample from its own noise streams, whatever the chunking",
+  opts,
+  async () => {
+    const base = { model: "teacher", dataset: "d", pairs: 5, batch: 5, sampler: "add", steps: 3, cache: false };
+    const weights = teacherWeights(4);
+    // Made 2 at a time (the last chunk padded) and all 5 at once: the same bank.
+    const by2 = await newRun(weights, U, teacherPairs.params.parse({ ...base, gen_batch: 2 }));
+    const by5 = await newRun(weights, U, teacherPairs.params.parse({ ...base, gen_batch: 5 }));
+    assert.ok(by2.logs.some((l) => l.includes("(ADD 3 steps)")), by2.logs.join("\n"));
+    const ex = await createExecutor("cpu");
+    const enc = await loadCaptionEncoder("models/text_encoder");
+    const runner = await UNetRunner.create(ex, U, weights, 1, enc.dims.length);
+    const schedule = makeSchedule({ kind: "cosine", T: 1000, zeroTerminalSnr: true });
+    try {
+      const xs = by2.out.x_s as Float32Array, cid = by2.out.caption_id as Int32Array;
+      const got = by2.out.target as Float32Array, other = by5.out.target as Float32Array;
+      for (let i = 0; i < 5; i++) {
+        const row = xs.subarray(i * PER, (i + 1) * PER);
+        const j = [0, 1, 2, 3, 4].find((k) =>
+          new Rng(3).fold("teacher_pairs/noise").fold(k).normal(PER).every((v, n) => v === row[n])
+        )!;
+        // Pair j's re-noising draws: stream (seed, "teacher_pairs/add", j, draw).
+        let draw = 0;
+        const rng = { normal: (n: number) => new Rng(3).fold("teacher_pairs/add").fold(j).fold(draw++).normal(n) };
+        const text = await enc.encode([captions[cid[i]]]);
+        const d = runner.denoiser("v", { ...text, length: enc.dims.length });
+        const want = await sampleAdd(d, Float32Array.from(row), schedule, { steps: 3, rng });
+        assert.equal(draw, 2, "3 ADD steps re-noise twice");
+        let worst = 0, vsChunk = 0;
+        for (let n = 0; n < PER; n++) {
+          worst = Math.max(worst, Math.abs(got[i * PER + n] - Math.max(-1, Math.min(1, want[n]))));
+          vsChunk = Math.max(vsChunk, Math.abs(got[i * PER + n] - other[i * PER + n]));
+        }
+        assert.ok(worst < 1e-4, `pair ${j}: target differs from its ADD sample by ${worst}`);
+        assert.ok(vsChunk < 1e-4, `pair ${j}: made 2 or 5 at a time differs by ${vsChunk}`);
+      }
+      // DDIM from the same noise is another bank.
+      const ddim = await newRun(weights, U, teacherPairs.params.parse({ ...base, sampler: "ddim", gen_batch: 5 }));
+      assert.notDeepEqual(ddim.out.target, by5.out.target);
+    } finally {
+      await runner.dispose();
+      await ex.close();
     }
   },
 );

@@ -312,8 +312,8 @@ export interface AddOptions {
   spacing?: "linspace" | "trailing";
   /** Explicit strictly decreasing student timesteps; the first should be T−1. */
   timesteps?: ArrayLike<number>;
-  /** Noise for the re-noising between steps. */
-  rng: Rng;
+  /** Noise for the re-noising between steps (anything with `normal(n)`, e.g. one stream per image). */
+  rng: Pick<Rng, "normal">;
 }
 
 /**

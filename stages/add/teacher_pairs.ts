@@ -20,7 +20,7 @@ import type { Executor } from "../../engine/executors/executor.ts";
 import { Rng } from "../../engine/rng.ts";
 import { readSafetensors, writeSafetensors } from "../../engine/safetensors.ts";
 import { UNetRunner } from "../../models/diffusion/generate.ts";
-import { sampleDdim } from "../../models/diffusion/samplers.ts";
+import { sampleAdd, sampleDdim } from "../../models/diffusion/samplers.ts";
 import { makeSchedule, ScheduleParams } from "../../models/diffusion/schedules.ts";
 import type { UNetParams } from "../../models/unet.ts";
 import { weightsKey } from "../../models/weights_key.ts";
@@ -38,7 +38,13 @@ const Params = z.strictObject({
   pairs: z.number().int().positive().default(1024),
   /** Pairs per step. */
   batch: z.number().int().positive().default(16),
-  /** The teacher's DDIM steps (trailing spacing, η = 0). */
+  /**
+   * How the teacher samples from each pair's noise: `ddim` (η = 0, deterministic) or `add` (ADD's sampler, for a
+   * distilled few-step model: re-noised between steps with noise drawn from the run's seed, so the bank is still
+   * reproducible).
+   */
+  sampler: z.enum(["ddim", "add"]).default("ddim"),
+  /** The sampler's steps (trailing spacing). */
   steps: z.number().int().positive().default(25),
   schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
@@ -158,6 +164,7 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
     executor: ctx.executor.name,
     unet: u,
     steps: p.steps,
+    ...(p.sampler === "ddim" ? {} : { sampler: p.sampler }),
     schedule: p.schedule,
     prediction: p.prediction,
   };
@@ -191,12 +198,14 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
       const xT = new Float32Array(gb * per);
       rows.forEach((r, i) => xT.set(noise.subarray(r * per, (r + 1) * per), i * per));
       const d = runner.denoiser(p.prediction, { ...chunk, length: enc.dims.length });
-      const x0 = await sampleDdim(d, xT, schedule, { steps: p.steps });
+      const x0 = p.sampler === "ddim"
+        ? await sampleDdim(d, xT, schedule, { steps: p.steps })
+        : await sampleAdd(d, xT, schedule, { steps: p.steps, rng: perPairNoise(ctx.seed, rows, per) });
       // The data lie in [-1, 1]; so do the targets.
       for (let i = 0; i < n * per; i++) target[s * per + i] = Math.max(-1, Math.min(1, x0[i]));
       if ((s + n) * 10 >= (told + 1) * p.pairs || s + n === p.pairs) {
         told = Math.floor(((s + n) * 10) / p.pairs);
-        ctx.log(`${ctx.stage}: teacher pairs ${s + n}/${p.pairs} (DDIM ${p.steps} steps)`);
+        ctx.log(`${ctx.stage}: teacher pairs ${s + n}/${p.pairs} (${p.sampler.toUpperCase()} ${p.steps} steps)`);
       }
     }
   } finally {
@@ -216,4 +225,20 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
   }
   ctx.log(`${ctx.stage}: made ${p.pairs} teacher pairs in ${secs} s${cached}`);
   return { captionId, noise, target, per, T: schedule.alphasCumprod.length };
+}
+
+/**
+ * The ADD sampler's re-noising draws for a chunk of pairs: each pair's from its own stream (seed, pair, draw), so a
+ * pair's sample does not depend on which chunk it was made in.
+ */
+function perPairNoise(seed: number, rows: number[], per: number): { normal(n: number): Float32Array } {
+  let draw = 0;
+  return {
+    normal(n: number) {
+      if (n !== rows.length * per) throw new Error(`teacher_pairs: asked for ${n} draws, not ${rows.length} × ${per}`);
+      const out = new Float32Array(n), d = draw++;
+      rows.forEach((r, i) => out.set(new Rng(seed).fold("teacher_pairs/add").fold(r).fold(d).normal(per), i * per));
+      return out;
+    },
+  };
 }
