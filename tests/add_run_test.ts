@@ -306,3 +306,48 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name: "add_dmd (DMD's distribution matching for the distillation) on the tiny config: three phases, the fake trained",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const text = await Deno.readTextFile(`${ROOT}configs/add_dmd.yaml`);
+    assert.match(text, /^extends: add\.yaml$/m, "add_dmd.yaml no longer extends add.yaml");
+    const dir = await tmp("configs");
+    const tinyUnet = loadConfig(TINY, Deno.readTextFileSync(TINY)).config.models.student.params;
+    await Deno.writeTextFile(`${dir}/add_dmd_base.yaml`, text.replace(/^extends: add\.yaml$/m, `extends: ${TINY}`));
+    const cfg = `${dir}/add_dmd_tiny.yaml`;
+    await Deno.writeTextFile(
+      cfg,
+      `version: 1\nextends: add_dmd_base.yaml\nmodels:\n  fake: { params: ${JSON.stringify(tinyUnet)}, init: null }\n`,
+    );
+    const run = await runCli(cfg, "dmd", ["--steps", "2", "--set", "stages.ckpt.every=1"]);
+    const keys = ALL_KEYS.filter((k) => k !== "generator_loss.distill")
+      .concat(["generator_loss.dmd", "opt_fake.loss", "opt_fake.grad_norm"]);
+    checkMetrics(run, 2, keys, ["generator_loss.distill"]);
+    // Phases in the declared order of their optimizers: discriminator, generator, then the fake model.
+    const phases = [...run.stdout.matchAll(/compiled phase "(\w+)"/g)].map((m) => m[1]);
+    assert.deepEqual(phases, ["opt_d", "opt_g", "opt_fake"]);
+    const w = loadConfig(cfg, Deno.readTextFileSync(cfg)).config.stages.generator_loss.params.weights as Record<
+      string,
+      number
+    >;
+    for (const r of run.rows) {
+      const want = w.a * r["generator_loss.adv"] + w.b * r["generator_loss.dmd"] +
+        w.c * r["generator_loss.regression"] + w.d * r["generator_loss.regression_px"];
+      assert.ok(Math.abs(r["opt_g.loss"] - want) <= 1e-5 * Math.max(1, Math.abs(want)), `step ${r.step}: opt_g.loss`);
+    }
+    await checkCheckpoints(run, cfg, [1, 2], ["disc", "fake", "student"]);
+    const fake = async (s: number) =>
+      decodeSafetensors(
+        await Deno.readFile(`${run.out}/checkpoints/step-${String(s).padStart(8, "0")}/fake.safetensors`),
+      )
+        .tensors;
+    const [f1, f2] = [await fake(1), await fake(2)];
+    assert.ok(
+      Object.keys(f1).some((k) => (f1[k].data as Float32Array).some((v, i) => v !== (f2[k].data as Float32Array)[i])),
+      "the fake model did not change between steps 1 and 2",
+    );
+  },
+});
