@@ -8,9 +8,9 @@
  */
 import { z } from "zod";
 import { mul } from "../engine/math.ts";
-import { cast, gather, reshape } from "../engine/ops.ts";
+import { cast } from "../engine/ops.ts";
 import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
-import { noiseTraced, vTarget } from "../models/diffusion/traced.ts";
+import { levelsAt, noiseTraced, vTarget } from "../models/diffusion/traced.ts";
 import { expectPort, type StageDef } from "../pipeline/stage.ts";
 
 const Params = z.strictObject({
@@ -37,12 +37,9 @@ export const diffusionNoise: StageDef<z.output<typeof Params>> = {
   trace: (ctx, p, { x0 }) => {
     const s = makeSchedule(p.schedule);
     const T = s.alphasCumprod.length, b = x0.shape[0];
-    const tr = x0.trace;
-    const alphas = tr.constant(Array.from(s.alphasCumprod, (a) => Math.sqrt(a)), [T]);
-    const sigmas = tr.constant(Array.from(s.alphasCumprod, (a) => Math.sqrt(1 - a)), [T]);
     // Truncation of u·T with u in [0, 1) is a uniform integer in [0, T).
     const ti = cast(mul(ctx.uniform("t", [b]), T), "i32");
-    const alpha = reshape(gather(alphas, ti), [b, 1, 1, 1]), sigma = reshape(gather(sigmas, ti), [b, 1, 1, 1]);
+    const { alpha, sigma } = levelsAt(s.alphasCumprod, ti);
     const eps = ctx.normal("eps", [...x0.shape]);
     return {
       x_t: noiseTraced(x0, eps, alpha, sigma),

@@ -19,10 +19,10 @@
  */
 import { z } from "zod";
 import { abs, add, div, mean, mul, square, sub } from "../engine/math.ts";
-import { cast, gather, reshape, stopGradient } from "../engine/ops.ts";
+import { cast, stopGradient } from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
-import { noiseTraced, toX0Traced } from "../models/diffusion/traced.ts";
+import { levelsAt, noiseTraced, toX0Traced } from "../models/diffusion/traced.ts";
 import { expectPort, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 
 const Params = z.strictObject({
@@ -62,11 +62,9 @@ export const dmd: StageDef<P> = {
     return { loss: { dtype: "f32", shape: [] } };
   },
   trace: (ctx, p, { x0_hat: x, tokens, pooled }) => {
-    const s = makeSchedule(p.schedule), tr = x.trace, b = x.shape[0];
+    const s = makeSchedule(p.schedule), b = x.shape[0];
     const ti = cast(add(mul(ctx.uniform("t", [b]), p.t_max - p.t_min + 1), p.t_min), "i32");
-    const table = (f: (a: number) => number) => tr.constant(Array.from(s.alphasCumprod, f), [s.alphasCumprod.length]);
-    const alpha = reshape(gather(table(Math.sqrt), ti), [b, 1, 1, 1]);
-    const sigma = reshape(gather(table((a) => Math.sqrt(1 - a)), ti), [b, 1, 1, 1]);
+    const { alpha, sigma } = levelsAt(s.alphasCumprod, ti);
     const xt = noiseTraced(stopGradient(x), ctx.normal("eps", [...x.shape]), alpha, sigma);
     const cond = { t: cast(ti, "f32"), ...(tokens ? { tokens } : {}), ...(pooled ? { pooled } : {}) };
     const estimate = (m: string): Tensor =>

@@ -7,8 +7,22 @@
  * @module
  */
 import { add, div, mul, sub } from "../../engine/math.ts";
+import { gather, reshape } from "../../engine/ops.ts";
 import type { Tensor, TensorLike } from "../../engine/tensor.ts";
 import type { Prediction } from "./samplers.ts";
+
+/**
+ * α = √ᾱ and σ = √(1 − ᾱ) of a table of ᾱ at the integer indices `i` [B], shaped [B,1,1,1] to broadcast against a
+ * batch of images (the table is a graph constant, so a step's random timesteps cost one gather each).
+ */
+export function levelsAt(alphasCumprod: ArrayLike<number>, i: Tensor): { alpha: Tensor; sigma: Tensor } {
+  const n = alphasCumprod.length, b = i.shape[0];
+  const table = (f: (a: number) => number) => i.trace.constant(Array.from(alphasCumprod, f), [n]);
+  return {
+    alpha: reshape(gather(table(Math.sqrt), i), [b, 1, 1, 1]),
+    sigma: reshape(gather(table((a) => Math.sqrt(1 - a)), i), [b, 1, 1, 1]),
+  };
+}
 
 /** x_t = α x0 + σ ε (Ho et al. 2020, eq. 4). */
 export const noiseTraced = (x0: Tensor, eps: Tensor, alpha: TensorLike, sigma: TensorLike): Tensor =>

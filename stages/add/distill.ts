@@ -20,11 +20,11 @@
  */
 import { z } from "zod";
 import { add, mean, mul, square, sub } from "../../engine/math.ts";
-import { cast, gather, reshape, stopGradient } from "../../engine/ops.ts";
+import { cast, reshape, stopGradient } from "../../engine/ops.ts";
 import { less } from "../../engine/math.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { makeSchedule, ScheduleParams } from "../../models/diffusion/schedules.ts";
-import { epsFromV, noiseTraced, toX0Traced } from "../../models/diffusion/traced.ts";
+import { epsFromV, levelsAt, noiseTraced, toX0Traced } from "../../models/diffusion/traced.ts";
 import { expectPort, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
 
 const Params = z.strictObject({
@@ -67,12 +67,10 @@ export const addDistill: StageDef<P> = {
     return { loss: { dtype: "f32", shape: [] } };
   },
   trace: (ctx, p, { x0_hat: x, tokens, pooled, empty_tokens, empty_pooled }) => {
-    const s = makeSchedule(p.schedule), tr = x.trace, b = x.shape[0];
+    const s = makeSchedule(p.schedule), b = x.shape[0];
     const span = p.t_max - p.t_min + 1;
     const ti = cast(add(mul(ctx.uniform("t", [b]), span), p.t_min), "i32");
-    const table = (f: (a: number) => number) => tr.constant(Array.from(s.alphasCumprod, f), [s.alphasCumprod.length]);
-    const alpha = reshape(gather(table(Math.sqrt), ti), [b, 1, 1, 1]);
-    const sigma = reshape(gather(table((a) => Math.sqrt(1 - a)), ti), [b, 1, 1, 1]);
+    const { alpha, sigma } = levelsAt(s.alphasCumprod, ti);
     const eps = ctx.normal("eps", [...x.shape]);
     const xt = noiseTraced(x, eps, alpha, sigma);
     const t = cast(ti, "f32");
