@@ -48,6 +48,26 @@ Deno.test("sum: weighted total of the connected inputs; each term logged unweigh
   assert.throws(() => weightedSum.params.parse({ weights: { i: 1 } }), /i/);
 });
 
+Deno.test("sum: a ramped weight moves linearly from `from` at step 1 to `to` at `steps`, then holds; logged", () => {
+  for (const [step, want] of [[1, 8], [2, 6.5], [3, 5], [5, 2], [9, 2]]) {
+    const b = new Bench();
+    const ins = { a: b.input("a", [], [1.5]), c: b.input("c", [], [0.25]) };
+    const p = weightedSum.params.parse({
+      weights: { a: 0.2, c: { from: 8, to: 2, steps: 5 } },
+      names: { c: "regression" },
+    });
+    const { ctx, metrics } = fakeCtx(b.tr, {});
+    ctx.step = b.input("step", [], [step]);
+    const out = weightedSum.trace!(ctx, p, ins);
+    const r = b.run({ loss: out.loss, ...metrics });
+    close(r.regression_weight[0], want, 1e-7, `weight at step ${step}`);
+    close(r.loss[0], 0.2 * 1.5 + want * 0.25, 1e-7, `loss at step ${step}`);
+    close(r.regression[0], 0.25, 1e-15, "term logged unweighted");
+  }
+  assert.throws(() => weightedSum.params.parse({ weights: { a: { from: 1, to: 0, steps: 1 } } }), /steps/);
+  assert.throws(() => weightedSum.params.parse({ weights: { a: { from: 1, to: 0 } } }), /steps/);
+});
+
 // ---------------------------------------------------------------------------------------------------------------
 // Discriminator heads: plain loops
 
