@@ -231,4 +231,118 @@ Deno.test("teacher_pairs: typed outputs; a non-unet model, a wrong image size or
     () => types({ schedule: { kind: "cosine", T: 1000, zeroTerminalSnr: false } }),
     (e) => e instanceof StageTypeError && /pure noise/.test(e.message),
   );
+  assert.equal(t.teacher_target, undefined, "teacher_target only with refresh");
+  assert.deepEqual(types({ refresh: { at: [5], model: "teacher" } }).teacher_target, t.target);
+  assert.throws(
+    () => types({ refresh: { at: [5], model: "mlp" } }),
+    (e) => e instanceof StageTypeError && /must be a unet/.test(e.message) && e.at.join(".") === "params.refresh.model",
+  );
+  assert.throws(
+    () => types({ refresh: { at: [5, 5], model: "teacher" } }),
+    (e) => e instanceof StageTypeError && /not ascending/.test(e.message),
+  );
 });
+
+Deno.test(
+  "teacher_pairs refresh: after each `at` step the targets are the model's EMA ADD samples; a resume reads them back",
+  opts,
+  async () => {
+    const out = await Deno.makeTempDir({ prefix: "teacher_pairs_refresh-" });
+    const p = teacherPairs.params.parse({
+      model: "teacher",
+      dataset: "d",
+      pairs: 5,
+      batch: 4,
+      steps: 2,
+      gen_batch: 5,
+      cache: false,
+      refresh: { at: [2], model: "student", steps: 2 },
+    });
+    const teacherW = teacherWeights(5), studentW = teacherWeights(6), laterW = teacherWeights(7);
+    const asked: string[] = [];
+    /** A run's step: its own executor when `ex` is not given (a new run, or a resume), the student's weights `sw`. */
+    const stepOf = (ex: Executor, step: number, sw: Record<string, Float32Array>, logs: string[]) => {
+      const ctx = context(ex, teacherW, logs, step);
+      ctx.out = out;
+      ctx.models.student = { ...ctx.models.teacher, name: "student" };
+      ctx.readModel = (m, o) => {
+        asked.push(`${m}${o?.ema ? ".ema" : ""}`);
+        return Promise.resolve(m === "student" ? sw : teacherW);
+      };
+      return teacherPairs.host!(ctx, p, {});
+    };
+    const ex = await createExecutor("cpu");
+    const enc = await loadCaptionEncoder("models/text_encoder");
+    const runner = await UNetRunner.create(ex, U, studentW, 1, enc.dims.length);
+    const teacherRunner = await UNetRunner.create(ex, U, teacherW, 1, enc.dims.length);
+    const schedule = makeSchedule(p.schedule);
+    /**
+     * Checks every row of a step's `port` against the student's own ADD sample (2 steps, the pair's stream) or the
+     * teacher's DDIM sample from the row's noise and caption.
+     */
+    const checkRows = async (o: Record<string, unknown>, port: string, who: "student" | "teacher", what: string) => {
+      const xs = o.x_s as Float32Array, cid = o.caption_id as Int32Array, got = o[port] as Float32Array;
+      for (let i = 0; i < 4; i++) {
+        const row = xs.subarray(i * PER, (i + 1) * PER);
+        const j = [0, 1, 2, 3, 4].find((k) =>
+          new Rng(3).fold("teacher_pairs/noise").fold(k).normal(PER).every((v, n) => v === row[n])
+        )!;
+        let draw = 0;
+        const rng = { normal: (n: number) => new Rng(3).fold("teacher_pairs/add").fold(j).fold(draw++).normal(n) };
+        const text = { ...(await enc.encode([captions[cid[i]]])), length: enc.dims.length };
+        const want = who === "student"
+          ? await sampleAdd(runner.denoiser("v", text), row, schedule, { steps: 2, rng })
+          : await sampleDdim(teacherRunner.denoiser("v", text), row, schedule, { steps: 2 });
+        let worst = 0;
+        for (let n = 0; n < PER; n++) {
+          worst = Math.max(worst, Math.abs(got[i * PER + n] - Math.max(-1, Math.min(1, want[n]))));
+        }
+        assert.ok(worst < 1e-4, `${what}, pair ${j}: ${port} differs from the ${who}'s sample by ${worst}`);
+      }
+    };
+    try {
+      const logs: string[] = [];
+      // Steps 1 and 2: the teacher's targets, also given as teacher_target.
+      const s1 = await stepOf(ex, 1, studentW, logs), s2 = await stepOf(ex, 2, studentW, logs);
+      assert.deepEqual(s1.teacher_target, s1.target);
+      assert.deepEqual(s2.teacher_target, s2.target);
+      assert.deepEqual(asked, ["teacher"]);
+      // Step 3, after the refresh step: the student's EMA samples; teacher_target still the teacher's.
+      const s3 = await stepOf(ex, 3, studentW, logs);
+      assert.deepEqual(asked, ["teacher", "student.ema"]);
+      await checkRows(s3, "target", "student", "step 3");
+      await checkRows(s3, "teacher_target", "teacher", "step 3");
+      await checkRows(s2, "target", "teacher", "step 2");
+      // Step 4 of the same run: the same remade targets, not made again.
+      await stepOf(ex, 4, laterW, logs);
+      assert.equal(asked.length, 2);
+      const file = `${out}/checkpoints/pairs-targets-after-step-2.safetensors`;
+      assert.ok((await Deno.stat(file)).isFile);
+
+      // A resume at step 4 (a new executor) with other current weights: the remade targets are read back.
+      const ex2 = await createExecutor("cpu"), logs2: string[] = [];
+      try {
+        const r4 = await stepOf(ex2, 4, laterW, logs2);
+        assert.ok(logs2.some((l) => l.includes("remade after step 2 from")), logs2.join("\n"));
+        await checkRows(r4, "target", "student", "resumed at step 4");
+      } finally {
+        await ex2.close();
+      }
+      // Without the file the resume remakes them from the weights it has, and says so.
+      await Deno.remove(file);
+      const ex3 = await createExecutor("cpu"), logs3: string[] = [];
+      try {
+        const r4 = await stepOf(ex3, 4, laterW, logs3);
+        assert.ok(logs3.some((l) => /warning: .* is missing/.test(l)), logs3.join("\n"));
+        await assert.rejects(() => checkRows(r4, "target", "student", "remade from other weights"), /differs from/);
+      } finally {
+        await ex3.close();
+      }
+    } finally {
+      await runner.dispose();
+      await teacherRunner.dispose();
+      await ex.close();
+      await Deno.remove(out, { recursive: true });
+    }
+  },
+);

@@ -11,6 +11,12 @@
  * noise), on the run's executor, and cached under `cache` keyed by the teacher's weights and every setting, so a
  * rerun or a resume reads it back. Each step then draws `batch` pairs from the bank.
  *
+ * `refresh` remakes the targets part-way through the run from the model being trained (its EMA, sampled with ADD's
+ * few-step sampler from the same noises and captions): once the student's few-step samples are better than the
+ * teacher's, its 1-step output regresses on them — the self pairs of the README's fifth round, in one run. The
+ * teacher's targets stay available as `teacher_target`, for a term that should stay tied to the teacher (its colours).
+ * Remade targets are also written under the run's checkpoints folder, so a resume past a refresh reads them back.
+ *
  * @module
  */
 import { isAbsolute, join } from "node:path";
@@ -24,6 +30,7 @@ import { sampleAdd, sampleDdim } from "../../models/diffusion/samplers.ts";
 import { makeSchedule, ScheduleParams } from "../../models/diffusion/schedules.ts";
 import type { UNetParams } from "../../models/unet.ts";
 import { weightsKey } from "../../models/weights_key.ts";
+import { checkpointRoot } from "../../pipeline/checkpoint.ts";
 import { datasetKinds, type HostContext, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
 import { loadCaptionEncoder } from "../text_encode.ts";
 
@@ -57,6 +64,17 @@ const Params = z.strictObject({
   cache: z.union([z.string(), z.literal(false)]).default(".cache/teacher_pairs"),
   /** Images per teacher run while the bank is made. */
   gen_batch: z.number().int().positive().default(16),
+  /**
+   * Remake the targets after each step in `at` (ascending) from `model`'s weights at that point (its EMA with `ema`),
+   * sampled from each pair's noise and caption with `sampler` in `steps` steps.
+   */
+  refresh: z.strictObject({
+    at: z.array(z.number().int().positive()).min(1),
+    model: z.string(),
+    ema: z.boolean().default(true),
+    sampler: z.enum(["ddim", "add"]).default("add"),
+    steps: z.number().int().positive().default(4),
+  }).optional(),
 });
 type P = z.output<typeof Params>;
 
@@ -68,10 +86,13 @@ interface Bank {
   per: number;
   /** The schedule's length: the pairs' timestep is T − 1. */
   T: number;
+  /** The captions' text, for remaking targets. */
+  captions: string[];
 }
 
-// One bank per run (a run has its own executor) and stage.
+// One bank per run (a run has its own executor) and stage, and the targets of its latest refresh.
 const banks = new WeakMap<Executor, Map<string, Promise<Bank>>>();
+const refreshed = new WeakMap<Executor, Map<string, { after: number; target: Float32Array }>>();
 
 /** The teacher_pairs stage. */
 export const teacherPairs: StageDef<P> = {
@@ -80,7 +101,7 @@ export const teacherPairs: StageDef<P> = {
   role: "host",
   params: Params,
   inputs: [],
-  models: (p) => [p.model],
+  models: (p) => [p.model, ...(p.refresh && p.refresh.model !== p.model ? [p.refresh.model] : [])],
   datasets: (p) => [p.dataset],
   types: ({ params, models, datasets }) => {
     const m = models[params.model], info = datasets[params.dataset];
@@ -105,8 +126,19 @@ export const teacherPairs: StageDef<P> = {
         ["params", "schedule"],
       );
     }
+    const r = params.refresh;
+    if (r) {
+      const rm = models[r.model];
+      if (rm?.kind !== "unet" || (rm.params as UNetParams).size !== u.size) {
+        throw new StageTypeError(`model "${r.model}" must be a unet making [${img}]`, ["params", "refresh", "model"]);
+      }
+      if (r.at.some((a, i) => i > 0 && a <= r.at[i - 1])) {
+        throw new StageTypeError(`[${r.at}] is not ascending`, ["params", "refresh", "at"]);
+      }
+    }
     const b = params.batch, x = { dtype: "f32" as const, shape: [b, ...img] };
     return {
+      ...(r ? { teacher_target: x } : {}),
       caption_id: { dtype: "i32", shape: [b] },
       x_s: x,
       t: { dtype: "f32", shape: [b] },
@@ -124,13 +156,16 @@ export const teacherPairs: StageDef<P> = {
       mine.set(ctx.stage, bank);
     }
     const { captionId, noise, target, per, T } = await bank;
+    const current = p.refresh ? await refreshedTargets(ctx, p, await bank) : target;
     const idx = ctx.rng.randint(p.batch, 0, p.pairs), b = p.batch;
-    const x_s = new Float32Array(b * per), tgt = new Float32Array(b * per);
-    idx.forEach((j, i) => {
-      x_s.set(noise.subarray(j * per, (j + 1) * per), i * per);
-      tgt.set(target.subarray(j * per, (j + 1) * per), i * per);
-    });
+    const rows = (from: Float32Array) => {
+      const out = new Float32Array(b * per);
+      idx.forEach((j, i) => out.set(from.subarray(j * per, (j + 1) * per), i * per));
+      return out;
+    };
+    const x_s = rows(noise), tgt = rows(current);
     return {
+      ...(p.refresh ? { teacher_target: current === target ? tgt : rows(target) } : {}),
       caption_id: Int32Array.from(idx, (j) => captionId[j]),
       x_s,
       t: new Float32Array(b).fill(T - 1),
@@ -177,7 +212,7 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
       const t = (await readSafetensors(file)).tensors.target;
       if (t?.dtype === "F32" && t.shape.join() === [p.pairs, u.in_channels, u.size, u.size].join()) {
         ctx.log(`${ctx.stage}: ${p.pairs} teacher pairs from ${file}`);
-        return { captionId, noise, target: t.data as Float32Array, per, T: schedule.alphasCumprod.length };
+        return { captionId, noise, target: t.data as Float32Array, per, T: schedule.alphasCumprod.length, captions };
       }
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) ctx.log(`${ctx.stage}: ignoring the cache ${file}: ${e}`);
@@ -185,32 +220,11 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
   }
 
   const t0 = performance.now();
-  const gb = Math.min(p.gen_batch, p.pairs);
-  const runner = await UNetRunner.create(ctx.executor, u, weights, gb, enc.dims.length);
-  const target = new Float32Array(p.pairs * per);
-  try {
-    let told = 0;
-    for (let s = 0; s < p.pairs; s += gb) {
-      // The last chunk is padded with the first pairs to the runner's batch; their samples are dropped.
-      const rows = Array.from({ length: gb }, (_, i) => (s + i) % p.pairs);
-      const n = Math.min(gb, p.pairs - s);
-      const chunk = await enc.encode(rows.map((i) => captions[i]));
-      const xT = new Float32Array(gb * per);
-      rows.forEach((r, i) => xT.set(noise.subarray(r * per, (r + 1) * per), i * per));
-      const d = runner.denoiser(p.prediction, { ...chunk, length: enc.dims.length });
-      const x0 = p.sampler === "ddim"
-        ? await sampleDdim(d, xT, schedule, { steps: p.steps })
-        : await sampleAdd(d, xT, schedule, { steps: p.steps, rng: perPairNoise(ctx.seed, rows, per) });
-      // The data lie in [-1, 1]; so do the targets.
-      for (let i = 0; i < n * per; i++) target[s * per + i] = Math.max(-1, Math.min(1, x0[i]));
-      if ((s + n) * 10 >= (told + 1) * p.pairs || s + n === p.pairs) {
-        told = Math.floor(((s + n) * 10) / p.pairs);
-        ctx.log(`${ctx.stage}: teacher pairs ${s + n}/${p.pairs} (${p.sampler.toUpperCase()} ${p.steps} steps)`);
-      }
-    }
-  } finally {
-    await runner.dispose();
-  }
+  const target = await sampleTargets(ctx, p, weights, u, { noise, captions, per }, {
+    sampler: p.sampler,
+    steps: p.steps,
+    what: "teacher pairs",
+  });
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
   let cached = "";
   if (file) {
@@ -224,7 +238,99 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
     }
   }
   ctx.log(`${ctx.stage}: made ${p.pairs} teacher pairs in ${secs} s${cached}`);
-  return { captionId, noise, target, per, T: schedule.alphasCumprod.length };
+  return { captionId, noise, target, per, T: schedule.alphasCumprod.length, captions };
+}
+
+/** Samples `weights` from every pair's noise and caption; the targets, clipped to the data's [-1, 1]. */
+async function sampleTargets(
+  ctx: HostContext,
+  p: P,
+  weights: Record<string, Float32Array>,
+  u: UNetParams,
+  bank: { noise: Float32Array; captions: string[]; per: number },
+  how: { sampler: "ddim" | "add"; steps: number; what: string },
+): Promise<Float32Array> {
+  const { noise, captions, per } = bank;
+  const schedule = makeSchedule(p.schedule);
+  const enc = await loadCaptionEncoder(p.text_encoder);
+  const gb = Math.min(p.gen_batch, p.pairs);
+  const runner = await UNetRunner.create(ctx.executor, u, weights, gb, enc.dims.length);
+  const target = new Float32Array(p.pairs * per);
+  try {
+    let told = 0;
+    for (let s = 0; s < p.pairs; s += gb) {
+      // The last chunk is padded with the first pairs to the runner's batch; their samples are dropped.
+      const rows = Array.from({ length: gb }, (_, i) => (s + i) % p.pairs);
+      const n = Math.min(gb, p.pairs - s);
+      const chunk = await enc.encode(rows.map((i) => captions[i]));
+      const xT = new Float32Array(gb * per);
+      rows.forEach((r, i) => xT.set(noise.subarray(r * per, (r + 1) * per), i * per));
+      const d = runner.denoiser(p.prediction, { ...chunk, length: enc.dims.length });
+      const x0 = how.sampler === "ddim"
+        ? await sampleDdim(d, xT, schedule, { steps: how.steps })
+        : await sampleAdd(d, xT, schedule, { steps: how.steps, rng: perPairNoise(ctx.seed, rows, per) });
+      for (let i = 0; i < n * per; i++) target[s * per + i] = Math.max(-1, Math.min(1, x0[i]));
+      if ((s + n) * 10 >= (told + 1) * p.pairs || s + n === p.pairs) {
+        told = Math.floor(((s + n) * 10) / p.pairs);
+        ctx.log(`${ctx.stage}: ${how.what} ${s + n}/${p.pairs} (${how.sampler.toUpperCase()} ${how.steps} steps)`);
+      }
+    }
+  } finally {
+    await runner.dispose();
+  }
+  return target;
+}
+
+/**
+ * The targets in use at this step: the teacher's until the first refresh, then those remade after the latest refresh
+ * step passed — made now from the model's current weights when that step was the previous one, otherwise (a resume
+ * past it) read back from the file written when they were made.
+ */
+async function refreshedTargets(ctx: HostContext, p: P, bank: Bank): Promise<Float32Array> {
+  const r = p.refresh!;
+  const done = r.at.filter((a) => a < ctx.step);
+  if (!done.length) return bank.target;
+  const after = done[done.length - 1];
+  let mine = refreshed.get(ctx.executor);
+  if (!mine) refreshed.set(ctx.executor, mine = new Map());
+  const have = mine.get(ctx.stage);
+  if (have?.after === after) return have.target;
+  const u = ctx.models[r.model].params as UNetParams;
+  const shape = [p.pairs, u.in_channels, u.size, u.size];
+  const file = `${checkpointRoot(ctx.out)}/${ctx.stage}-targets-after-step-${after}.safetensors`;
+  let target: Float32Array | undefined;
+  if (ctx.step !== after + 1) {
+    try {
+      const t = (await readSafetensors(file)).tensors.target;
+      if (t?.dtype === "F32" && t.shape.join() === shape.join()) target = t.data as Float32Array;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    ctx.log(
+      target
+        ? `${ctx.stage}: the targets remade after step ${after} from ${file}`
+        : `${ctx.stage}: warning: ${file} is missing; remaking the step-${after} targets from the weights at step ` +
+          `${ctx.step - 1} (this run will not reproduce an uninterrupted one)`,
+    );
+  }
+  if (!target) {
+    const t0 = performance.now();
+    const weights = await ctx.readModel(r.model, { ema: r.ema });
+    target = await sampleTargets(ctx, p, weights, u, bank, {
+      sampler: r.sampler,
+      steps: r.steps,
+      what: `targets from ${r.model}${r.ema ? " (EMA)" : ""}`,
+    });
+    await Deno.mkdir(checkpointRoot(ctx.out), { recursive: true });
+    await writeSafetensors(file, { target: { data: target, shape } });
+    ctx.log(
+      `${ctx.stage}: remade ${p.pairs} targets after step ${after} in ${
+        ((performance.now() - t0) / 1000).toFixed(1)
+      } s`,
+    );
+  }
+  mine.set(ctx.stage, { after, target });
+  return target;
 }
 
 /**
