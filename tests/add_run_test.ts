@@ -183,6 +183,9 @@ Deno.test({
       assert.ok(Math.abs(r["opt_g.loss"] - want) <= 1e-5 * Math.max(1, Math.abs(want)), `step ${r.step}: opt_g.loss`);
     }
     assert.match(run.stdout, /pairs: made 8 teacher pairs in /);
+    // The targets are remade from the student's EMA after step 2, once, and kept beside the checkpoints for resume.
+    assert.equal(run.stdout.match(/pairs: remade 8 targets after step 2 in /g)?.length, 1, run.stdout);
+    assert.ok((await Deno.stat(`${run.out}/checkpoints/pairs-targets-after-step-2.safetensors`)).isFile);
     await checkCheckpoints(run, TINY, [2, 4], ["disc", "student"]);
     await checkOutputs(run, [2, 4], ALL_KEYS);
     cpuRun = run;
@@ -349,5 +352,23 @@ Deno.test({
       Object.keys(f1).some((k) => (f1[k].data as Float32Array).some((v, i) => v !== (f2[k].data as Float32Array)[i])),
       "the fake model did not change between steps 1 and 2",
     );
+  },
+});
+
+Deno.test({
+  name: "add_tiny resumed past a refresh of the pairs' targets: the same rows as an uninterrupted run",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    // Targets remade after step 1, checkpoint at step 2: the resume starts at step 3 and must read them back.
+    const set = ["--set", "stages.pairs.params.refresh.at=[1]"];
+    const whole = await runCli(TINY, "refresh-whole", set);
+    assert.match(whole.stdout, /pairs: remade 8 targets after step 1 in /);
+    const first = await runCli(TINY, "refresh-resumed", [...set, "--steps", "2"]);
+    assert.match(first.stdout, /pairs: remade 8 targets after step 1 in /);
+    const resumed = await runCli(TINY, "refresh-resumed", [...set, "--resume"]);
+    assert.match(resumed.stdout, /pairs: the targets remade after step 1 from /);
+    assert.doesNotMatch(resumed.stdout, /remade 8 targets/);
+    assert.deepEqual(resumed.rows, whole.rows);
   },
 });
