@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { dirname } from "node:path";
 import { encode } from "fast-png";
 
 /** Options of `gridToPng`. */
@@ -40,10 +41,16 @@ export function gridToPng(images: Float32Array[], channels: number, size: number
   return encode({ width: W, height: H, data: px, channels: 3, depth: 8 });
 }
 
-/** Writes bytes or text atomically. */
+/** Writes bytes or text atomically, making the folder first (`sample --out grids/new/x.png` should just work). */
 export async function writeAtomic(path: string, data: Uint8Array | string): Promise<void> {
+  await Deno.mkdir(dirname(path), { recursive: true });
   const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  if (typeof data === "string") await Deno.writeTextFile(tmp, data);
-  else await Deno.writeFile(tmp, data);
-  await Deno.rename(tmp, path);
+  try {
+    if (typeof data === "string") await Deno.writeTextFile(tmp, data);
+    else await Deno.writeFile(tmp, data);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
 }
