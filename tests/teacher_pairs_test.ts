@@ -60,6 +60,10 @@ function context(
   };
 }
 
+/** Which of a 5-pair bank's noises (seed 3) this row is: each pair's noise comes from its own stream. */
+const pairOf = (row: Float32Array): number | undefined =>
+  [0, 1, 2, 3, 4].find((k) => new Rng(3).fold("teacher_pairs/noise").fold(k).normal(PER).every((v, n) => v === row[n]));
+
 /** Step 1 of a new run (its own executor, so its own bank) with these weights, architecture and params. */
 async function newRun(
   weights: Record<string, Float32Array>,
@@ -105,11 +109,7 @@ Deno.test(
         assert.deepEqual([...(out.sigma as Float32Array)], new Array(6).fill(1));
         for (let i = 0; i < 6; i++) {
           const row = xs.subarray(i * PER, (i + 1) * PER);
-          // Which of the bank's 5 noises this is (each pair's noise comes from its own stream).
-          const j = [0, 1, 2, 3, 4].find((k) => {
-            const z = new Rng(3).fold("teacher_pairs/noise").fold(k).normal(PER);
-            return z.every((v, n) => v === row[n]);
-          });
+          const j = pairOf(row);
           assert.ok(j !== undefined, `step ${step} row ${i}: x_s is none of the bank's noises`);
           seen.add(j);
           const example = new Rng(3).fold("teacher_pairs").permutation(dataset.size)[j];
@@ -176,9 +176,7 @@ Deno.test(
       const got = by2.out.target as Float32Array, other = by5.out.target as Float32Array;
       for (let i = 0; i < 5; i++) {
         const row = xs.subarray(i * PER, (i + 1) * PER);
-        const j = [0, 1, 2, 3, 4].find((k) =>
-          new Rng(3).fold("teacher_pairs/noise").fold(k).normal(PER).every((v, n) => v === row[n])
-        )!;
+        const j = pairOf(row)!;
         // Pair j's re-noising draws: stream (seed, "teacher_pairs/add", j, draw).
         let draw = 0;
         const rng = { normal: (n: number) => new Rng(3).fold("teacher_pairs/add").fold(j).fold(draw++).normal(n) };
@@ -284,9 +282,7 @@ Deno.test(
       const xs = o.x_s as Float32Array, cid = o.caption_id as Int32Array, got = o[port] as Float32Array;
       for (let i = 0; i < 4; i++) {
         const row = xs.subarray(i * PER, (i + 1) * PER);
-        const j = [0, 1, 2, 3, 4].find((k) =>
-          new Rng(3).fold("teacher_pairs/noise").fold(k).normal(PER).every((v, n) => v === row[n])
-        )!;
+        const j = pairOf(row)!;
         let draw = 0;
         const rng = { normal: (n: number) => new Rng(3).fold("teacher_pairs/add").fold(j).fold(draw++).normal(n) };
         const text = { ...(await enc.encode([captions[cid[i]]])), length: enc.dims.length };
