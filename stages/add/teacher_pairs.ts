@@ -65,8 +65,9 @@ const Params = z.strictObject({
   /** Images per teacher run while the bank is made. */
   gen_batch: z.number().int().positive().default(16),
   /**
-   * Remake the targets after each step in `at` (ascending) from `model`'s weights at that point (its EMA with `ema`),
-   * sampled from each pair's noise and caption with `sampler` in `steps` steps.
+   * Remake the targets after each step in `at` (ascending) from `model`'s weights at that point (with `ema`, its EMA
+   * where an `ema` stage keeps one, else its weights), sampled from each pair's noise and caption with `sampler` in
+   * `steps` steps.
    */
   refresh: z.strictObject({
     at: z.array(z.number().int().positive()).min(1),
@@ -319,7 +320,7 @@ async function refreshedTargets(ctx: HostContext, p: P, bank: Bank): Promise<Flo
     target = await sampleTargets(ctx, p, weights, u, bank, {
       sampler: r.sampler,
       steps: r.steps,
-      what: `targets from ${r.model}${r.ema ? " (EMA)" : ""}`,
+      what: `targets from ${r.model}${r.ema ? " (EMA where kept)" : ""}`,
     });
     await Deno.mkdir(checkpointRoot(ctx.out), { recursive: true });
     await writeSafetensors(file, { target: { data: target, shape } });
