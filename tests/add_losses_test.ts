@@ -485,7 +485,7 @@ function traceDistill(c: DistillCase, params: Record<string, unknown>) {
   }, drawsFrom(b, { t: c.u, eps: c.eps }));
   const p = addDistill.params.parse({ model: "teacher", ...params });
   const ins: Record<string, Tensor> = { x0_hat: xhat, tokens };
-  if (p.weighting === "nfsd") ins.empty_tokens = emptyTokens;
+  if (p.weighting === "nfsd" || p.guidance > 1) ins.empty_tokens = emptyTokens;
   const { loss } = addDistill.trace!(ctx, p, ins);
   const [gx, gw, gc] = vjp(loss, [xhat, tw, cc]);
   assert.deepEqual(Object.keys(metrics), []);
@@ -556,6 +556,46 @@ Deno.test("add_distill nfsd: gradient σ_t² δ / N with δ = s(ε_c − ε_u) +
     close(r.loss[0], g.reduce((a, v, i) => a + v * c.xhat[i], 0), TOL, "nfsd surrogate value");
     assert.deepEqual([r.gw[0], ...r.gc].map(Math.abs), new Array(N + 1).fill(0), "nfsd: teacher gets a gradient");
   }
+});
+
+Deno.test("add_distill with guidance s: target from o_∅ + s(o_c − o_∅), by hand; s = 1 is the unguided target", () => {
+  for (const prediction of ["eps", "v"] as const) {
+    const c = distillCase(prediction === "eps" ? 51 : 52);
+    const { t, alpha, sigma, xt } = renoise(c);
+    const oc = teacherRef(c, xt, t, true), ou = teacherRef(c, xt, t, false), s = 2.5;
+    const at = (i: number) => i >> 2;
+    const x0Of = (o: number[]) =>
+      o.map((v, i) =>
+        prediction === "eps" ? (xt[i] - sigma[at(i)] * v) / alpha[at(i)] : alpha[at(i)] * xt[i] - sigma[at(i)] * v
+      );
+    // Guidance applied to the x̂ estimates themselves: the same target as guiding the network's output.
+    const x0c = x0Of(oc), x0u = x0Of(ou), x0g = x0c.map((v, i) => x0u[i] + s * (v - x0u[i]));
+    const perEx = [0, 1].map((b) => meanOf(c.xhat.slice(4 * b, 4 * b + 4).map((v, j) => (v - x0g[4 * b + j]) ** 2)));
+    const { r, calls } = traceDistill(c, { prediction, guidance: s });
+    assert.equal(calls, 2, "guidance asks the teacher with and without the caption");
+    close(r.loss[0], (alpha[0] * perEx[0] + alpha[1] * perEx[1]) / 2, TOL, `guided loss (${prediction})`);
+    allClose(r.gx, c.xhat.map((v, i) => (2 * alpha[at(i)] * (v - x0g[i])) / N), TOL, `guided ∂L/∂x̂ (${prediction})`);
+    assert.deepEqual([r.gw[0], ...r.gc].map(Math.abs), new Array(N + 1).fill(0), "guided: teacher gets a gradient");
+    const plain = traceDistill(c, { prediction, guidance: 1 });
+    assert.equal(plain.calls, 1, "guidance 1 runs the teacher once");
+    const perC = [0, 1].map((b) => meanOf(c.xhat.slice(4 * b, 4 * b + 4).map((v, j) => (v - x0c[4 * b + j]) ** 2)));
+    close(plain.r.loss[0], (alpha[0] * perC[0] + alpha[1] * perC[1]) / 2, TOL, `unguided loss (${prediction})`);
+  }
+});
+
+Deno.test("add_distill: guidance > 1 without the empty caption's embedding is rejected", () => {
+  const p = addDistill.params.parse({ model: "teacher", guidance: 3 });
+  const unet = { name: "teacher", kind: "unet", params: {}, shapes: {} };
+  assert.throws(
+    () =>
+      addDistill.types({
+        params: p,
+        inputs: { x0_hat: { dtype: "f32", shape: XS } },
+        models: { teacher: unet },
+        datasets: {},
+      }),
+    (e: Error) => e instanceof StageTypeError && /guidance > 1 needs the empty caption's embedding/.test(e.message),
+  );
 });
 
 Deno.test("add_distill: nfsd without the empty caption's embedding is rejected", () => {

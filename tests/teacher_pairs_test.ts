@@ -8,7 +8,7 @@ import { createExecutor } from "../engine/executors/auto.ts";
 import type { Executor } from "../engine/executors/executor.ts";
 import { Rng } from "../engine/rng.ts";
 import { UNetRunner } from "../models/diffusion/generate.ts";
-import { sampleAdd, sampleDdim } from "../models/diffusion/samplers.ts";
+import { cfg, sampleAdd, sampleDdim } from "../models/diffusion/samplers.ts";
 import { makeSchedule } from "../models/diffusion/schedules.ts";
 import { unet } from "../models/unet.ts";
 import type { Dataset, HostContext, ModelInfo } from "../pipeline/stage.ts";
@@ -198,6 +198,51 @@ Deno.test(
     } finally {
       await runner.dispose();
       await ex.close();
+    }
+  },
+);
+
+Deno.test(
+  "teacher_pairs with guidance: each target is the teacher's guided DDIM sample (cfg with the empty caption)",
+  opts,
+  async () => {
+    const cache = await Deno.makeTempDir({ prefix: "teacher_pairs_test-" });
+    const base = { model: "teacher", dataset: "d", pairs: 5, batch: 5, steps: 2, gen_batch: 2, cache };
+    const weights = teacherWeights(5);
+    const plain = await newRun(weights, U, teacherPairs.params.parse(base));
+    // The guided bank is keyed apart from the unguided one in the same cache.
+    const guided = await newRun(weights, U, teacherPairs.params.parse({ ...base, guidance: 3 }));
+    assert.ok(guided.logs.some((l) => l.includes("made 5 teacher pairs")), guided.logs.join("\n"));
+    assert.ok(guided.logs.some((l) => l.includes("guidance 3")), guided.logs.join("\n"));
+    const ex = await createExecutor("cpu");
+    const enc = await loadCaptionEncoder("models/text_encoder");
+    const runner = await UNetRunner.create(ex, U, weights, 1, enc.dims.length);
+    const schedule = makeSchedule({ kind: "cosine", T: 1000, zeroTerminalSnr: true });
+    try {
+      const empty = await enc.encode([""]);
+      const xs = guided.out.x_s as Float32Array, cid = guided.out.caption_id as Int32Array;
+      const got = guided.out.target as Float32Array;
+      for (let i = 0; i < 5; i++) {
+        const row = xs.subarray(i * PER, (i + 1) * PER);
+        const text = await enc.encode([captions[cid[i]]]);
+        const d = cfg(
+          runner.denoiser("v", { ...text, length: enc.dims.length }),
+          runner.denoiser("v", { ...empty, length: enc.dims.length }),
+          3,
+        );
+        const want = await sampleDdim(d, Float32Array.from(row), schedule, { steps: 2 });
+        let worst = 0;
+        for (let n = 0; n < PER; n++) {
+          worst = Math.max(worst, Math.abs(got[i * PER + n] - Math.max(-1, Math.min(1, want[n]))));
+        }
+        assert.ok(worst < 1e-4, `pair ${i}: target differs from the guided sample by ${worst}`);
+      }
+      assert.deepEqual(guided.out.x_s, plain.out.x_s);
+      assert.notDeepEqual(guided.out.target, plain.out.target);
+    } finally {
+      await runner.dispose();
+      await ex.close();
+      await Deno.remove(cache, { recursive: true });
     }
   },
 );

@@ -14,6 +14,11 @@
  *   their δ_D is taken as 0), applied as the surrogate sg(σ_t² δ)·x̂, whose value is not a distance but whose
  *   gradient is that. Needs the empty caption's embedding (`empty_tokens`, `empty_pooled`).
  *
+ * `guidance` s > 1 gives the teacher classifier-free guidance in the target, as the public ADD and LCM trainers do:
+ * its output is o_∅ + s (o_c − o_∅) from the conditional and the empty caption's passes. Every parameterisation's
+ * x̂_ψ is affine in the output with coefficients set by x̂_t, α_t and σ_t alone, so guiding the output guides ε̂, v̂
+ * and x̂_ψ alike. (NFSD has its own scale and ignores this one.)
+ *
  * λ (2.5 in the paper) is applied where the losses are summed (the `sum` stage).
  *
  * @module
@@ -39,6 +44,8 @@ const Params = z.strictObject({
   t_max: z.number().int().min(0).default(980),
   /** NFSD's guidance scale s. */
   nfsd_scale: z.number().positive().default(7.5),
+  /** Classifier-free guidance of the teacher's target (1: none); above 1 it needs `empty_tokens`/`empty_pooled`. */
+  guidance: z.number().min(1).default(1),
 });
 type P = z.output<typeof Params>;
 
@@ -59,8 +66,9 @@ export const addDistill: StageDef<P> = {
     if (!(params.t_min <= params.t_max && params.t_max < T)) {
       throw new StageTypeError(`need t_min ≤ t_max < T = ${T}`, ["params", "t_max"]);
     }
-    if (params.weighting === "nfsd" && (!inputs.empty_tokens && !inputs.empty_pooled)) {
-      throw new StageTypeError(`weighting nfsd needs the empty caption's embedding (empty_tokens/empty_pooled)`, [
+    const needsEmpty = params.weighting === "nfsd" ? "weighting nfsd" : params.guidance > 1 ? "guidance > 1" : null;
+    if (needsEmpty && (!inputs.empty_tokens && !inputs.empty_pooled)) {
+      throw new StageTypeError(`${needsEmpty} needs the empty caption's embedding (empty_tokens/empty_pooled)`, [
         "inputs",
       ]);
     }
@@ -82,9 +90,12 @@ export const addDistill: StageDef<P> = {
     const out = stopGradient(ctx.apply(p.model, { x: xt, t, ...cond(tokens, pooled) }).out);
     const perExample = (d: Tensor) => mean(d, [1, 2, 3]); // [B]
     if (p.weighting !== "nfsd") {
+      const guided = p.guidance > 1
+        ? guide(out, ctx.apply(p.model, { x: xt, t, ...cond(empty_tokens, empty_pooled) }).out, p.guidance)
+        : out;
       // The whole estimate is a constant, not only the network's output: converting it to x̂_ψ goes through x̂_t,
       // which depends on x̂ (for ε-prediction x̂ − x̂_ψ would not depend on x̂ at all).
-      const target = stopGradient(toX0Traced(p.prediction, out, xt, alpha, sigma));
+      const target = stopGradient(toX0Traced(p.prediction, guided, xt, alpha, sigma));
       const c = p.weighting === "exponential" ? alpha : mul(mul(alpha, sigma), 0.5);
       return { loss: mean(mul(reshape(c, [b]), perExample(square(sub(x, target))))) };
     }
@@ -98,3 +109,9 @@ export const addDistill: StageDef<P> = {
     return { loss: mean(mul(g, x)) };
   },
 };
+
+/** Classifier-free guidance of a teacher output: o_∅ + s (o_c − o_∅), a constant for the student. */
+function guide(conditional: Tensor, unconditional: Tensor, scale: number): Tensor {
+  const u = stopGradient(unconditional);
+  return stopGradient(add(u, mul(sub(conditional, u), scale)));
+}

@@ -26,7 +26,7 @@ import type { Executor } from "../../engine/executors/executor.ts";
 import { Rng } from "../../engine/rng.ts";
 import { readSafetensors, writeSafetensors } from "../../engine/safetensors.ts";
 import { UNetRunner } from "../../models/diffusion/generate.ts";
-import { sampleAdd, sampleDdim } from "../../models/diffusion/samplers.ts";
+import { cfg, sampleAdd, sampleDdim } from "../../models/diffusion/samplers.ts";
 import { makeSchedule, ScheduleParams } from "../../models/diffusion/schedules.ts";
 import type { UNetParams } from "../../models/unet.ts";
 import { weightsKey } from "../../models/weights_key.ts";
@@ -53,6 +53,11 @@ const Params = z.strictObject({
   sampler: z.enum(["ddim", "add"]).default("ddim"),
   /** The sampler's steps (trailing spacing). */
   steps: z.number().int().positive().default(25),
+  /**
+   * Classifier-free guidance of the teacher's samples (1: none), as the distillation target may have; remade
+   * targets (`refresh`) come from a distilled model and are never guided.
+   */
+  guidance: z.number().min(1).default(1),
   schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
   /** Text encoder folder or hub id, as in `text_encode`. */
@@ -201,6 +206,8 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
     unet: u,
     steps: p.steps,
     ...(p.sampler === "ddim" ? {} : { sampler: p.sampler }),
+    // Absent at 1 so that the banks cached before guidance existed keep their keys.
+    ...(p.guidance === 1 ? {} : { guidance: p.guidance }),
     schedule: p.schedule,
     prediction: p.prediction,
   };
@@ -224,7 +231,8 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
   const target = await sampleTargets(ctx, p, weights, u, { noise, captions, per }, {
     sampler: p.sampler,
     steps: p.steps,
-    what: "teacher pairs",
+    guidance: p.guidance,
+    what: p.guidance === 1 ? "teacher pairs" : `teacher pairs, guidance ${p.guidance}`,
   });
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
   let cached = "";
@@ -249,7 +257,7 @@ async function sampleTargets(
   weights: Record<string, Float32Array>,
   u: UNetParams,
   bank: { noise: Float32Array; captions: string[]; per: number },
-  how: { sampler: "ddim" | "add"; steps: number; what: string },
+  how: { sampler: "ddim" | "add"; steps: number; guidance: number; what: string },
 ): Promise<Float32Array> {
   const { noise, captions, per } = bank;
   const schedule = makeSchedule(p.schedule);
@@ -257,6 +265,7 @@ async function sampleTargets(
   const gb = Math.min(p.gen_batch, p.pairs);
   const runner = await UNetRunner.create(ctx.executor, u, weights, gb, enc.dims.length);
   const target = new Float32Array(p.pairs * per);
+  const empty = how.guidance > 1 ? await enc.encode(new Array(gb).fill("")) : null;
   try {
     let told = 0;
     for (let s = 0; s < p.pairs; s += gb) {
@@ -266,7 +275,10 @@ async function sampleTargets(
       const chunk = await enc.encode(rows.map((i) => captions[i]));
       const xT = new Float32Array(gb * per);
       rows.forEach((r, i) => xT.set(noise.subarray(r * per, (r + 1) * per), i * per));
-      const d = runner.denoiser(p.prediction, { ...chunk, length: enc.dims.length });
+      const cond = runner.denoiser(p.prediction, { ...chunk, length: enc.dims.length });
+      const d = empty
+        ? cfg(cond, runner.denoiser(p.prediction, { ...empty, length: enc.dims.length }), how.guidance)
+        : cond;
       const x0 = how.sampler === "ddim"
         ? await sampleDdim(d, xT, schedule, { steps: how.steps })
         : await sampleAdd(d, xT, schedule, { steps: how.steps, rng: perPairNoise(ctx.seed, rows, per) });
@@ -320,6 +332,7 @@ async function refreshedTargets(ctx: HostContext, p: P, bank: Bank): Promise<Flo
     target = await sampleTargets(ctx, p, weights, u, bank, {
       sampler: r.sampler,
       steps: r.steps,
+      guidance: 1,
       what: `targets from ${r.model}${r.ema ? " (EMA where kept)" : ""}`,
     });
     await Deno.mkdir(checkpointRoot(ctx.out), { recursive: true });
