@@ -184,6 +184,11 @@ export const RULES: Record<Op, Rule> = {
   // casting between floats is the identity; from ints or bools there is nothing to differentiate
   cast: ({ g, x, node }) => [x[0].dtype === "f32" && node.dtype === "f32" ? g : null],
   stop_gradient: () => [null],
+  // y = softmax(x): J = diag(y) − y yᵀ along the axis, so dx = y ⊙ (g − Σ_axis g ⊙ y)
+  softmax: ({ g, y, node }) => {
+    const axis = (node.attrs as { axis: number }).axis;
+    return [mul(y, sub(g, sum(mul(g, y), axis, true)))];
+  },
 };
 
 function axesOf(node: Node): number[] {

@@ -66,6 +66,7 @@ export type Node =
   | NodeBase<"expand", Record<string, never>>
   | NodeBase<"gather", { axis: number }>
   | NodeBase<"cast", Record<string, never>>
+  | NodeBase<"softmax", { axis: number }>
   | NodeBase<"stop_gradient", Record<string, never>>;
 
 interface NodeBase<O extends string, A> {

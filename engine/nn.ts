@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { add, div, erf, exp, log, mean, mul, relu, rsqrt, sigmoid, square, sub, tanh } from "./math.ts";
+import { add, erf, exp, log, mean, mul, relu, rsqrt, sigmoid, square, sub, tanh } from "./math.ts";
 import {
   conv2d,
   type ConvOptions,
@@ -12,6 +12,7 @@ import {
   matmul,
   max,
   reshape,
+  softmax as softmaxOp,
   stopGradient as stopGrad,
   sum,
   swapAxes,
@@ -39,12 +40,9 @@ export const leakyRelu = (x: Tensor, slope = 0.2): Tensor => add(relu(x), mul(re
 
 export { relu };
 
-/** Softmax over `axis`, shifted by the (gradient-stopped) max for stability. */
+/** Softmax over `axis`: the fused primitive (see `ops.softmax`). */
 export function softmax(x: Tensor, axis = -1): Tensor {
-  const a = axis < 0 ? axis + x.ndim : axis;
-  const m = max(x, a, true);
-  const e = exp(sub(x, stopGrad(m)));
-  return div(e, sum(e, a, true));
+  return softmaxOp(x, axis);
 }
 
 /** log-softmax over `axis`. */

@@ -107,6 +107,17 @@ export function max(x: Tensor, axes?: number | readonly number[], keepdims = fal
   return reduce("max", x, axes, keepdims);
 }
 
+/**
+ * Softmax over one axis, as one primitive: its forward is one fused kernel on every executor (the composed form
+ * materialises five tensors of the input's size — attention scores are the largest tensors of a UNet step) and its
+ * derivative is one short rule.
+ */
+export function softmax(x: Tensor, axis: number): Tensor {
+  const a = normAxis("softmax", axis, x.ndim);
+  if (x.dtype !== "f32") fail("softmax", `expects f32, got ${x}`);
+  return push(x.trace, { op: "softmax", inputs: [x.id], attrs: { axis: a }, shape: [...x.shape], dtype: "f32" });
+}
+
 /** Numpy matmul of rank ≥ 2 operands, broadcasting batch dimensions. */
 export function matmul(a: Tensor, b: Tensor): Tensor {
   const tr = traceOf("matmul", [a, b]);

@@ -25,6 +25,16 @@ const inp = (tr: Trace, name: string, shape: number[]) => tr.input(name, shape);
 
 const CASES: Case[] = [
   {
+    name: "softmax on each axis, and through attention with its gradient",
+    build: (tr) => {
+      const x = inp(tr, "x", [2, 5, 7]), w = inp(tr, "w", [2, 5, 7]);
+      const q = inp(tr, "q", [2, 6, 8]), k = inp(tr, "k", [2, 4, 8]), v = inp(tr, "v", [2, 4, 8]);
+      const att = nn.attention(q, k, v, 2);
+      const [gq, gk] = vjp(o.sum(m.mul(att, att)), [q, k]);
+      return { a0: o.softmax(x, 0), a1: m.mul(o.softmax(x, 1), w), a2: o.softmax(x, 2), att, gq, gk };
+    },
+  },
+  {
     name: "unary ops",
     build: (tr) => {
       const x = inp(tr, "x", [3, 17]);

@@ -55,6 +55,13 @@ const CASES: Case[] = [
   { op: "sum", specs: [s([2, 3, 4])], f: ([x]) => m.mul(o.sum(m.mul(x, x), [0, 2], true), 1), second: true },
   { op: "max", specs: [s([2, 3, 4])], f: ([x]) => o.max(m.mul(x, x), [1]), second: true },
   { op: "matmul", specs: [s([2, 3, 4]), s([4, 5])], f: ([a, b]) => o.matmul(a, b), second: true },
+  // weighted so that the gradient is not the zero that Σ softmax = 1 would give
+  {
+    op: "softmax",
+    specs: [s([2, 3, 4]), s([2, 3, 4])],
+    f: ([x, w]) => m.mul(o.softmax(x, 1), w),
+    second: true,
+  },
   {
     op: "conv2d",
     specs: [s([2, 4, 7, 6]), s([6, 2, 3, 3])],

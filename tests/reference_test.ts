@@ -182,6 +182,28 @@ Deno.test("sum and max over axes, with keepdims", () => {
   assertClose(red("max", [0], false, [2], { data: [1, NaN, 2, 3], shape: [2, 2] }), [2, NaN]);
 });
 
+Deno.test("softmax along one axis: hand values, rows sum to 1, shift-invariant, no overflow", () => {
+  const sm = (data: number[], shape: number[], axis: number) =>
+    last([inp("a", shape), { op: "softmax", inputs: [0], attrs: { axis }, shape, dtype: "f32" }], {
+      a: { data, shape },
+    });
+  // Along axis 1 of [2, 2]: each row is (1, e^{Δ}) / (1 + e^{Δ}).
+  const e = Math.exp(1);
+  assertClose(sm([0, 1, 3, 3], [2, 2], 1), [1 / (1 + e), e / (1 + e), 0.5, 0.5]);
+  // Along axis 0 of the same data: columns (0, 3) and (1, 3).
+  const e3 = Math.exp(3), e2 = Math.exp(2);
+  assertClose(sm([0, 1, 3, 3], [2, 2], 0), [1 / (1 + e3), 1 / (1 + e2), e3 / (1 + e3), e2 / (1 + e2)]);
+  // A middle axis of [2, 3, 2], and a shift by 1000 changes nothing (no overflow).
+  const x = range(12).map((v) => Math.sin(v) * 3);
+  const y = sm(x, [2, 3, 2], 1), shifted = sm(x.map((v) => v + 1000), [2, 3, 2], 1);
+  assertClose(shifted, Array.from(y));
+  for (const [o, i] of [[0, 0], [0, 1], [1, 0], [1, 1]]) {
+    const at = (k: number) => o * 6 + k * 2 + i;
+    const z = [0, 1, 2].reduce((s, k) => s + Math.exp(x[at(k)]), 0);
+    assertClose([0, 1, 2].map((k) => y[at(k)]), [0, 1, 2].map((k) => Math.exp(x[at(k)]) / z));
+  }
+});
+
 Deno.test("matmul, including batch broadcasting", () => {
   const mm = (as: number[], bs: number[], out: number[], a: number[], b: number[]) =>
     last(op("matmul", [as, bs], out), { a: { data: a, shape: as }, b: { data: b, shape: bs } });

@@ -12,6 +12,9 @@ import { lowerToOnnx } from "../onnx/lower.ts";
 import { hostData, ortType, sessionPrepared } from "./auto.ts";
 import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
 
+/** Prefix of onnxruntime profile files, from the environment (unset: no profiling). */
+const PROFILE = Deno.env.get("ADD_ORT_PROFILE") ?? "";
+
 class NodeBuffer implements Buffer {
   disposed = false;
   constructor(
@@ -67,6 +70,9 @@ export class OrtNodeExecutor implements Executor {
       graphOptimizationLevel: "all",
       intraOpNumThreads: this.threads,
       interOpNumThreads: 1,
+      // Where the time goes, per node: ADD_ORT_PROFILE=<prefix> writes onnxruntime's JSON trace when the executor
+      // closes (one file per session).
+      ...(PROFILE ? { enableProfiling: true, profileFilePrefix: PROFILE } : {}),
     });
     return sessionPrepared<ort.Tensor>(
       graph,
@@ -82,7 +88,10 @@ export class OrtNodeExecutor implements Executor {
   }
 
   async close(): Promise<void> {
-    for (const s of this.sessions) await s.release();
+    for (const s of this.sessions) {
+      if (PROFILE) (s as unknown as { endProfiling(): void }).endProfiling();
+      await s.release();
+    }
     this.sessions.clear();
   }
 }

@@ -181,6 +181,22 @@ export function binary(op: BinaryOp | CompareOp, a: Tensor, b: Tensor): Tensor {
 }
 
 /** `where(cond, a, b)`: a where cond is nonzero, else b, broadcasting all three. */
+/** Softmax along `axis`, shifted by the maximum (float64, so the shift is for overflow only). */
+export function softmax(x: Tensor, axis: number): Tensor {
+  const n = x.shape[axis], inner = size(x.shape.slice(axis + 1)), outer = size(x.shape.slice(0, axis));
+  const out = new Float64Array(x.data.length);
+  for (let o = 0; o < outer; o++) {
+    for (let i = 0; i < inner; i++) {
+      const at = (k: number) => (o * n + k) * inner + i;
+      let m = -Infinity, z = 0;
+      for (let k = 0; k < n; k++) m = Math.max(m, x.data[at(k)]);
+      for (let k = 0; k < n; k++) z += out[at(k)] = Math.exp(x.data[at(k)] - m);
+      for (let k = 0; k < n; k++) out[at(k)] /= z;
+    }
+  }
+  return { data: out, shape: x.shape };
+}
+
 export function where(cond: Tensor, a: Tensor, b: Tensor): Tensor {
   const shape = broadcastShapes([cond.shape, a.shape, b.shape]);
   const cd = broadcastTo(cond, shape);

@@ -505,6 +505,9 @@ function lowerNode(
       return b.op("Cast", ins, [{ name: "to", i: onnxType(n.dtype) }], out);
     case "stop_gradient":
       return b.op("Identity", ins, undefined, out);
+    case "softmax":
+      // Opset ≥ 13 semantics: normalised along this one axis (not the flattened trailing axes of opset 11).
+      return b.op("Softmax", ins, [{ name: "axis", i: n.attrs.axis }], out);
     case "sign":
       if (target === "webgpu" && n.dtype !== "bool") {
         // ort-web's WebGPU EP has no Sign kernel; a CPU fallback would cost two transfers per use. NaN maps to 0.
