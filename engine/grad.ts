@@ -23,7 +23,24 @@ import {
   transpose,
   where,
 } from "./ops.ts";
-import { add, cos, div, equal, exp, greater, less, log, mul, neg, pow, sign, sin, sub, zerosLike } from "./math.ts";
+import {
+  add,
+  cos,
+  div,
+  equal,
+  exp,
+  greater,
+  less,
+  log,
+  mul,
+  neg,
+  pow,
+  sign,
+  sin,
+  sqrt,
+  sub,
+  zerosLike,
+} from "./math.ts";
 import { fail, flattenTree, isTensor, Tensor, type Tree, unflattenTree } from "./tensor.ts";
 
 /** What a rule sees: the node, its input tensors, its output, the output cotangent, and which inputs need one. */
@@ -184,6 +201,15 @@ export const RULES: Record<Op, Rule> = {
   // casting between floats is the identity; from ints or bools there is nothing to differentiate
   cast: ({ g, x, node }) => [x[0].dtype === "f32" && node.dtype === "f32" ? g : null],
   stop_gradient: () => [null],
+  // y = (x − μ) r with r = (var + ε)^(−1/2) over the last axis of n: dx = r (g − mean g − y mean(g y)); r is
+  // recomputed from x, in primitives, so the rule is itself differentiable
+  normalize: ({ g, x, y, node }) => {
+    const eps = (node.attrs as { eps: number }).eps, a = x[0].ndim - 1, n = x[0].shape[a];
+    const meanLast = (t: Tensor) => mul(sum(t, a, true), 1 / n);
+    const xc = sub(x[0], meanLast(x[0]));
+    const r = div(1, sqrt(add(meanLast(mul(xc, xc)), eps)));
+    return [mul(r, sub(sub(g, meanLast(g)), mul(y, meanLast(mul(g, y)))))];
+  },
   // y = softmax(x): J = diag(y) − y yᵀ along the axis, so dx = y ⊙ (g − Σ_axis g ⊙ y)
   softmax: ({ g, y, node }) => {
     const axis = (node.attrs as { axis: number }).axis;

@@ -67,6 +67,7 @@ export type Node =
   | NodeBase<"gather", { axis: number }>
   | NodeBase<"cast", Record<string, never>>
   | NodeBase<"softmax", { axis: number }>
+  | NodeBase<"normalize", { eps: number }>
   | NodeBase<"stop_gradient", Record<string, never>>;
 
 interface NodeBase<O extends string, A> {

@@ -4,13 +4,14 @@
  *
  * @module
  */
-import { add, erf, exp, log, mean, mul, relu, rsqrt, sigmoid, square, sub, tanh } from "./math.ts";
+import { add, erf, exp, log, mean, mul, relu, sigmoid, square, sub, tanh } from "./math.ts";
 import {
   conv2d,
   type ConvOptions,
   expand,
   matmul,
   max,
+  normalize,
   reshape,
   softmax as softmaxOp,
   stopGradient as stopGrad,
@@ -54,10 +55,7 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
 
 /** Layer norm over the last axis with optional affine `weight`/`bias` of that size (Ba et al. 2016). */
 export function layerNorm(x: Tensor, weight?: Tensor, bias?: Tensor, eps = 1e-5): Tensor {
-  const mu = mean(x, -1 + x.ndim, true);
-  const xc = sub(x, mu);
-  const y = mul(xc, rsqrt(add(mean(square(xc), x.ndim - 1, true), eps)));
-  return affine(y, weight, bias, [x.shape[x.ndim - 1]]);
+  return affine(normalize(x, eps), weight, bias, [x.shape[x.ndim - 1]]);
 }
 
 /** Group norm of NCHW (or NC…) input over channel groups, with per-channel affine (Wu & He 2018). */
@@ -65,10 +63,7 @@ export function groupNorm(x: Tensor, groups: number, weight?: Tensor, bias?: Ten
   const [n, c] = x.shape;
   if (c % groups) fail("groupNorm", `${c} channels do not split into ${groups} groups`);
   const rest = x.shape.slice(2);
-  const g = reshape(x, [n, groups, -1]);
-  const mu = mean(g, 2, true);
-  const gc = sub(g, mu);
-  const y = reshape(mul(gc, rsqrt(add(mean(square(gc), 2, true), eps))), x.shape);
+  const y = reshape(normalize(reshape(x, [n, groups, -1]), eps), x.shape);
   const bshape = [1, c, ...rest.map(() => 1)];
   return affine(y, weight && reshape(weight, bshape), bias && reshape(bias, bshape), bshape);
 }

@@ -118,6 +118,17 @@ export function softmax(x: Tensor, axis: number): Tensor {
   return push(x.trace, { op: "softmax", inputs: [x.id], attrs: { axis: a }, shape: [...x.shape], dtype: "f32" });
 }
 
+/**
+ * (x − mean) / √(var + ε) over the last axis, as one primitive: the core of layer and group norm. Composed, it is
+ * eight passes over the tensor forward and more backward; as one node it lowers to one fused kernel.
+ */
+export function normalize(x: Tensor, eps: number): Tensor {
+  if (x.dtype !== "f32") fail("normalize", `expects f32, got ${x}`);
+  if (x.ndim < 1) fail("normalize", `needs an axis to normalise, got ${x}`);
+  if (!(eps > 0)) fail("normalize", `eps must be positive, got ${eps}`);
+  return push(x.trace, { op: "normalize", inputs: [x.id], attrs: { eps }, shape: [...x.shape], dtype: "f32" });
+}
+
 /** Numpy matmul of rank ≥ 2 operands, broadcasting batch dimensions. */
 export function matmul(a: Tensor, b: Tensor): Tensor {
   const tr = traceOf("matmul", [a, b]);

@@ -25,13 +25,15 @@ const inp = (tr: Trace, name: string, shape: number[]) => tr.input(name, shape);
 
 const CASES: Case[] = [
   {
-    name: "softmax on each axis, and through attention with its gradient",
+    name: "softmax on each axis, attention, normalize and group norm, with gradients",
     build: (tr) => {
       const x = inp(tr, "x", [2, 5, 7]), w = inp(tr, "w", [2, 5, 7]);
       const q = inp(tr, "q", [2, 6, 8]), k = inp(tr, "k", [2, 4, 8]), v = inp(tr, "v", [2, 4, 8]);
       const att = nn.attention(q, k, v, 2);
       const [gq, gk] = vjp(o.sum(m.mul(att, att)), [q, k]);
-      return { a0: o.softmax(x, 0), a1: m.mul(o.softmax(x, 1), w), a2: o.softmax(x, 2), att, gq, gk };
+      const [gn] = vjp(o.sum(m.mul(o.normalize(x, 1e-5), w)), [x]);
+      const gnorm = nn.groupNorm(m.add(m.mul(inp(tr, "img", [2, 4, 3, 3]), 3), 1), 2);
+      return { a0: o.softmax(x, 0), a1: m.mul(o.softmax(x, 1), w), a2: o.softmax(x, 2), att, gq, gk, gn, gnorm };
     },
   },
   {

@@ -55,7 +55,13 @@ const CASES: Case[] = [
   { op: "sum", specs: [s([2, 3, 4])], f: ([x]) => m.mul(o.sum(m.mul(x, x), [0, 2], true), 1), second: true },
   { op: "max", specs: [s([2, 3, 4])], f: ([x]) => o.max(m.mul(x, x), [1]), second: true },
   { op: "matmul", specs: [s([2, 3, 4]), s([4, 5])], f: ([a, b]) => o.matmul(a, b), second: true },
-  // weighted so that the gradient is not the zero that Σ softmax = 1 would give
+  // weighted: Σ normalize = 0 and Σ softmax = 1 would give zero gradients unweighted
+  {
+    op: "normalize",
+    specs: [s([2, 3, 5]), s([2, 3, 5])],
+    f: ([x, w]) => m.mul(o.normalize(x, 1e-3), w),
+    second: true,
+  },
   {
     op: "softmax",
     specs: [s([2, 3, 4]), s([2, 3, 4])],

@@ -182,6 +182,24 @@ Deno.test("sum and max over axes, with keepdims", () => {
   assertClose(red("max", [0], false, [2], { data: [1, NaN, 2, 3], shape: [2, 2] }), [2, NaN]);
 });
 
+Deno.test("normalize over the last axis: hand values, zero mean and unit variance, ε", () => {
+  const nz = (data: number[], shape: number[], eps: number) =>
+    last([inp("a", shape), { op: "normalize", inputs: [0], attrs: { eps }, shape, dtype: "f32" }], {
+      a: { data, shape },
+    });
+  // Rows (1, 3) and (2, 2): mean 2, var 1 → (−1, 1)/√(1 + ε); a constant row gives zeros.
+  const eps = 0.25, r = 1 / Math.sqrt(1 + eps);
+  assertClose(nz([1, 3, 2, 2], [2, 2], eps), [-r, r, 0, 0]);
+  const x = range(15).map((v) => Math.cos(v) * 4 + 10);
+  const y = nz(x, [3, 5], 1e-9);
+  for (let row = 0; row < 3; row++) {
+    const ys = Array.from(y.slice(row * 5, row * 5 + 5)), xs = x.slice(row * 5, row * 5 + 5);
+    const mu = xs.reduce((a, v) => a + v, 0) / 5, v = xs.reduce((a, u) => a + (u - mu) ** 2, 0) / 5;
+    // mean 0 and second moment var / (var + ε)
+    assertClose([ys.reduce((a, u) => a + u, 0) / 5, ys.reduce((a, u) => a + u * u, 0) / 5], [0, v / (v + 1e-9)]);
+  }
+});
+
 Deno.test("softmax along one axis: hand values, rows sum to 1, shift-invariant, no overflow", () => {
   const sm = (data: number[], shape: number[], axis: number) =>
     last([inp("a", shape), { op: "softmax", inputs: [0], attrs: { axis }, shape, dtype: "f32" }], {

@@ -137,6 +137,8 @@ function evalNode(node: Node, args: K.Tensor[], feed: (name: string) => Float64A
       return K.expand(a, node.shape);
     case "gather":
       return K.gather(a, b, node.attrs.axis);
+    case "normalize":
+      return K.normalize(a, node.attrs.eps);
     case "softmax":
       return K.softmax(a, node.attrs.axis);
     case "cast": // the conversion itself is `toDType`, applied to every node's result

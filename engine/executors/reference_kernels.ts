@@ -181,6 +181,20 @@ export function binary(op: BinaryOp | CompareOp, a: Tensor, b: Tensor): Tensor {
 }
 
 /** `where(cond, a, b)`: a where cond is nonzero, else b, broadcasting all three. */
+/** (x − mean) / √(var + ε) over the last axis, two-pass (float64). */
+export function normalize(x: Tensor, eps: number): Tensor {
+  const n = x.shape[x.shape.length - 1], out = new Float64Array(x.data.length);
+  for (let o = 0; o < x.data.length; o += n) {
+    let m = 0, v = 0;
+    for (let k = 0; k < n; k++) m += x.data[o + k];
+    m /= n;
+    for (let k = 0; k < n; k++) v += (x.data[o + k] - m) ** 2;
+    const r = 1 / Math.sqrt(v / n + eps);
+    for (let k = 0; k < n; k++) out[o + k] = (x.data[o + k] - m) * r;
+  }
+  return { data: out, shape: x.shape };
+}
+
 /** Softmax along `axis`, shifted by the maximum (float64, so the shift is for overflow only). */
 export function softmax(x: Tensor, axis: number): Tensor {
   const n = x.shape[axis], inner = size(x.shape.slice(axis + 1)), outer = size(x.shape.slice(0, axis));

@@ -100,6 +100,17 @@ class Builder {
     return name;
   }
 
+  /** A 1-D float32 initializer of `n` ones (a unit scale), shared by length. */
+  onesF32(n: number): string {
+    const key = `ones:${n}`;
+    let name = this.shared.get(key);
+    if (name === undefined) {
+      name = this.init(DataType.FLOAT, [n], typedRaw(new Float32Array(n).fill(1)));
+      this.shared.set(key, name);
+    }
+    return name;
+  }
+
   /** A scalar initializer of an IR dtype, shared by value. */
   scalar(dtype: DType, v: number): string {
     const key = `${dtype}:${v}`;
@@ -505,6 +516,15 @@ function lowerNode(
       return b.op("Cast", ins, [{ name: "to", i: onnxType(n.dtype) }], out);
     case "stop_gradient":
       return b.op("Identity", ins, undefined, out);
+    case "normalize": {
+      // LayerNormalization (opset 17) over the last axis, with a unit scale and no bias.
+      const L = n.shape[n.shape.length - 1];
+      const ones = b.onesF32(L);
+      return b.op("LayerNormalization", [ins[0], ones], [
+        { name: "axis", i: -1 },
+        { name: "epsilon", f: n.attrs.eps },
+      ], out);
+    }
     case "softmax":
       // Opset ≥ 13 semantics: normalised along this one axis (not the flattened trailing axes of opset 11).
       return b.op("Softmax", ins, [{ name: "axis", i: n.attrs.axis }], out);
