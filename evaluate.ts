@@ -1,9 +1,11 @@
 /**
  * `deno task evaluate --teacher <dir> [--student <dir>] [--steps-teacher 1,4,50] [--steps-student 1,4] [--limit N]
- * [--out DIR] [--executor cpu]`: the evaluation report of `eval_report` (stages/add_report.ts) for UNets saved by
- * runs (checkpoint folders, or shipped model folders holding the run's `config.yaml` and `<model>(.ema).safetensors`):
- * the teacher with DDIM and the student with the ADD sampler, on the emoji held-out captions and an equally large
- * fixed subset of the training captions. Writes `<out>/report.md` and `<out>/report.json`.
+ * [--judge inception_v3|mobilenet_v2] [--judge-size N] [--no-disc-fid] [--out DIR] [--executor cpu]`: the evaluation
+ * report of `eval_report` (stages/add_report.ts) for UNets saved by runs (checkpoint folders, or shipped model folders
+ * holding the run's `config.yaml` and `<model>(.ema).safetensors`): the teacher with DDIM and the student with the ADD
+ * sampler, on the emoji held-out captions and an equally large fixed subset of the training captions. FID-proxy and
+ * text fidelity use the judge (InceptionV3 by default); the FID on the discriminator's MobileNetV2 is a column beside
+ * them. Writes `<out>/report.md` and `<out>/report.json`.
  *
  * @module
  */
@@ -14,6 +16,8 @@ import { createExecutor } from "./engine/executors/auto.ts";
 import type { ExecutorName } from "./engine/executors/executor.ts";
 import { makeSchedule } from "./models/diffusion/schedules.ts";
 import { evaluateGenerators, type Generator } from "./models/evaluate.ts";
+import { DEFAULT_JUDGE, type JudgeName, JUDGES } from "./models/fid.ts";
+import { INCEPTION_MIN_SIZE } from "./models/inception_v3.ts";
 import { loadUnetFolder } from "./sample.ts";
 import { emojiCaptionSets, writeReport } from "./stages/add_report.ts";
 import { loadCaptionEncoder } from "./stages/text_encode.ts";
@@ -69,6 +73,13 @@ export async function evaluateCli(argv: readonly string[]): Promise<number> {
     .option("--train-images <n>", "training-caption images (default: as many as held-out)")
     .option("--batch <n>", "images per UNet run", "16")
     .option("--no-ema", "use the raw weights even when an EMA was saved")
+    .addOption(
+      new Option("--judge <net>", "feature network of the FID proxy and text fidelity").choices(JUDGES).default(
+        DEFAULT_JUDGE,
+      ),
+    )
+    .option("--judge-size <n>", "the judge's input size (default: 224 for inception_v3, 96 for mobilenet_v2)")
+    .option("--no-disc-fid", "leave out the FID on the discriminator's own network (MobileNetV2)")
     .option("--out <dir>", "output folder for report.md and report.json", "out/evaluate")
     .addOption(
       new Option("--executor <name>", "executor").choices(["cpu", "wasm", "webgpu", "auto", "reference"]).default(
@@ -82,6 +93,8 @@ export async function evaluateCli(argv: readonly string[]): Promise<number> {
       if (!(guidance >= 1)) throw new Error(`--guidance ${o.guidance}: expected a number ≥ 1`);
       const limit = positive(o.limit, "--limit", 2), trainImages = positive(o.trainImages, "--train-images", 2);
       const batch = positive(o.batch, "--batch")!;
+      const judge = o.judge as JudgeName;
+      const judgeSize = positive(o.judgeSize, "--judge-size", judge === "inception_v3" ? INCEPTION_MIN_SIZE : 32);
       if (stepsT.length + stepsS.length === 0) throw new Error("no steps to evaluate: --steps-teacher is empty");
       const t = await loadUnetFolder(o.teacher, o.teacherModel, o.ema);
       const s = o.student ? await loadUnetFolder(o.student, o.studentModel, o.ema) : null;
@@ -119,6 +132,8 @@ export async function evaluateCli(argv: readonly string[]): Promise<number> {
           sets,
           encoder: enc,
           batch,
+          fid: { judge, size: judgeSize },
+          discFid: o.discFid ? {} : false,
           log: (l) => console.log(l),
         });
         const paths = await writeReport(o.out, report, {

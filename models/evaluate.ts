@@ -1,16 +1,21 @@
 /**
  * The evaluation of text-to-image generators on caption sets: for each real image of a set, one image is generated
- * from its caption (seed = the image's index in the set); then, in pooled MobileNetV2 feature space (`fid.ts`):
+ * from its caption (seed = the image's index in the set); then, in the pooled feature space of the judge (`fid.ts`:
+ * InceptionV3 by default, a network ADD's discriminator and perceptual loss do not use):
  *
  * - FID proxy: the Fréchet distance between the generated and the real images of the set;
- * - text fidelity: the share of generated images whose k nearest real images (L2, among all real images of the set)
- *   include one with the prompt's caption, for k = 1 and 5. Several real images may share a caption, so a hit is
- *   counted by caption, and the chance level (a random k-subset of the real images) is reported beside it;
+ * - text fidelity: the share of generated images whose k nearest real images (L2, among the set's real images, or
+ *   among a larger pool of real images given as the set's `retrieval`) include one with the prompt's caption, for
+ *   k = 1 and 5. Several real images may share a caption, so a hit is counted by caption, and the chance level (a
+ *   random k-subset of the real images retrieved among) is reported beside it;
+ * - beside them, unless turned off, the same Fréchet distance on the discriminator's own network (MobileNetV2), which
+ *   a student trained against that network can lower by fooling it, and the pixel FD (`pixelFeatures`), which uses
+ *   no network at all;
  * - wall time per image of generation alone (UNet compilation, text encoding and feature extraction excluded).
  *
  * The FID proxy comes from `frechetDistanceOfFeatures`, which works on the n×n cross-Gram matrix whenever a set has
- * fewer images than the 1,280 feature dimensions (the emoji held-out split has 351), exact and much cheaper than the
- * 1280×1280 covariance route.
+ * fewer images than the feature dimensions (2,048; the emoji held-out split has 351 images), exact and much cheaper
+ * than the covariance route.
  *
  * Generated images are clamped to [-1, 1] and rounded to 8 bits before their features are taken: what a viewer (or a
  * PNG) shows, and the same grid of values the real images lie on. An untrained UNet's outputs far outside [-1, 1]
@@ -21,8 +26,26 @@
 import type { Executor } from "../engine/executors/executor.ts";
 import { generate, type SampleSettings, type TextBatch, UNetRunner } from "./diffusion/generate.ts";
 import type { Schedule } from "./diffusion/schedules.ts";
-import { type FidOptions, frechetDistanceOfFeatures, pooledFeatures } from "./fid.ts";
+import {
+  asRgb,
+  chanceFidelity,
+  countNonFinite,
+  PIXEL_POOL,
+  pixelFeatures,
+  textFidelity,
+  toDisplayed,
+} from "./eval_metrics.ts";
+import {
+  type FidOptions,
+  frechetDistanceOfFeatures,
+  JUDGE_LABELS,
+  type JudgeName,
+  pooledFeatures,
+  resolveJudge,
+} from "./fid.ts";
 import type { UNetParams } from "./unet.ts";
+
+export { chanceFidelity, PIXEL_POOL, pixelFeatures, textFidelity, toDisplayed } from "./eval_metrics.ts";
 
 /** Real images and their captions: the prompts and the reference of one evaluation set. */
 export interface CaptionSet {
@@ -36,6 +59,11 @@ export interface CaptionSet {
   size: number;
   /** The caption of each image (N entries; repeats allowed). */
   captions: readonly string[];
+  /**
+   * The real images text fidelity retrieves among, with their captions (default: this set's own images). A larger
+   * pool (every training image, say) makes a hit harder by chance; the chance level is computed on it.
+   */
+  retrieval?: { images: Float32Array; captions: readonly string[] };
 }
 
 /** A UNet sampled with a sampler: the weights are compiled once per batch size and shared by generators using them. */
@@ -72,16 +100,24 @@ export interface EvaluateOptions {
   encoder?: CaptionEncoderLike;
   /** Images per UNet run (default 16); a set's last, smaller batch gets a runner of its own size. */
   batch?: number;
-  /** Feature network options (network, input size, batch), as for `fidProxy`. */
+  /** The judge: feature network of the FID proxy and text fidelity (default InceptionV3), as for `fidProxy`. */
   fid?: FidOptions;
+  /**
+   * A second FID, on the discriminator's own network (default MobileNetV2 at 96²), for comparison; false: none. Not
+   * computed when it would be the judge itself.
+   */
+  discFid?: FidOptions | false;
   /** Progress lines. */
   log?: (line: string) => void;
 }
 
 /** One generator on one set. */
 export interface SetScores {
+  /** FID proxy on the judge (`EvalReport.judge`). */
   fid: number;
-  /** Fréchet distance of `pixelFeatures` (colour and layout; independent of the feature network). */
+  /** The same on the discriminator's network (`EvalReport.discNet`); null when not computed. */
+  discFid: number | null;
+  /** Fréchet distance of `pixelFeatures` (colour and layout; independent of the feature networks). */
   pixelFd: number;
   top1: number;
   top5: number;
@@ -109,9 +145,20 @@ export interface SetInfo {
   images: number;
   /** Distinct captions. */
   captions: number;
+  /** Real images text fidelity retrieves among (the set's own, or its `retrieval` pool). */
+  retrieval: number;
   /** Expected top-1 / top-5 of a generator whose nearest real images were a uniformly random subset. */
   chanceTop1: number;
   chanceTop5: number;
+}
+
+/** A feature network as the report names it. */
+export interface NetInfo {
+  net: JudgeName;
+  label: string;
+  /** Square input size the 32×32 images are upsampled to (bilinear, align corners). */
+  size: number;
+  dim: number;
 }
 
 /** What `evaluateGenerators` returns. */
@@ -119,109 +166,19 @@ export interface EvalReport {
   executor: string;
   /** ISO 8601 time the evaluation finished. */
   date: string;
-  /** Width of the pooled features. */
+  /** Width of the judge's pooled features. */
   featureDim: number;
+  /** The network of `fid` and of text fidelity. */
+  judge: NetInfo;
+  /** The network of `discFid`, the discriminator's; null when not computed. */
+  discNet: NetInfo | null;
   sets: SetInfo[];
   /** FID proxy between the real images of the first two sets: the floor a perfect generator would show. */
-  floor: { a: string; b: string; fid: number; pixelFd: number } | null;
+  floor: { a: string; b: string; fid: number; discFid: number | null; pixelFd: number } | null;
   rows: GeneratorRow[];
 }
 
 const isUNet = (g: Generator): g is UNetGenerator => "weights" in g;
-
-/**
- * Clamps to [-1, 1] and rounds to the 8-bit grid v/127.5 − 1 (as the image datasets store and `gridToPng` writes), in
- * place. NaN stays NaN, so a diverged model shows as a NaN FID rather than as grey images. Returns `x`.
- */
-export function toDisplayed(x: Float32Array): Float32Array {
-  for (let i = 0; i < x.length; i++) x[i] = Math.max(0, Math.min(255, Math.round((x[i] + 1) * 127.5))) / 127.5 - 1;
-  return x;
-}
-
-/** Number of images (`per` values each) holding a NaN or an infinity. */
-function countNonFinite(x: Float32Array, per: number): number {
-  let bad = 0;
-  for (let s = 0; s < x.length; s += per) {
-    for (let i = s; i < s + per; i++) {
-      if (!Number.isFinite(x[i])) {
-        bad++;
-        break;
-      }
-    }
-  }
-  return bad;
-}
-
-/**
- * Top-k text fidelity: for each generated feature row i (width d), the k nearest real rows by squared L2 distance
- * (float64, ties to the lower index); a hit when one of them has `prompts[i]` as caption. Returns the hit rate per k.
- */
-export function textFidelity(
-  gen: ArrayLike<number>,
-  prompts: readonly string[],
-  real: ArrayLike<number>,
-  realCaptions: readonly string[],
-  d: number,
-  ks: readonly number[] = [1, 5],
-): number[] {
-  const n = prompts.length, m = realCaptions.length;
-  if (gen.length !== n * d || real.length !== m * d) {
-    throw new Error(`textFidelity: ${gen.length} and ${real.length} values for ${n} and ${m} rows of width ${d}`);
-  }
-  if (m === 0) throw new Error("textFidelity: no real images");
-  const kMax = Math.min(m, Math.max(...ks));
-  const hits = ks.map(() => 0);
-  const best = new Int32Array(kMax), bestD = new Float64Array(kMax);
-  for (let i = 0; i < n; i++) {
-    let have = 0;
-    for (let j = 0; j < m; j++) {
-      let s = 0;
-      for (let t = 0, a = i * d, b = j * d; t < d; t++) {
-        const diff = gen[a + t] - real[b + t];
-        s += diff * diff;
-      }
-      // Insertion into the sorted k best; strict < keeps the earlier index first on ties.
-      if (have < kMax || s < bestD[have - 1]) {
-        let p = have < kMax ? have++ : kMax - 1;
-        while (p > 0 && s < bestD[p - 1]) {
-          bestD[p] = bestD[p - 1];
-          best[p] = best[p - 1];
-          p--;
-        }
-        bestD[p] = s;
-        best[p] = j;
-      }
-    }
-    ks.forEach((k, q) => {
-      for (let r = 0; r < Math.min(k, have); r++) {
-        if (realCaptions[best[r]] === prompts[i]) {
-          hits[q]++;
-          break;
-        }
-      }
-    });
-  }
-  return hits.map((h) => h / n);
-}
-
-/**
- * The chance level of `textFidelity` when every prompt is one of the real images' captions: the mean over prompts of
- * P(a uniformly random k-subset of the m real images holds one of the c with the prompt's caption)
- * = 1 − C(m−c, k)/C(m, k).
- */
-export function chanceFidelity(prompts: readonly string[], realCaptions: readonly string[], k: number): number {
-  const m = realCaptions.length, kk = Math.min(k, m);
-  const count = new Map<string, number>();
-  for (const c of realCaptions) count.set(c, (count.get(c) ?? 0) + 1);
-  let sum = 0;
-  for (const p of prompts) {
-    const c = count.get(p) ?? 0;
-    let miss = 1; // C(m−c, k)/C(m, k) = Π_{t<k} (m−c−t)/(m−t)
-    for (let t = 0; t < kk; t++) miss *= Math.max(0, m - c - t) / (m - t);
-    sum += 1 - miss;
-  }
-  return prompts.length ? sum / prompts.length : 0;
-}
 
 function checkSet(s: CaptionSet): number {
   const per = s.channels * s.size * s.size, n = s.captions.length;
@@ -230,43 +187,13 @@ function checkSet(s: CaptionSet): number {
     throw new Error(`evaluate: set "${s.name}" has ${s.images.length} values for ${n} images of ${per}`);
   }
   if (n < 2) throw new Error(`evaluate: set "${s.name}" needs at least 2 images for the FID proxy, got ${n}`);
+  const r = s.retrieval;
+  if (r && (r.captions.length === 0 || r.images.length !== r.captions.length * per)) {
+    throw new Error(
+      `evaluate: set "${s.name}" retrieval has ${r.images.length} values for ${r.captions.length} images of ${per}`,
+    );
+  }
   return n;
-}
-
-/** Side of the pooled images whose pixels `pixelFeatures` returns. */
-export const PIXEL_POOL = 8;
-
-/**
- * Colour-and-layout features of images [N, C, S, S] in [-1, 1]: each channel averaged over (S/P)×(S/P) blocks to
- * P×P (P = `PIXEL_POOL`, or S if smaller; S must be a multiple), C·P² values per image. Their Fréchet distance, the
- * pixel FD, checks what MobileNetV2 features miss: an ImageNet network is trained to be nearly blind to colour, and
- * the same network is ADD's discriminator, which a student can satisfy without the right colours.
- */
-export function pixelFeatures(x: Float32Array, channels: number, size: number): { f: Float64Array; dim: number } {
-  const p = Math.min(PIXEL_POOL, size), k = size / p;
-  if (!Number.isInteger(k)) throw new Error(`pixelFeatures: image size ${size} is not a multiple of ${p}`);
-  const n = x.length / (channels * size * size), dim = channels * p * p, f = new Float64Array(n * dim);
-  for (let i = 0; i < n; i++) {
-    for (let c = 0; c < channels; c++) {
-      const src = (i * channels + c) * size * size;
-      for (let y = 0; y < size; y++) {
-        for (let xx = 0; xx < size; xx++) {
-          f[i * dim + c * p * p + Math.floor(y / k) * p + Math.floor(xx / k)] += x[src + y * size + xx] / (k * k);
-        }
-      }
-    }
-  }
-  return { f, dim };
-}
-
-// The feature network takes RGB: grey is replicated.
-function asRgb(x: Float32Array, channels: number, size: number): Float32Array {
-  if (channels === 3) return x;
-  const per = size * size, n = x.length / per, out = new Float32Array(n * 3 * per);
-  for (let i = 0; i < n; i++) {
-    for (let c = 0; c < 3; c++) out.set(x.subarray(i * per, (i + 1) * per), (i * 3 + c) * per);
-  }
-  return out;
 }
 
 /** Generates one image per real image of `set` with a UNet, in batches; returns the images and the sampling time. */
@@ -404,50 +331,11 @@ export async function evaluateGenerators(o: EvaluateOptions): Promise<EvalReport
     await release();
   }
 
-  // One feature pass over everything: real sets first, then each generator's sets.
-  const parts: { key: string; data: Float32Array }[] = [
-    ...sets.map((s) => ({ key: `real/${s.name}`, data: s.images })),
-    ...generators.flatMap((g) =>
-      sets.map((s) => ({ key: `${g.name}/${s.name}`, data: generated.get(`${g.name}/${s.name}`)! }))
-    ),
-  ];
-  const total = parts.reduce((a, p) => a + p.data.length / per, 0);
-  const all = new Float32Array(total * 3 * size * size);
-  const offsets = new Map<string, { at: number; n: number }>();
-  let at = 0;
-  for (const p of parts) {
-    const n = p.data.length / per;
-    all.set(asRgb(p.data, channels, size), at * 3 * size * size);
-    offsets.set(p.key, { at, n });
-    at += n;
-  }
-  const { features, dim } = await pooledFeatures(executor, { data: all, shape: [total, 3, size, size] }, o.fid);
-  const feats = (key: string) => {
-    const { at, n } = offsets.get(key)!;
-    return { f: features.subarray(at * dim, (at + n) * dim), n };
-  };
-
-  const pixels = new Map(parts.map((p) => [p.key, pixelFeatures(p.data, channels, size)]));
-  const pixelFd = (a: string, b: string) => {
-    const x = pixels.get(a)!, y = pixels.get(b)!;
-    return frechetDistanceOfFeatures(x.f, x.f.length / x.dim, y.f, y.f.length / y.dim, x.dim);
-  };
+  const scored = await scoreAll(o, generated, size, channels);
   const rows: GeneratorRow[] = generators.map((g) => {
-    const scores: Record<string, SetScores> = {};
-    for (const s of sets) {
-      const gen = feats(`${g.name}/${s.name}`), real = feats(`real/${s.name}`);
-      const fid = frechetDistanceOfFeatures(gen.f, gen.n, real.f, real.n, dim);
-      const [top1, top5] = textFidelity(gen.f, s.captions, real.f, s.captions, dim, [1, 5]);
-      scores[s.name] = {
-        fid,
-        pixelFd: pixelFd(`${g.name}/${s.name}`, `real/${s.name}`),
-        top1,
-        top5,
-        images: gen.n,
-        nonFinite: nonFinite.get(`${g.name}/${s.name}`)!,
-      };
-    }
     const t = timing.get(g.name)!;
+    const scores = scored.rows.get(g.name)!;
+    for (const s of sets) scores[s.name].nonFinite = nonFinite.get(`${g.name}/${s.name}`)!;
     return {
       name: g.name,
       sampler: isUNet(g) ? g.settings.sampler : "custom",
@@ -457,47 +345,138 @@ export async function evaluateGenerators(o: EvaluateOptions): Promise<EvalReport
       msPerImage: t.ms / t.images,
     };
   });
-  const floor = sets.length >= 2
-    ? (() => {
-      const a = feats(`real/${sets[0].name}`), b = feats(`real/${sets[1].name}`);
-      return {
-        a: sets[0].name,
-        b: sets[1].name,
-        fid: frechetDistanceOfFeatures(a.f, a.n, b.f, b.n, dim),
-        pixelFd: pixelFd(`real/${sets[0].name}`, `real/${sets[1].name}`),
-      };
-    })()
-    : null;
   return {
     executor: executor.name,
     date: new Date().toISOString(),
-    featureDim: dim,
-    sets: sets.map((s) => ({
-      name: s.name,
-      label: s.label ?? s.name,
-      images: s.captions.length,
-      captions: new Set(s.captions).size,
-      chanceTop1: chanceFidelity(s.captions, s.captions, 1),
-      chanceTop5: chanceFidelity(s.captions, s.captions, 5),
-    })),
-    floor,
+    featureDim: scored.judge.dim,
+    judge: scored.judge,
+    discNet: scored.discNet,
+    sets: sets.map((s) => {
+      const pool = s.retrieval?.captions ?? s.captions;
+      return {
+        name: s.name,
+        label: s.label ?? s.name,
+        images: s.captions.length,
+        captions: new Set(s.captions).size,
+        retrieval: pool.length,
+        chanceTop1: chanceFidelity(s.captions, pool, 1),
+        chanceTop5: chanceFidelity(s.captions, pool, 5),
+      };
+    }),
+    floor: scored.floor,
     rows,
   };
 }
 
-const fmt = (v: number, digits: number) => Number.isFinite(v) ? v.toFixed(digits) : String(v);
-const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
+/** Features of the named image parts [n, C, S, S] on one network, in one pass; `get(key)` slices them back out. */
+async function partFeatures(
+  executor: Executor,
+  parts: readonly { key: string; data: Float32Array }[],
+  size: number,
+  channels: number,
+  opts: FidOptions,
+) {
+  const per = channels * size * size, rgb = 3 * size * size;
+  const total = parts.reduce((a, p) => a + p.data.length / per, 0);
+  const all = new Float32Array(total * rgb);
+  const offsets = new Map<string, { at: number; n: number }>();
+  let at = 0;
+  for (const p of parts) {
+    const n = p.data.length / per;
+    all.set(asRgb(p.data, channels, size), at * rgb);
+    offsets.set(p.key, { at, n });
+    at += n;
+  }
+  const { features, dim } = await pooledFeatures(executor, { data: all, shape: [total, 3, size, size] }, opts);
+  const get = (key: string) => {
+    const { at, n } = offsets.get(key)!;
+    return { f: features.subarray(at * dim, (at + n) * dim), n };
+  };
+  return { dim, get };
+}
 
 /**
- * The report as markdown: one row per generator; FID-proxy columns for every set, then top-1/top-5 per set, then
- * ms/image; below it the real-vs-real floor, the chance levels, the executor, the date and `meta` (e.g. step, models).
+ * The scores of every generated set: FID proxy and text fidelity on the judge, FID on the discriminator's network,
+ * pixel FD; and the real-vs-real floors. One feature pass per network over all images (the retrieval pools on the
+ * judge only).
+ */
+async function scoreAll(o: EvaluateOptions, generated: Map<string, Float32Array>, size: number, channels: number) {
+  const { executor, sets, generators } = o;
+  const real = sets.map((s) => ({ key: `real/${s.name}`, data: s.images }));
+  const gen = generators.flatMap((g) =>
+    sets.map((s) => ({ key: `${g.name}/${s.name}`, data: generated.get(`${g.name}/${s.name}`)! }))
+  );
+  // Retrieval pools by identity: sets sharing one pool (every training image, say) have its features taken once.
+  const poolKeys = new Map<Float32Array, string>();
+  for (const s of sets) {
+    if (s.retrieval && !poolKeys.has(s.retrieval.images)) poolKeys.set(s.retrieval.images, `pool/${s.name}`);
+  }
+  const pools = [...poolKeys].map(([data, key]) => ({ key, data }));
+  const j = resolveJudge(o.fid);
+  const d = o.discFid === false ? null : resolveJudge({ judge: "mobilenet_v2", ...o.discFid });
+  const useDisc = d !== null && (d.judge !== j.judge || d.size !== j.size);
+  const jf = await partFeatures(executor, [...real, ...pools, ...gen], size, channels, o.fid ?? {});
+  const df = useDisc
+    ? await partFeatures(executor, [...real, ...gen], size, channels, { judge: "mobilenet_v2", ...o.discFid })
+    : null;
+  const fd = (f: typeof jf, a: string, b: string) => {
+    const x = f.get(a), y = f.get(b);
+    return frechetDistanceOfFeatures(x.f, x.n, y.f, y.n, f.dim);
+  };
+  const pixels = new Map([...real, ...gen].map((p) => [p.key, pixelFeatures(p.data, channels, size)]));
+  const pixelFd = (a: string, b: string) => {
+    const x = pixels.get(a)!, y = pixels.get(b)!;
+    return frechetDistanceOfFeatures(x.f, x.f.length / x.dim, y.f, y.f.length / y.dim, x.dim);
+  };
+  const rows = new Map<string, Record<string, SetScores>>();
+  for (const g of generators) {
+    const scores: Record<string, SetScores> = {};
+    for (const s of sets) {
+      const key = `${g.name}/${s.name}`, r = `real/${s.name}`;
+      const pool = jf.get(s.retrieval ? poolKeys.get(s.retrieval.images)! : r).f;
+      const [top1, top5] = textFidelity(jf.get(key).f, s.captions, pool, s.retrieval?.captions ?? s.captions, jf.dim);
+      scores[s.name] = {
+        fid: fd(jf, key, r),
+        discFid: df ? fd(df, key, r) : null,
+        pixelFd: pixelFd(key, r),
+        top1,
+        top5,
+        images: s.captions.length,
+        nonFinite: 0,
+      };
+    }
+    rows.set(g.name, scores);
+  }
+  const [a, b] = sets.map((s) => `real/${s.name}`);
+  const floor = sets.length >= 2
+    ? { a: sets[0].name, b: sets[1].name, fid: fd(jf, a, b), discFid: df ? fd(df, a, b) : null, pixelFd: pixelFd(a, b) }
+    : null;
+  const info = (n: JudgeName, size: number, dim: number): NetInfo => ({ net: n, label: JUDGE_LABELS[n], size, dim });
+  return { rows, floor, judge: info(j.judge, j.size, jf.dim), discNet: df && d ? info(d.judge, d.size, df.dim) : null };
+}
+
+const fmt = (v: number, digits: number) => Number.isFinite(v) ? v.toFixed(digits) : String(v);
+// Fréchet distances: 2 decimals, 3 below 1 (the InceptionV3 judge's distances on these images are small).
+const fmtFd = (v: number) => fmt(v, Math.abs(v) < 1 ? 3 : 2);
+const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
+
+/** Short network names for column headers. */
+const SHORT: Readonly<Record<JudgeName, string>> = { inception_v3: "InceptionV3", mobilenet_v2: "MobileNetV2" };
+
+/**
+ * The report as markdown: one row per generator; FID-proxy columns (the judge) for every set, the FID on the
+ * discriminator's network when computed, pixel FD, then top-1/top-5 per set, then ms/image — each feature column
+ * names its network; below it the real-vs-real floors, what each column measures, the chance levels, the executor,
+ * the date and `meta` (e.g. step, models).
  */
 export function reportMarkdown(r: EvalReport, meta: Record<string, string | number | null> = {}): string {
+  const jn = SHORT[r.judge.net], dn = r.discNet ? SHORT[r.discNet.net] : null;
   const head = [
     "generator",
-    ...r.sets.map((s) => `${s.label} FID-proxy`),
+    ...r.sets.map((s) => `${s.label} FID-proxy (${jn})`),
+    ...(dn ? r.sets.map((s) => `${s.label} FID on the discriminator's own network (${dn})`) : []),
     ...r.sets.map((s) => `${s.label} pixel FD`),
-    ...r.sets.flatMap((s) => [`${s.label} top-1`, `${s.label} top-5`]),
+    ...r.sets.flatMap((s) => [`${s.label} top-1 (${jn})`, `${s.label} top-5 (${jn})`]),
     "ms/image",
   ];
   const lines = [
@@ -508,8 +487,9 @@ export function reportMarkdown(r: EvalReport, meta: Record<string, string | numb
     ...r.rows.map((row) => {
       const cells = [
         row.name,
-        ...r.sets.map((s) => fmt(row.sets[s.name].fid, 2)),
-        ...r.sets.map((s) => fmt(row.sets[s.name].pixelFd, 2)),
+        ...r.sets.map((s) => fmtFd(row.sets[s.name].fid)),
+        ...(dn ? r.sets.map((s) => fmtFd(row.sets[s.name].discFid ?? NaN)) : []),
+        ...r.sets.map((s) => fmtFd(row.sets[s.name].pixelFd)),
         ...r.sets.flatMap((s) => [pct(row.sets[s.name].top1), pct(row.sets[s.name].top5)]),
         fmt(row.msPerImage, 1),
       ];
@@ -531,23 +511,21 @@ export function reportMarkdown(r: EvalReport, meta: Record<string, string | numb
   if (r.floor) {
     const la = r.sets.find((s) => s.name === r.floor!.a)!.label, lb = r.sets.find((s) => s.name === r.floor!.b)!.label;
     lines.push(
-      `Real-vs-real floors (${la} real vs ${lb} real): FID-proxy ${fmt(r.floor.fid, 2)}, pixel FD ` +
-        `${fmt(r.floor.pixelFd, 2)}`,
-      "",
-      `Pixel FD: Fréchet distance of the images average-pooled to ${PIXEL_POOL}×${PIXEL_POOL} per channel, a check ` +
-        "independent of MobileNetV2 (nearly blind to colour, and also the discriminator's feature network).",
+      `Real-vs-real floors (${la} real vs ${lb} real): FID-proxy ${fmtFd(r.floor.fid)}, ` +
+        (dn ? `FID on the discriminator's network ${fmtFd(r.floor.discFid ?? NaN)}, ` : "") +
+        `pixel FD ${fmtFd(r.floor.pixelFd)}`,
       "",
     );
   }
   lines.push(
-    "Text fidelity: share of generated images whose nearest (top-1) or 5 nearest (top-5) real images of the set, in " +
-      "pooled MobileNetV2 feature space, include one with the prompt's caption. Chance levels:",
-    "",
+    ...columnNotes(r),
     ...r.sets.map((s) =>
-      `- ${s.label}: ${s.images} images, ${s.captions} distinct captions; chance top-1 ${pct(s.chanceTop1)}, ` +
-      `top-5 ${pct(s.chanceTop5)}`
+      `- ${s.label}: ${s.images} images, ${s.captions} distinct captions, retrieved among ${s.retrieval} real ` +
+      `images; chance top-1 ${pct(s.chanceTop1)}, top-5 ${pct(s.chanceTop5)}`
     ),
     "",
+  );
+  lines.push(
     `Generators: ${
       r.rows.map((x) =>
         `${x.name} = ${x.sampler}${x.steps === null ? "" : ` ${x.steps} step${x.steps === 1 ? "" : "s"}`}` +
@@ -562,4 +540,35 @@ export function reportMarkdown(r: EvalReport, meta: Record<string, string | numb
     "",
   );
   return lines.join("\n");
+}
+
+// What each column measures and on which network; ends with the lead-in of the chance-level list.
+function columnNotes(r: EvalReport): string[] {
+  const j = r.judge, d = r.discNet;
+  const net = (n: NetInfo) => `${n.label}, ${n.dim}-d pooled features, images upsampled 32² → ${n.size}² (bilinear)`;
+  const lines = [
+    `FID-proxy: Fréchet distance of the judge's features: ${net(j)}.` +
+    (j.net === "mobilenet_v2"
+      ? " This is the network ADD's discriminator and perceptual loss train against: a student can lower it by " +
+        "fooling that network."
+      : " Not the network the discriminator and the perceptual loss use."),
+    "",
+  ];
+  if (d) {
+    lines.push(
+      `FID on the discriminator's own network: the same distance on ${net(d)} — the network the student was ` +
+        "trained against (discriminator and perceptual loss), so a low value can come from fooling it; for " +
+        "comparison.",
+      "",
+    );
+  }
+  lines.push(
+    `Pixel FD: Fréchet distance of the images average-pooled to ${PIXEL_POOL}×${PIXEL_POOL} per channel, a check ` +
+      "that uses no network (ImageNet networks are nearly blind to colour).",
+    "",
+    "Text fidelity: share of generated images whose nearest (top-1) or 5 nearest (top-5) real images, in the " +
+      `judge's (${SHORT[j.net]}) pooled feature space, include one with the prompt's caption. Chance levels:`,
+    "",
+  );
+  return lines;
 }

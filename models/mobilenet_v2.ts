@@ -57,11 +57,11 @@ function readUmd(url: URL): unknown {
   try {
     src = Deno.readTextFileSync(url);
   } catch (e) {
-    throw new Error(`mobilenet_v2: cannot read ${url.pathname}: ${(e as Error).message}`);
+    throw new Error(`nsfwjs model: cannot read ${url.pathname}: ${(e as Error).message}`);
   }
   const module = { exports: undefined as unknown };
   new Function("module", "exports", "define", "require", src)(module, {}, undefined, undefined);
-  if (module.exports === undefined) throw new Error(`mobilenet_v2: ${url.pathname} did not export anything`);
+  if (module.exports === undefined) throw new Error(`nsfwjs model: ${url.pathname} did not export anything`);
   return module.exports;
 }
 
@@ -72,13 +72,13 @@ export function readNsfwjsArtifacts(dir: URL = nsfwjsModelDir()): NsfwjsArtifact
     weightsManifest?: { paths: string[]; weights: WeightSpec[] }[];
   };
   if (!json.modelTopology?.model_config || !json.weightsManifest) {
-    throw new Error(`mobilenet_v2: ${dir.pathname}model.min.js has no modelTopology/weightsManifest`);
+    throw new Error(`nsfwjs model: ${dir.pathname}model.min.js has no modelTopology/weightsManifest`);
   }
   const specs: WeightSpec[] = [], chunks: Uint8Array[] = [];
   for (const group of json.weightsManifest) {
     for (const p of group.paths) {
       const b64 = readUmd(new URL(`${p}.min.js`, dir));
-      if (typeof b64 !== "string") throw new Error(`mobilenet_v2: ${p}.min.js should export a base64 string`);
+      if (typeof b64 !== "string") throw new Error(`nsfwjs model: ${p}.min.js should export a base64 string`);
       chunks.push(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)));
     }
     specs.push(...group.weights);
@@ -101,15 +101,15 @@ export function decodeWeights(specs: readonly WeightSpec[], data: Uint8Array): M
     const n = s.shape.reduce((a, b) => a * b, 1);
     const q = s.quantization;
     const vals = new Float32Array(n);
-    if (s.dtype !== "float32") throw new Error(`mobilenet_v2: weight ${s.name} has dtype ${s.dtype}, expected float32`);
+    if (s.dtype !== "float32") throw new Error(`nsfwjs model: weight ${s.name} has dtype ${s.dtype}, expected float32`);
     const width = q === undefined ? 4 : q.dtype === "uint8" ? 1 : q.dtype === "uint16" ? 2 : 0;
-    if (width === 0) throw new Error(`mobilenet_v2: weight ${s.name} quantized as ${q!.dtype}; expected uint8/uint16`);
-    if (off + n * width > data.length) throw new Error(`mobilenet_v2: weight data ends inside ${s.name}`);
+    if (width === 0) throw new Error(`nsfwjs model: weight ${s.name} quantized as ${q!.dtype}; expected uint8/uint16`);
+    if (off + n * width > data.length) throw new Error(`nsfwjs model: weight data ends inside ${s.name}`);
     if (q === undefined) {
       for (let i = 0; i < n; i++) vals[i] = view.getFloat32(off + 4 * i, true);
     } else {
       if (typeof q.min !== "number" || typeof q.scale !== "number") {
-        throw new Error(`mobilenet_v2: weight ${s.name} quantization lacks min/scale`);
+        throw new Error(`nsfwjs model: weight ${s.name} quantization lacks min/scale`);
       }
       for (let i = 0; i < n; i++) {
         const v = width === 1 ? data[off + i] : view.getUint16(off + 2 * i, true);
@@ -119,7 +119,7 @@ export function decodeWeights(specs: readonly WeightSpec[], data: Uint8Array): M
     off += n * width;
     out.set(s.name, vals);
   }
-  if (off !== data.length) throw new Error(`mobilenet_v2: ${data.length - off} bytes of weight data left over`);
+  if (off !== data.length) throw new Error(`nsfwjs model: ${data.length - off} bytes of weight data left over`);
   return out;
 }
 
@@ -397,8 +397,8 @@ export function resizeMatrix(inSize: number, outSize: number, mode: "bilinear" |
   return m;
 }
 
-// Separable resize as two matmuls with constant matrices: exact for any sizes, and differentiable.
-function resize(x: Tensor, size: number, mode: "bilinear" | "nearest"): Tensor {
+/** Resizes NCHW images to size×size: separable, two matmuls with constant matrices; exact and differentiable. */
+export function resize(x: Tensor, size: number, mode: "bilinear" | "nearest"): Tensor {
   const [, , h, w] = x.shape;
   if (h === size && w === size) return x;
   const tr = x.trace;

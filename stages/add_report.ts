@@ -1,8 +1,9 @@
 /**
  * `eval_report`: the evaluation report of an ADD run (`models/evaluate.ts`): the teacher at 1, 4 and 50 DDIM steps and
  * the student at 1 and 4 ADD steps, each on the emoji held-out captions and on an equally large fixed subset of the
- * training captions: FID-proxy, top-1/top-5 text fidelity and ms/image on the run's executor. Writes
- * `<out>/report.json` and `<out>/report.md` (atomically) and logs the path.
+ * training captions: FID-proxy and top-1/top-5 text fidelity on the judge (InceptionV3 by default, not the
+ * discriminator's MobileNetV2), the FID on the discriminator's own network beside it, pixel FD, and ms/image on the
+ * run's executor. Writes `<out>/report.json` and `<out>/report.md` (atomically) and logs the path.
  *
  * An evaluation takes minutes, so by default it runs only on the run's last step (`only_last`), whatever cadence the
  * config gives it; configure it with `at: end`.
@@ -21,7 +22,10 @@ import {
   type Generator,
   type GeneratorRow,
   reportMarkdown,
+  type SetScores,
 } from "../models/evaluate.ts";
+import { DEFAULT_JUDGE, type FidOptions, JUDGES, resolveJudge } from "../models/fid.ts";
+import { INCEPTION_MIN_SIZE } from "../models/inception_v3.ts";
 import { writeAtomic } from "../models/png_grid.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import type { UNetParams } from "../models/unet.ts";
@@ -69,6 +73,12 @@ const Params = z.strictObject({
   limit: z.number().int().min(2).optional(),
   /** Images per UNet run. */
   batch: z.number().int().positive().default(16),
+  /** Feature network of the FID proxy and text fidelity: `inception_v3` (default), or the discriminator's network. */
+  judge: z.enum(JUDGES).default(DEFAULT_JUDGE),
+  /** The judge's input size (the images are upsampled to it); default per judge, `JUDGE_SIZES` in models/fid.ts. */
+  judge_size: z.number().int().min(32).optional(),
+  /** Also the FID on the discriminator's own network (MobileNetV2 at 96²), a cheap column for comparison. */
+  disc_fid: z.boolean().default(true),
   schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
   /** Text encoder folder or hub id, as in `text_encode`. */
@@ -174,6 +184,9 @@ export const addReport: StageDef<P> = {
         );
       }
     }
+    if (params.judge === "inception_v3" && (params.judge_size ?? INCEPTION_MIN_SIZE) < INCEPTION_MIN_SIZE) {
+      throw new StageTypeError(`judge_size must be ≥ ${INCEPTION_MIN_SIZE} for inception_v3`, ["params", "judge_size"]);
+    }
     if (params.student_steps.length + params.teacher_steps.length === 0) {
       throw new StageTypeError("student_steps and teacher_steps are both empty: nothing to evaluate", ["params"]);
     }
@@ -225,6 +238,8 @@ export const addReport: StageDef<P> = {
       sets,
       encoder: enc,
       batch: p.batch,
+      fid: judgeOptions(p),
+      discFid: p.disc_fid ? {} : false,
       log: ctx.log,
     });
     if (cache?.hit) report.rows = [...cache.hit.rows, ...report.rows];
@@ -248,10 +263,11 @@ export const addReport: StageDef<P> = {
     // One line per evaluation; a resumed run may repeat the steps after its checkpoint, each line carries its step.
     const line = {
       step: ctx.step,
+      judge: `${report.judge.net}@${report.judge.size}`,
       rows: report.rows.map((r) => ({
         name: r.name,
         ...Object.fromEntries(
-          Object.entries(r.sets).map(([k, v]) => [k, { fid: v.fid, pixel_fd: v.pixelFd, top1: v.top1 }]),
+          Object.entries(r.sets).map(([k, v]) => [k, historyScores(v)]),
         ),
       })),
     };
@@ -281,11 +297,21 @@ async function readTeacherCache(p: P, weights: Record<string, Float32Array>, u: 
   return { file, key, hit };
 }
 
+/** A set's scores as a history line keeps them. */
+const historyScores = (v: SetScores) => ({ fid: v.fid, disc_fid: v.discFid, pixel_fd: v.pixelFd, top1: v.top1 });
+
+/** The judge of the FID proxy and text fidelity that `p` selects. */
+function judgeOptions(p: P): FidOptions {
+  return { judge: p.judge, size: p.judge_size };
+}
+
 /** Everything besides the weights that the teacher's rows depend on. */
 function cacheSettings(p: P, u: UNetParams, executor: string) {
   return {
-    // 2: rows carry the pixel FD
-    rows_version: 2,
+    // 2: rows carry the pixel FD; 3: the judge (InceptionV3) and the FID on the discriminator's network
+    rows_version: 3,
+    judge: resolveJudge(judgeOptions(p)),
+    disc_fid: p.disc_fid ? resolveJudge({ judge: "mobilenet_v2" }) : null,
     executor,
     // The architecture too: heads or groups change the outputs, not the weights' shapes.
     unet: u,

@@ -1,8 +1,9 @@
 // The evaluation report: text fidelity and its chance level against brute-force references; an oracle generator
-// (the real images themselves) scores top-1 = 1 and FID-proxy ≈ 0, shuffled real images keep FID ≈ 0 but drop top-1
+// (the real images themselves) scores top-1 = 1 and FID-proxy ≈ 0 on the judge (InceptionV3) and on the
+// discriminator's MobileNetV2, also retrieving among a larger pool; shuffled real images keep FID ≈ 0 but drop top-1
 // to exactly the share of prompts whose shuffled image shares their caption; the eval_report stage through a real
 // (1-step) pipeline run on tiny random UNets writes a well-formed report whose numbers move with the weights; the
-// `deno task evaluate` CLI on a saved UNet folder.
+// `deno task evaluate` CLI on a saved UNet folder; the teacher cache's key holds the judge.
 import assert from "node:assert/strict";
 import { stringify } from "yaml";
 import { createExecutor } from "../engine/executors/auto.ts";
@@ -19,7 +20,7 @@ import {
   textFidelity,
   toDisplayed,
 } from "../models/evaluate.ts";
-import { fidProxy } from "../models/fid.ts";
+import { fidProxy, JUDGE_LABELS, JUDGE_SIZES } from "../models/fid.ts";
 import { loadMobileNetV2, type MobileNet } from "../models/mobilenet_v2.ts";
 import { unet } from "../models/unet.ts";
 import { ConfigError, loadConfig } from "../pipeline/config.ts";
@@ -133,20 +134,26 @@ Deno.test("toDisplayed: clamps to [-1, 1] and rounds to the 8-bit grid; grid val
 // Oracle and shuffled generators on real emoji.
 
 Deno.test({
-  name: "evaluate: the real images score top-1 1.0 and FID ≈ 0; shuffled ones keep FID ≈ 0 and lose top-1",
+  name: "evaluate: the real images score top-1 1.0 and FID ≈ 0 on both networks; shuffled ones keep FID ≈ 0 and " +
+    "lose top-1; a retrieval pool",
   ...ORT,
   fn: async () => {
     const net = await mobilenet();
-    const sets = await emojiCaptionSets({ size: 32 }, { limit: 12 });
-    assert.deepEqual(sets.map((s) => [s.name, s.captions.length]), [["heldout", 12], ["train", 12]]);
+    const base = await emojiCaptionSets({ size: 32 }, { limit: 12 });
+    assert.deepEqual(base.map((s) => [s.name, s.captions.length]), [["heldout", 12], ["train", 12]]);
     const n = 12, per = 3 * 32 * 32;
+    // Text fidelity retrieves among both sets' real images: 24, so the chance level halves.
+    const pool = {
+      images: Float32Array.from([...base[0].images, ...base[1].images]),
+      captions: [...base[0].captions, ...base[1].captions],
+    };
+    const sets = base.map((s) => ({ ...s, retrieval: pool }));
     const perm = new Rng(3).permutation(n);
     const ex = await createExecutor("cpu");
     try {
       const report = await evaluateGenerators({
         executor: ex,
         sets,
-        fid: { net },
         generators: [
           { name: "oracle", generate: (_c, _s, set) => Promise.resolve(Float32Array.from(set.images)) },
           {
@@ -159,19 +166,29 @@ Deno.test({
           },
         ],
       });
-      const floor = report.floor!.fid;
-      const direct = await fidProxy(ex, { data: sets[0].images, shape: [n, 3, 32, 32] }, {
-        data: sets[1].images,
-        shape: [n, 3, 32, 32],
-      }, { net });
-      assert.ok(floor > 1, `held-out vs train real images differ: floor ${floor}`);
+      // The default judge is InceptionV3; the discriminator's MobileNetV2 is the second FID.
+      assert.deepEqual(report.judge, {
+        net: "inception_v3",
+        label: JUDGE_LABELS.inception_v3,
+        size: JUDGE_SIZES.inception_v3,
+        dim: 2048,
+      });
+      assert.deepEqual(report.discNet, { net: "mobilenet_v2", label: JUDGE_LABELS.mobilenet_v2, size: 96, dim: 1280 });
+      assert.equal(report.featureDim, 2048);
+      const [ha, ta] = sets.map((s) => ({ data: s.images, shape: [n, 3, 32, 32] as const }));
+      const floor = report.floor!.fid, floorDisc = report.floor!.discFid!;
+      const direct = await fidProxy(ex, ha, ta), directDisc = await fidProxy(ex, ha, ta, { net });
+      assert.ok(floor > 1 && floorDisc > 1, `held-out vs train real images differ: floors ${floor}, ${floorDisc}`);
       assert.ok(Math.abs(floor - direct) < 1e-4 * direct, `floor ${floor} vs fidProxy ${direct}`);
+      assert.ok(Math.abs(floorDisc - directDisc) < 1e-4 * directDisc, `disc floor ${floorDisc} vs ${directDisc}`);
+      assert.notEqual(floor, floorDisc, "two networks, two distances");
       const [oracle, shuffled] = report.rows;
       for (const s of sets) {
         const o = oracle.sets[s.name], sh = shuffled.sets[s.name];
         assert.equal(o.top1, 1, `oracle top-1 on ${s.name}`);
         assert.equal(o.top5, 1);
         assert.ok(Math.abs(o.fid) < 1e-6 * floor, `oracle FID ${o.fid} on ${s.name}`);
+        assert.ok(Math.abs(o.discFid!) < 1e-6 * floorDisc, `oracle disc FID ${o.discFid} on ${s.name}`);
         // The same images in another order: the FID proxy cannot tell, text fidelity can.
         assert.ok(Math.abs(sh.fid) < 1e-6 * floor, `shuffled FID ${sh.fid} on ${s.name}`);
         assert.ok(Math.abs(o.pixelFd) < 1e-9 && Math.abs(sh.pixelFd) < 1e-9, `pixel FD ${o.pixelFd}, ${sh.pixelFd}`);
@@ -179,9 +196,21 @@ Deno.test({
         assert.equal(sh.top1, same / n, `shuffled top-1 on ${s.name}`);
         assert.ok(sh.top1 <= 0.25, `shuffled top-1 ${sh.top1} near chance`);
         const info = report.sets.find((x) => x.name === s.name)!;
-        assert.ok(Math.abs(info.chanceTop1 - chanceFidelity(s.captions, s.captions, 1)) < 1e-15);
-        assert.ok(info.chanceTop1 >= 1 / n && info.chanceTop1 < 0.2, `chance ${info.chanceTop1}`);
+        assert.equal(info.retrieval, 2 * n);
+        assert.ok(Math.abs(info.chanceTop1 - chanceFidelity(s.captions, pool.captions, 1)) < 1e-15);
+        assert.ok(info.chanceTop1 >= 1 / (2 * n) - 1e-12 && info.chanceTop1 < 0.1, `chance ${info.chanceTop1}`);
       }
+      // The judge chosen by options: MobileNetV2 as judge has no second column (it would be the same network).
+      const mob = await evaluateGenerators({
+        executor: ex,
+        sets: base,
+        fid: { net },
+        generators: [{ name: "oracle", generate: (_c, _s, set) => Promise.resolve(Float32Array.from(set.images)) }],
+      });
+      assert.equal(mob.judge.net, "mobilenet_v2");
+      assert.equal(mob.discNet, null);
+      assert.equal(mob.rows[0].sets.heldout.discFid, null);
+      assert.ok(Math.abs(mob.floor!.fid - directDisc) < 1e-4 * directDisc, "MobileNetV2 judge floor");
       assert.equal(ex.liveBuffers(), 0, "evaluate frees its buffers");
     } finally {
       await ex.close();
@@ -223,6 +252,9 @@ function configText(
 const ROWS = ["teacher 1-step", "teacher 2-step", "student 1-step", "student 2-step"];
 const PARAMS = { teacher_steps: [1, 2], student_steps: [1, 2], limit: 8, batch: 5 };
 
+/** Fréchet distances as the markdown shows them: 2 decimals, 3 below 1. */
+const fd = (v: number) => v.toFixed(Math.abs(v) < 1 ? 3 : 2);
+
 function checkReport(r: EvalReport & { step: number }, md: string, n: number): void {
   assert.equal(r.step, 1);
   assert.equal(r.executor, "cpu");
@@ -230,12 +262,16 @@ function checkReport(r: EvalReport & { step: number }, md: string, n: number): v
   assert.deepEqual(r.sets.map((s) => [s.name, s.images]), [["heldout", n], ["train", n]]);
   assert.deepEqual(r.rows.map((x) => x.name), ROWS);
   assert.ok(Number.isFinite(r.floor!.fid) && r.floor!.fid > 0);
+  assert.ok(Number.isFinite(r.floor!.discFid) && r.floor!.discFid! > 0);
+  assert.equal(r.judge.net, "inception_v3");
+  assert.equal(r.discNet?.net, "mobilenet_v2");
   for (const row of r.rows) {
     assert.ok(row.msPerImage > 0 && Number.isFinite(row.msPerImage), `${row.name} ms/image ${row.msPerImage}`);
     for (const s of ["heldout", "train"]) {
       const x = row.sets[s];
       assert.equal(x.images, n);
       assert.ok(Number.isFinite(x.fid) && x.fid > 0, `${row.name} ${s} FID ${x.fid}`);
+      assert.ok(Number.isFinite(x.discFid) && x.discFid! > 0, `${row.name} ${s} disc FID ${x.discFid}`);
       for (const v of [x.top1, x.top5]) assert.ok(Number.isInteger(v * n) && v >= 0 && v <= 1, `${v}`);
       assert.ok(x.top5 >= x.top1);
       assert.equal(x.nonFinite, 0);
@@ -244,26 +280,31 @@ function checkReport(r: EvalReport & { step: number }, md: string, n: number): v
   const header = md.split("\n").find((l) => l.startsWith("| generator"))!;
   assert.equal(
     header,
-    "| generator | held-out FID-proxy | train FID-proxy | held-out pixel FD | train pixel FD | held-out top-1 " +
-      "| held-out top-5 | train top-1 | train top-5 | ms/image |",
+    "| generator | held-out FID-proxy (InceptionV3) | train FID-proxy (InceptionV3) " +
+      "| held-out FID on the discriminator's own network (MobileNetV2) " +
+      "| train FID on the discriminator's own network (MobileNetV2) | held-out pixel FD | train pixel FD " +
+      "| held-out top-1 (InceptionV3) | held-out top-5 (InceptionV3) | train top-1 (InceptionV3) " +
+      "| train top-5 (InceptionV3) | ms/image |",
   );
   for (const name of ROWS) {
     const line = md.split("\n").find((l) => l.startsWith(`| ${name} |`));
-    assert.ok(line && line.split("|").length === 12, `markdown row of ${name}`);
+    assert.ok(line && line.split("|").length === 14, `markdown row of ${name}`);
     // The markdown shows the JSON's numbers.
     const row = r.rows.find((x) => x.name === name)!;
     assert.ok(
-      line.includes(` ${row.sets.heldout.fid.toFixed(2)} `) && line.includes(` ${row.msPerImage.toFixed(1)} |`) &&
-        line.includes(` ${row.sets.train.pixelFd.toFixed(2)} `),
+      line.includes(` ${fd(row.sets.heldout.fid)} `) && line.includes(` ${row.msPerImage.toFixed(1)} |`) &&
+        line.includes(` ${fd(row.sets.train.pixelFd)} `) && line.includes(` ${fd(row.sets.train.discFid!)} `),
     );
   }
   assert.ok(
     md.includes(
-      `floors (held-out real vs train real): FID-proxy ${r.floor!.fid.toFixed(2)}, pixel FD ` +
-        r.floor!.pixelFd.toFixed(2),
+      `floors (held-out real vs train real): FID-proxy ${fd(r.floor!.fid)}, FID on the discriminator's ` +
+        `network ${fd(r.floor!.discFid!)}, pixel FD ${fd(r.floor!.pixelFd)}`,
     ),
   );
   assert.ok(md.includes("- executor: cpu") && md.includes("- step: 1"));
+  assert.ok(md.includes(`FID-proxy: Fréchet distance of the judge's features: ${r.judge.label}, 2048-d`));
+  assert.ok(md.includes(`FID on the discriminator's own network: the same distance on ${r.discNet!.label}`));
 }
 
 Deno.test({
@@ -301,6 +342,43 @@ Deno.test({
     }
     // One weights set, different samplers and step counts: different images.
     assert.notEqual(a.rows[0].sets.heldout.fid, a.rows[1].sets.heldout.fid);
+  },
+});
+
+Deno.test({
+  name: "eval_report: the teacher's cached rows are keyed by the judge: reused for the same, recomputed for another",
+  ...ORT,
+  fn: async () => {
+    const rel = `.cache/evaluate_test-${crypto.randomUUID()}.json`;
+    const file = new URL(`../${rel}`, import.meta.url);
+    const run = async (judge: string, tag: string) => {
+      const out = await tmp(`cache-${tag}`);
+      const params = { teacher_steps: [1], student_steps: [1], limit: 4, teacher_cache: rel, judge };
+      const loaded = loadConfig("eval.yaml", configText(out, 0, params));
+      const lines: string[] = [];
+      const code = await runPipeline(loaded, planPipeline(loaded), {
+        tty: false,
+        print: (l) => lines.push(l),
+        warn: (l) => lines.push(l),
+      });
+      assert.equal(code, 0, lines.join("\n"));
+      return JSON.parse(await Deno.readTextFile(`${out}/report.json`));
+    };
+    try {
+      const a = await run("mobilenet_v2", "a");
+      assert.equal(a.teacher_rows, "computed in this run");
+      assert.equal((await Deno.stat(file)).isFile, true, "the rows are stored");
+      const b = await run("mobilenet_v2", "b");
+      assert.ok(b.teacher_rows.startsWith(`cached ${a.date} on cpu`), b.teacher_rows);
+      assert.equal(b.rows[0].sets.heldout.fid, a.rows[0].sets.heldout.fid);
+      assert.notEqual(b.rows[1].sets.heldout.fid, undefined, "the student row is computed");
+      const c = await run("inception_v3", "c");
+      assert.equal(c.teacher_rows, "computed in this run", "another judge does not reuse the rows");
+      assert.equal(c.judge.net, "inception_v3");
+      assert.notEqual(c.rows[0].sets.heldout.fid, a.rows[0].sets.heldout.fid);
+    } finally {
+      await Deno.remove(file).catch(() => {});
+    }
   },
 });
 
@@ -375,12 +453,14 @@ Deno.test({
   },
 });
 
-Deno.test("reportMarkdown: every set's columns in order, meta lines, non-finite numbers shown as such", () => {
+Deno.test("reportMarkdown: every set's columns in order, networks named, meta lines, non-finite numbers shown", () => {
   const r: EvalReport = {
     executor: "x",
     date: "2026-01-01T00:00:00.000Z",
     featureDim: 4,
-    sets: [{ name: "a", label: "A", images: 2, captions: 2, chanceTop1: 0.5, chanceTop5: 1 }],
+    judge: { net: "inception_v3", label: "J", size: 160, dim: 4 },
+    discNet: { net: "mobilenet_v2", label: "D", size: 96, dim: 3 },
+    sets: [{ name: "a", label: "A", images: 2, captions: 2, retrieval: 5, chanceTop1: 0.5, chanceTop5: 1 }],
     floor: null,
     rows: [{
       name: "g",
@@ -388,15 +468,25 @@ Deno.test("reportMarkdown: every set's columns in order, meta lines, non-finite 
       steps: 3,
       guidance: 2,
       msPerImage: 1.25,
-      sets: { a: { fid: NaN, pixelFd: 3.5, top1: 0.5, top5: 1, images: 2, nonFinite: 1 } },
+      sets: { a: { fid: NaN, discFid: 4.5, pixelFd: 0.35, top1: 0.5, top5: 1, images: 2, nonFinite: 1 } },
     }],
   };
   const md = reportMarkdown(r, { step: 7 });
-  assert.ok(md.includes("| generator | A FID-proxy | A pixel FD | A top-1 | A top-5 | ms/image |"));
+  assert.ok(md.includes(
+    "| generator | A FID-proxy (InceptionV3) | A FID on the discriminator's own network (MobileNetV2) | A pixel FD " +
+      "| A top-1 (InceptionV3) | A top-5 (InceptionV3) | ms/image |",
+  ));
   assert.ok(
-    md.includes("| g | NaN | 3.50 | 50.0% | 100.0% | 1.3 |") ||
-      md.includes("| g | NaN | 3.50 | 50.0% | 100.0% | 1.2 |"),
+    md.includes("| g | NaN | 4.50 | 0.350 | 50.0% | 100.0% | 1.3 |") ||
+      md.includes("| g | NaN | 4.50 | 0.350 | 50.0% | 100.0% | 1.2 |"),
   );
   assert.ok(md.includes("g = ddim 3 steps, guidance 2") && md.includes("- step: 7") && !md.includes("floor"));
   assert.ok(md.includes("**g produced NaN or infinite values** in 1 A images."));
+  assert.ok(md.includes("judge's features: J, 4-d pooled features, images upsampled 32² → 160²"));
+  assert.ok(md.includes("same distance on D, 3-d pooled features, images upsampled 32² → 96²"));
+  assert.ok(md.includes("- A: 2 images, 2 distinct captions, retrieved among 5 real images; chance top-1 50.0%"));
+  // Without the second network its columns go.
+  const md2 = reportMarkdown({ ...r, discNet: null }, {});
+  assert.ok(md2.includes("| generator | A FID-proxy (InceptionV3) | A pixel FD | A top-1 (InceptionV3) |"));
+  assert.ok(md2.includes("| g | NaN | 0.350 | 50.0% |") && !md2.includes("discriminator's own network"));
 });

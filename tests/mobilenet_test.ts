@@ -254,9 +254,13 @@ Deno.test({
       const g = featureGraph(net, imgs.length, 96);
       const x = toProject(imgs);
       const got = await runOn(ex, g, net, x, imgs.length);
+      // fid.ts's own path (weights as graph constants) on the same images.
+      const fid = await pooledFeatures(ex, { data: x, shape: [imgs.length, 3, 32, 32] }, { net, batch: 3 });
       for (let n = 0; n < imgs.length; n++) {
-        const e = relErr(got.pooled, n, await nsfwjsAt(ns, imgs[n], FEATURE_LAYER, true));
+        const want = await nsfwjsAt(ns, imgs[n], FEATURE_LAYER, true);
+        const e = relErr(got.pooled, n, want), ef = relErr(fid.features, n, want);
         assert.ok(e < 1e-4, `image ${n} pooled: relative error ${e}`);
+        assert.ok(ef < 1e-4, `image ${n} pooledFeatures: relative error ${ef}`);
         for (const l of DEFAULT_LEVELS) {
           const el = relErr(got[l], n, await nsfwjsAt(ns, imgs[n], l));
           assert.ok(el < 1e-4, `image ${n} ${l}: relative error ${el}`);
