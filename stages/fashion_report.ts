@@ -1,0 +1,231 @@
+/**
+ * `fashion_report`: the Fashion-MNIST evaluation of a run's UNets (`models/fashion_eval.ts`), judged by the project's
+ * classifier: class accuracy, per-class accuracy, the Fréchet distance of the classifier's features to the 10,000 test
+ * images, and ms/image, for the teacher (DDIM, one row per step count × guidance scale) and the student (ADD sampler,
+ * one row per step count), beside a floor row of real training images. Either model may be left out: the teacher's
+ * own config reports on the teacher alone. Writes `<out>/<name>.json` and `<name>.md` atomically and logs the path
+ * and a line per row.
+ *
+ * An evaluation takes minutes (1,000 images a row by default), so by default it runs only on the run's last step
+ * (`only_last`); configure it with `at: end`.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { z } from "zod";
+import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
+import type { UNetGenerator } from "../models/evaluate.ts";
+import {
+  evaluateFashion,
+  FASHION_JUDGE_LABEL,
+  fashionReportMarkdown,
+  type FashionRow,
+} from "../models/fashion_eval.ts";
+import { loadFashionJudge } from "../models/fashion_judge.ts";
+import { writeAtomic } from "../models/png_grid.ts";
+import type { UNetParams } from "../models/unet.ts";
+import { weightsKey } from "../models/weights_key.ts";
+import { USE_LITE_MODEL, useLiteDims } from "../models/use_lite/build.ts";
+import { type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
+import { type EncoderDims, folderDims, loadCaptionEncoder, localModelFolder } from "./text_encode.ts";
+
+const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
+
+const Steps = z.array(z.number().int().positive());
+
+const Params = z.strictObject({
+  /** The distilled student: a declared `unet` model; omit (or null) for no student rows. */
+  student: z.string().nullable().default(null),
+  /** The teacher: a declared `unet` model; omit (or null) for no teacher rows. */
+  teacher: z.string().nullable().default(null),
+  /** Use each model's EMA where it has one. */
+  ema: z.boolean().default(true),
+  /** Student steps (ADD sampler), one row each. */
+  student_steps: Steps.default([1, 4]),
+  /** Teacher steps (DDIM, η = 0), one row per step count and guidance scale. */
+  teacher_steps: Steps.default([50]),
+  /** Classifier-free guidance scales of the teacher (1: none). */
+  teacher_guidance: z.array(z.number().min(1)).min(1).default([1]),
+  /** Images per class prompt: a row judges 10 times as many. */
+  per_class: z.number().int().positive().default(100),
+  /** Images per UNet run; ADD's multi-step noise is drawn per batch, so keep it fixed to compare runs. */
+  batch: z.number().int().positive().default(50),
+  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  prediction: z.enum(["eps", "v", "x0"]).default("v"),
+  /** Text encoder folder or `use-lite`, as in `text_encode`. */
+  text_encoder: z.string().default("models/text_encoder"),
+  /** Evaluate only on the run's last step; false: at every firing of the cadence. */
+  only_last: z.boolean().default(true),
+  /**
+   * A JSON file (relative to the project root) of stored teacher rows, each keyed by a SHA-256 of the teacher's
+   * weights, the judge's weights and every setting the row depends on: a row is reused when its key is there, and
+   * computed and added otherwise. A teacher's own run and its ADD runs can share one file: the ADD teacher starts
+   * from the teacher run's EMA weights, so its rows come from the teacher's report.
+   */
+  teacher_cache: z.string().optional(),
+  /** File stem of the outputs: `<out>/<name>.json` and `<name>.md`. */
+  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, "a file stem: letters, digits, _ . -").default("fashion_report"),
+});
+type P = z.output<typeof Params>;
+
+/** The models and their rows' settings that `p` asks for. */
+const roles = (p: P) =>
+  [["teacher", p.teacher, p.teacher_steps.length], ["student", p.student, p.student_steps.length]] as const;
+
+function unetOf(models: Record<string, ModelInfo>, name: string, key: string): UNetParams | null {
+  const info = models[name];
+  if (!info) return null; // the planner reports undeclared models itself
+  if (info.kind !== "unet") throw new StageTypeError(`model "${name}" is a ${info.kind}, not a unet`, ["params", key]);
+  return info.params as UNetParams;
+}
+
+/** The encoder's sizes when known without loading it (a local folder, or use-lite); null for a hub id. */
+function knownDims(model: string): EncoderDims | null {
+  if (model === USE_LITE_MODEL) return useLiteDims();
+  const folder = localModelFolder(model);
+  return folder ? folderDims(folder) : null;
+}
+
+/** Why `u` cannot take the encoder's text, or null. */
+function textMismatch(name: string, u: UNetParams, d: EncoderDims, encoder: string): string | null {
+  if ((u.context_dim && u.context_dim !== d.width) || (u.pooled_dim && u.pooled_dim !== d.projection)) {
+    return `model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; the text encoder "${encoder}" ` +
+      `gives ${d.width}/${d.projection}`;
+  }
+  return null;
+}
+
+/** The fashion_report stage. */
+export const fashionReport: StageDef<P> = {
+  kind: "fashion_report",
+  doc: "fashion_report.md/json: teacher (DDIM) and student (ADD) class accuracy, FD and ms/image on Fashion-MNIST",
+  role: "effect",
+  params: Params,
+  inputs: [],
+  alsoLast: true,
+  models: (p) => [p.teacher, p.student].filter((m): m is string => m !== null),
+  types: ({ params, models }) => {
+    if (!roles(params).some(([, name, steps]) => name !== null && steps > 0)) {
+      throw new StageTypeError("no teacher with teacher_steps and no student with student_steps: nothing to evaluate", [
+        "params",
+      ]);
+    }
+    let dims: EncoderDims | null;
+    try {
+      dims = knownDims(params.text_encoder);
+    } catch (e) {
+      throw new StageTypeError((e as Error).message, ["params", "text_encoder"]);
+    }
+    for (const [key, name] of roles(params)) {
+      const u = name === null ? null : unetOf(models, name, key);
+      if (!u) continue;
+      if (u.size !== 32 || u.in_channels !== 3) {
+        throw new StageTypeError(
+          `model "${name}" makes ${u.in_channels}×${u.size}×${u.size} images; the Fashion-MNIST judge takes 3×32×32`,
+          ["params", key],
+        );
+      }
+      const bad = dims && textMismatch(name!, u, dims, params.text_encoder);
+      if (bad) throw new StageTypeError(bad, ["params", key]);
+    }
+    return {};
+  },
+  effect: async (ctx, p) => {
+    if (p.only_last && !ctx.last) return;
+    const encoder = await loadCaptionEncoder(p.text_encoder), schedule = makeSchedule(p.schedule);
+    const judge = await loadFashionJudge(), judgeKey = await weightsKey({}, judge.weights);
+    const generators: UNetGenerator[] = [], keys = new Map<string, string>();
+    for (const [role, name, count] of roles(p)) {
+      if (name === null || count === 0) continue;
+      const u = unetOf(ctx.models, name, role)!, bad = textMismatch(name, u, encoder.dims, p.text_encoder);
+      if (bad) throw new Error(`fashion_report: ${bad}`);
+      const weights = await ctx.readModel(name, { ema: p.ema });
+      const add = async (label: string, sampler: "ddim" | "add", steps: number, guidance: number) => {
+        const settings = { sampler, steps, guidance, prediction: p.prediction };
+        generators.push({ name: label, u, weights, schedule, settings });
+        if (role !== "teacher" || !p.teacher_cache) return;
+        // Everything but the weights a row depends on; the architecture too (heads change outputs, not shapes).
+        const deps = {
+          rows_version: 1,
+          unet: u,
+          settings,
+          per_class: p.per_class,
+          batch: p.batch,
+          schedule: p.schedule,
+          text_encoder: p.text_encoder,
+          judge: judgeKey,
+          executor: ctx.executor.name,
+        };
+        keys.set(label, await weightsKey(deps, weights));
+      };
+      if (role === "teacher") {
+        for (const steps of p.teacher_steps) {
+          for (const g of p.teacher_guidance) {
+            await add(`teacher ${steps}-step${g === 1 ? "" : ` cfg ${g}`}`, "ddim", steps, g);
+          }
+        }
+      } else {
+        for (const steps of p.student_steps) await add(`student ${steps}-step`, "add", steps, 1);
+      }
+    }
+    const file = p.teacher_cache ? join(PROJECT_ROOT, p.teacher_cache) : null;
+    const stored = file ? await readCache(file) : {};
+    const hit = (g: UNetGenerator) => keys.has(g.name) ? stored[keys.get(g.name)!] : undefined;
+    const todo = generators.filter((g) => !hit(g));
+    ctx.log(
+      `fashion_report: ${todo.length} generators × ${10 * p.per_class} images` +
+        (todo.length < generators.length ? ` (${generators.length - todo.length} rows from ${p.teacher_cache})` : ""),
+    );
+    const report = await evaluateFashion({
+      executor: ctx.executor,
+      generators: todo,
+      encoder,
+      perClass: p.per_class,
+      batch: p.batch,
+      judge,
+      judgeLabel: FASHION_JUDGE_LABEL,
+      log: ctx.log,
+    });
+    const fresh = new Map(report.rows.map((r) => [r.name, r]));
+    report.rows = generators.map((g) => {
+      const h = hit(g);
+      return h ? { ...h.row, name: g.name, cached: `computed ${h.date} on ${h.executor}` } : fresh.get(g.name)!;
+    });
+    if (file && todo.some((g) => keys.has(g.name))) {
+      for (const g of todo.filter((g) => keys.has(g.name))) {
+        stored[keys.get(g.name)!] = { date: report.date, executor: report.executor, row: fresh.get(g.name)! };
+      }
+      await writeAtomic(file, JSON.stringify(stored, null, 1) + "\n");
+      ctx.log(`fashion_report: stored the teacher rows in ${p.teacher_cache}`);
+    }
+    const meta = {
+      step: ctx.step,
+      teacher: p.teacher,
+      student: p.student,
+      weights: p.ema ? "EMA where kept" : "raw",
+      batch: p.batch,
+    };
+    await Deno.mkdir(ctx.out, { recursive: true });
+    const json = `${ctx.out}/${p.name}.json`, md = `${ctx.out}/${p.name}.md`;
+    await writeAtomic(json, JSON.stringify({ ...meta, ...report }, null, 2) + "\n");
+    await writeAtomic(md, fashionReportMarkdown(report, meta));
+    const line = (name: string, x: { accuracy: number; fd: number }, ms: string) =>
+      ctx.log(`fashion_report: ${name}: accuracy ${(100 * x.accuracy).toFixed(1)}%, FD ${x.fd.toFixed(2)}${ms}`);
+    if (report.floor) line("real training images (floor)", report.floor, "");
+    for (const r of report.rows) {
+      line(r.name, r, `, ${r.msPerImage.toFixed(1)} ms/image${r.cached ? ` (stored, ${r.cached})` : ""}`);
+    }
+    ctx.log(`fashion_report: ${md} (and ${p.name}.json)`);
+  },
+};
+
+/** Stored teacher rows by key; an absent or unreadable file is an empty store (the rows are recomputed). */
+async function readCache(file: string): Promise<Record<string, { date: string; executor: string; row: FashionRow }>> {
+  try {
+    const c = JSON.parse(await Deno.readTextFile(file));
+    return c && typeof c === "object" && !Array.isArray(c) ? c : {};
+  } catch {
+    return {};
+  }
+}
