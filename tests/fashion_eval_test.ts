@@ -235,13 +235,11 @@ Deno.test("fashion_report: config errors name the key; the Fashion-MNIST configs
 
   const plan = async (f: string) => planPipeline(loadConfig(f, await Deno.readTextFile(f)));
   const tf = await plan("configs/teacher_fashion.yaml");
-  assert.deepEqual(tf.stages.fashion_report.params, {
-    ...(tf.stages.fashion_report.params as object),
-    teacher: "unet",
-    student: null,
-    teacher_steps: [50],
-    teacher_guidance: [1, 2, 3, 5],
-  });
+  // The teacher alone, with and without guidance (the report's teacher at its best scale and unguided).
+  const tr = tf.stages.fashion_report.params as { teacher: string; student: null; teacher_guidance: number[] };
+  assert.equal(tr.teacher, "unet");
+  assert.equal(tr.student, null);
+  assert.ok(tr.teacher_guidance.includes(1) && tr.teacher_guidance.some((g) => g > 1), `${tr.teacher_guidance}`);
   // The ADD config plans before the teacher's weights exist (planning reads no weights).
   const af = await plan("configs/add_fashion.yaml");
   assert.deepEqual(Object.keys(af.stages).filter((s) => /report|eval/.test(s)), ["fashion_report"]);
@@ -252,5 +250,9 @@ Deno.test("fashion_report: config errors name the key; the Fashion-MNIST configs
   assert.deepEqual((af.models.teacher.params as { attention_levels: number[] }).attention_levels, [2]);
   const prompts = (af.stages.preview.params as { prompts: string[] }).prompts;
   assert.deepEqual(prompts, [...FASHION_MNIST_CLASSES]);
-  assert.deepEqual((af.stages.fashion_report.params as { teacher_guidance: number[] }).teacher_guidance, [1, 3]);
+  const ag = (af.stages.fashion_report.params as { teacher_guidance: number[] }).teacher_guidance;
+  assert.ok(
+    ag.every((g) => tr.teacher_guidance.includes(g)),
+    "the ADD report's teacher rows come from the teacher's cache",
+  );
 });
