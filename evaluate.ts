@@ -68,7 +68,7 @@ export async function evaluateCli(argv: readonly string[]): Promise<number> {
     .option("--student-model <name>", "which unet of the student folder's config (default: the first)")
     .option("--steps-teacher <list>", "teacher DDIM steps, comma-separated", "1,4,50")
     .option("--steps-student <list>", "student ADD steps, comma-separated", "1,4")
-    .option("--guidance <scale>", "teacher classifier-free guidance (1: none)", "1")
+    .option("--guidance <list>", "teacher classifier-free guidance scales, comma-separated (1: none)", "1")
     .option("--limit <n>", "at most this many images per caption set")
     .option("--train-images <n>", "training-caption images (default: as many as held-out)")
     .option("--batch <n>", "images per UNet run", "16")
@@ -89,8 +89,8 @@ export async function evaluateCli(argv: readonly string[]): Promise<number> {
     .action(async (o) => {
       const stepsT = stepList(o.stepsTeacher, "--steps-teacher");
       const stepsS = o.student ? stepList(o.stepsStudent, "--steps-student") : [];
-      const guidance = Number(o.guidance);
-      if (!(guidance >= 1)) throw new Error(`--guidance ${o.guidance}: expected a number ≥ 1`);
+      const scales = String(o.guidance).split(",").map((x) => Number(x.trim()));
+      if (!scales.every((g) => g >= 1)) throw new Error(`--guidance ${o.guidance}: expected numbers ≥ 1, e.g. 1,3`);
       const limit = positive(o.limit, "--limit", 2), trainImages = positive(o.trainImages, "--train-images", 2);
       const batch = positive(o.batch, "--batch")!;
       const judge = o.judge as JudgeName;
@@ -105,13 +105,15 @@ export async function evaluateCli(argv: readonly string[]): Promise<number> {
       }
       const enc = await loadCaptionEncoder(t.textEncoder);
       const generators: Generator[] = [
-        ...stepsT.map((steps) => ({
-          name: `teacher ${steps}-step`,
-          u: t.u,
-          weights: t.weights,
-          schedule: makeSchedule(t.schedule as never),
-          settings: { sampler: "ddim" as const, steps, guidance, prediction: t.prediction },
-        })),
+        ...stepsT.flatMap((steps) =>
+          scales.map((guidance) => ({
+            name: `teacher ${steps}-step` + (scales.length > 1 ? ` cfg ${guidance}` : ""),
+            u: t.u,
+            weights: t.weights,
+            schedule: makeSchedule(t.schedule as never),
+            settings: { sampler: "ddim" as const, steps, guidance, prediction: t.prediction },
+          }))
+        ),
         ...(s
           ? stepsS.map((steps) => ({
             name: `student ${steps}-step`,

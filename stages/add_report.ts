@@ -31,7 +31,7 @@ import { weightsKey } from "../models/weights_key.ts";
 import type { UNetParams } from "../models/unet.ts";
 import { type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { emoji, type EmojiParams, loadEmoji } from "./data/emoji.ts";
-import { loadCaptionEncoder } from "./text_encode.ts";
+import { checkTextWidths, loadCaptionEncoder } from "./text_encode.ts";
 
 const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -63,8 +63,9 @@ const Params = z.strictObject({
   student_steps: Steps.default([1, 4]),
   /** Teacher steps (DDIM, η = 0, trailing spacing), one report row each. */
   teacher_steps: Steps.default([1, 4, 50]),
-  /** Classifier-free guidance of the teacher (1: none). */
-  teacher_guidance: z.number().min(1).default(1),
+  /** Classifier-free guidance of the teacher (1: none); a list gives one row per scale and step count. */
+  teacher_guidance: z.union([z.number().min(1), z.array(z.number().min(1)).min(1)]).default(1)
+    .transform((g) => typeof g === "number" ? [g] : g),
   /** Emoji dataset parameters (size, background, heldout_fraction, skin_tones), as the teacher was trained with. */
   dataset: EmojiNoSplit.default({}),
   /** Training-caption images evaluated (a fixed random subset); default: as many as the held-out set has. */
@@ -184,6 +185,10 @@ export const addReport: StageDef<P> = {
         );
       }
     }
+    for (const key of ["student", "teacher"] as const) {
+      const u = unetOf(models, params[key], key);
+      if (u) checkTextWidths(params[key], u, params.text_encoder);
+    }
     if (params.judge === "inception_v3" && (params.judge_size ?? INCEPTION_MIN_SIZE) < INCEPTION_MIN_SIZE) {
       throw new StageTypeError(`judge_size must be ≥ ${INCEPTION_MIN_SIZE} for inception_v3`, ["params", "judge_size"]);
     }
@@ -210,13 +215,16 @@ export const addReport: StageDef<P> = {
     const tw = p.teacher_steps.length ? await ctx.readModel(p.teacher, { ema: p.ema }) : {};
     const sw = p.student_steps.length ? await ctx.readModel(p.student, { ema: p.ema }) : {};
     const generators: Generator[] = [
-      ...p.teacher_steps.map((steps) => ({
-        name: `teacher ${steps}-step`,
-        u: teacher,
-        weights: tw,
-        schedule,
-        settings: { sampler: "ddim" as const, steps, guidance: p.teacher_guidance, prediction: p.prediction },
-      })),
+      ...p.teacher_steps.flatMap((steps) =>
+        p.teacher_guidance.map((guidance) => ({
+          // Named as before when there is one scale: stored rows and history lines keep their names.
+          name: `teacher ${steps}-step` + (p.teacher_guidance.length > 1 ? ` cfg ${guidance}` : ""),
+          u: teacher,
+          weights: tw,
+          schedule,
+          settings: { sampler: "ddim" as const, steps, guidance, prediction: p.prediction },
+        }))
+      ),
       ...p.student_steps.map((steps) => ({
         name: `student ${steps}-step`,
         u: student,
@@ -316,7 +324,8 @@ function cacheSettings(p: P, u: UNetParams, executor: string) {
     // The architecture too: heads or groups change the outputs, not the weights' shapes.
     unet: u,
     teacher_steps: p.teacher_steps,
-    teacher_guidance: p.teacher_guidance,
+    // A single scale keys as the number it always was, so existing caches still match.
+    teacher_guidance: p.teacher_guidance.length === 1 ? p.teacher_guidance[0] : p.teacher_guidance,
     dataset: p.dataset,
     train_images: p.train_images ?? null,
     limit: p.limit ?? null,

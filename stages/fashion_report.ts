@@ -26,9 +26,8 @@ import { loadFashionJudge } from "../models/fashion_judge.ts";
 import { writeAtomic } from "../models/png_grid.ts";
 import type { UNetParams } from "../models/unet.ts";
 import { weightsKey } from "../models/weights_key.ts";
-import { USE_LITE_MODEL, useLiteDims } from "../models/use_lite/build.ts";
 import { type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
-import { type EncoderDims, folderDims, loadCaptionEncoder, localModelFolder } from "./text_encode.ts";
+import { checkTextWidths, loadCaptionEncoder } from "./text_encode.ts";
 
 const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -80,22 +79,6 @@ function unetOf(models: Record<string, ModelInfo>, name: string, key: string): U
   return info.params as UNetParams;
 }
 
-/** The encoder's sizes when known without loading it (a local folder, or use-lite); null for a hub id. */
-function knownDims(model: string): EncoderDims | null {
-  if (model === USE_LITE_MODEL) return useLiteDims();
-  const folder = localModelFolder(model);
-  return folder ? folderDims(folder) : null;
-}
-
-/** Why `u` cannot take the encoder's text, or null. */
-function textMismatch(name: string, u: UNetParams, d: EncoderDims, encoder: string): string | null {
-  if ((u.context_dim && u.context_dim !== d.width) || (u.pooled_dim && u.pooled_dim !== d.projection)) {
-    return `model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; the text encoder "${encoder}" ` +
-      `gives ${d.width}/${d.projection}`;
-  }
-  return null;
-}
-
 /** The fashion_report stage. */
 export const fashionReport: StageDef<P> = {
   kind: "fashion_report",
@@ -111,12 +94,6 @@ export const fashionReport: StageDef<P> = {
         "params",
       ]);
     }
-    let dims: EncoderDims | null;
-    try {
-      dims = knownDims(params.text_encoder);
-    } catch (e) {
-      throw new StageTypeError((e as Error).message, ["params", "text_encoder"]);
-    }
     for (const [key, name] of roles(params)) {
       const u = name === null ? null : unetOf(models, name, key);
       if (!u) continue;
@@ -126,8 +103,7 @@ export const fashionReport: StageDef<P> = {
           ["params", key],
         );
       }
-      const bad = dims && textMismatch(name!, u, dims, params.text_encoder);
-      if (bad) throw new StageTypeError(bad, ["params", key]);
+      checkTextWidths(name!, u, params.text_encoder, ["params", key]);
     }
     return {};
   },
@@ -138,8 +114,14 @@ export const fashionReport: StageDef<P> = {
     const generators: UNetGenerator[] = [], keys = new Map<string, string>();
     for (const [role, name, count] of roles(p)) {
       if (name === null || count === 0) continue;
-      const u = unetOf(ctx.models, name, role)!, bad = textMismatch(name, u, encoder.dims, p.text_encoder);
-      if (bad) throw new Error(`fashion_report: ${bad}`);
+      const u = unetOf(ctx.models, name, role)!, d = encoder.dims;
+      // Planning checked folders and use-lite; a hub id's widths are known only now.
+      if ((u.context_dim && u.context_dim !== d.width) || (u.pooled_dim && u.pooled_dim !== d.projection)) {
+        throw new Error(
+          `fashion_report: model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; ` +
+            `the text encoder "${p.text_encoder}" gives ${d.width}/${d.projection}`,
+        );
+      }
       const weights = await ctx.readModel(name, { ema: p.ema });
       const add = async (label: string, sampler: "ddim" | "add", steps: number, guidance: number) => {
         const settings = { sampler, steps, guidance, prediction: p.prediction };

@@ -12,7 +12,7 @@ import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
 import { gridToPng, writeAtomic } from "../models/png_grid.ts";
 import type { UNetParams } from "../models/unet.ts";
 import type { StageDef } from "../pipeline/stage.ts";
-import { loadCaptionEncoder } from "./text_encode.ts";
+import { checkTextWidths, loadCaptionEncoder } from "./text_encode.ts";
 
 const Params = z.strictObject({
   /** A declared `unet` model. */
@@ -42,7 +42,11 @@ export const sample: StageDef<z.output<typeof Params>> = {
   inputs: [],
   alsoLast: true,
   models: (p) => [p.model],
-  types: () => ({}),
+  types: ({ params, models }) => {
+    const info = models[params.model];
+    if (info?.kind === "unet") checkTextWidths(params.model, info.params as UNetParams, params.text_encoder);
+    return {};
+  },
   effect: async (ctx, p) => {
     const info = ctx.models[p.model];
     if (info.kind !== "unet") throw new Error(`sample: model "${p.model}" is a ${info.kind}, not a unet`);

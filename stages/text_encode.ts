@@ -60,6 +60,40 @@ const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 /** Most captions per encoder call when the model takes any batch size. */
 const MAX_CHUNK = 64;
 
+/** An encoder's sizes when known without loading it (a local folder, or use-lite); null for a hub id. */
+export function knownEncoderDims(model: string): EncoderDims | null {
+  if (model === USE_LITE_MODEL) return useLiteDims();
+  const folder = localModelFolder(model);
+  return folder ? folderDims(folder) : null;
+}
+
+/**
+ * For a stage that conditions `model` (a UNet's text widths) on the encoder named by its `text_encoder` param: a
+ * StageTypeError at that key when the widths differ (for instance a teacher trained on `use-lite` previewed with the
+ * default encoder), checked at planning so that a run does not fail at its first preview. `at` is the key a width
+ * mismatch is reported at; an encoder that cannot be read is reported at `params.text_encoder`.
+ */
+export function checkTextWidths(
+  name: string,
+  u: { context_dim: number; pooled_dim: number },
+  encoder: string,
+  at: string[] = ["params", "text_encoder"],
+): void {
+  let d: EncoderDims | null;
+  try {
+    d = knownEncoderDims(encoder);
+  } catch (e) {
+    throw new StageTypeError((e as Error).message, ["params", "text_encoder"]);
+  }
+  if (d && ((u.context_dim && u.context_dim !== d.width) || (u.pooled_dim && u.pooled_dim !== d.projection))) {
+    throw new StageTypeError(
+      `model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; the text encoder "${encoder}" gives ` +
+        `${d.width}/${d.projection}`,
+      at,
+    );
+  }
+}
+
 /** A folder path for `model` if it names an existing folder (relative to the project root), else null (a hub id). */
 export function localModelFolder(model: string): string | null {
   if (model === USE_LITE_MODEL) return null;

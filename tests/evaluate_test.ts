@@ -382,6 +382,32 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "eval_report: a list of teacher guidance scales gives one teacher row per scale, each sampled with it",
+  ...ORT,
+  fn: async () => {
+    const out = await tmp("guidance");
+    const params = { teacher_steps: [2], student_steps: [], teacher_guidance: [1, 3], limit: 4, judge: "mobilenet_v2" };
+    // Random weights everywhere: zero-initialised output projections would make the text, and guidance, inert.
+    const teacher = { kind: "unet", params: TINY, init: await saveUnet(`${out}/teacher.safetensors`, randomUnet(7)) };
+    const loaded = loadConfig("eval.yaml", configText(out, 0, params, undefined, teacher));
+    const lines: string[] = [];
+    const code = await runPipeline(loaded, planPipeline(loaded), {
+      tty: false,
+      print: (l) => lines.push(l),
+      warn: (l) => lines.push(l),
+    });
+    assert.equal(code, 0, lines.join("\n"));
+    const r = JSON.parse(await Deno.readTextFile(`${out}/report.json`)) as EvalReport;
+    assert.deepEqual(r.rows.map((x) => [x.name, x.guidance]), [["teacher 2-step cfg 1", 1], [
+      "teacher 2-step cfg 3",
+      3,
+    ]]);
+    // Guidance mixes in the empty caption's prediction, so the images, and their scores, differ.
+    assert.notEqual(r.rows[0].sets.heldout.fid, r.rows[1].sets.heldout.fid);
+  },
+});
+
 Deno.test("eval_report: config errors name the key (not a unet, wrong size, a split given, nothing to evaluate)", () => {
   const cases: [string, Record<string, unknown>, Record<string, unknown> | undefined, RegExp][] = [
     [
@@ -394,6 +420,12 @@ Deno.test("eval_report: config errors name the key (not a unet, wrong size, a sp
     ["split", { dataset: { split: "train" } }, undefined, /dataset\.split.*picks the splits itself/],
     ["bad emoji param", { dataset: { size: 3 } }, undefined, /dataset\.size/],
     ["empty", { teacher_steps: [], student_steps: [] }, undefined, /nothing to evaluate/],
+    [
+      "text width",
+      { text_encoder: "use-lite" },
+      undefined,
+      /eval\.yaml:\d+:\d+: .*model "student" takes text of width 64\/64; the text encoder "use-lite" gives 512\/512/,
+    ],
   ];
   for (const [what, params, student, re] of cases) {
     const loaded = loadConfig("eval.yaml", configText("/tmp/unused", 0, params, student));

@@ -32,7 +32,7 @@ import type { UNetParams } from "../../models/unet.ts";
 import { weightsKey } from "../../models/weights_key.ts";
 import { checkpointRoot } from "../../pipeline/checkpoint.ts";
 import { datasetKinds, type HostContext, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
-import { loadCaptionEncoder } from "../text_encode.ts";
+import { checkTextWidths, loadCaptionEncoder } from "../text_encode.ts";
 
 const PROJECT_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
@@ -118,6 +118,7 @@ export const teacherPairs: StageDef<P> = {
       throw new StageTypeError(`dataset "${params.dataset}" has no image and caption_id fields`, ["params", "dataset"]);
     }
     const u = m.params as UNetParams, img = [u.in_channels, u.size, u.size];
+    checkTextWidths(params.model, u, params.text_encoder);
     if (f.image.shape.join() !== img.join()) {
       throw new StageTypeError(
         `dataset "${params.dataset}" holds images [${f.image.shape}], model "${params.model}" makes [${img}]`,
