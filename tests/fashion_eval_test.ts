@@ -250,6 +250,12 @@ Deno.test("fashion_report: config errors name the key; the Fashion-MNIST configs
   assert.deepEqual((af.models.teacher.params as { attention_levels: number[] }).attention_levels, [2]);
   const prompts = (af.stages.preview.params as { prompts: string[] }).prompts;
   assert.deepEqual(prompts, [...FASHION_MNIST_CLASSES]);
+  // The default's recipe (add.yaml's regression on teacher pairs, from the fashion data) and the paper's alone.
+  assert.deepEqual((af.stages.pairs.params as { dataset: string }).dataset, "fashion");
+  const paper = await plan("configs/add_fashion_paper.yaml");
+  assert.ok(!("pairs" in paper.stages) && !("regression" in paper.stages));
+  assert.deepEqual(Object.keys(paper.stages.generator_loss.inputs).sort(), ["a", "b"]);
+  assert.deepEqual(paper.models.teacher, af.models.teacher);
   const ag = (af.stages.fashion_report.params as { teacher_guidance: number[] }).teacher_guidance;
   assert.ok(
     ag.every((g) => tr.teacher_guidance.includes(g)),
