@@ -97,8 +97,6 @@ export interface LoadedConfig {
    * is a mapping), else the key of its nearest existing ancestor; `--set …` when an override put it there.
    */
   where(path: (string | number)[], atKey?: boolean): string;
-  /** The resolved config as YAML (defaults filled in), for checkpoints. */
-  resolvedYaml(): string;
 }
 
 /**
@@ -431,7 +429,6 @@ export function loadConfig(
     file,
     config,
     where: whereAll,
-    resolvedYaml: () => JSON.stringify(config, null, 2),
   };
 }
 

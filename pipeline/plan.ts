@@ -54,7 +54,7 @@ export interface Plan {
   models: Record<string, ModelInfo & { init?: string }>;
   datasets: Record<string, DatasetInfo>;
   phases: Phase[];
-  /** Traced stages that feed no optimizer but whose outputs effect stages read: compiled as eval graphs. */
+  /** Host stages in topological order: they run on the host before each step's phases and feed them. */
   hosts: string[];
   effects: string[];
   warnings: string[];
