@@ -9,7 +9,7 @@
 import * as ort from "onnxruntime-node";
 import type { DType, Graph } from "../ir.ts";
 import { lowerToOnnx } from "../onnx/lower.ts";
-import { hostData, ortType, sessionPrepared } from "./auto.ts";
+import { hostData, ortType, sessionPrepared } from "./ort_shared.ts";
 import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
 
 /** Prefix of onnxruntime profile files, from the environment (unset: no profiling). */

@@ -12,7 +12,7 @@ import type * as OrtWeb from "onnxruntime-web";
 import type { DType, Graph } from "../ir.ts";
 import { size } from "../ir.ts";
 import { lowerToOnnx, onnxOutputNames, type OnnxTarget } from "../onnx/lower.ts";
-import { hostData, ortType, sessionPrepared } from "./auto.ts";
+import { hostData, ortType, sessionPrepared } from "./ort_shared.ts";
 import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
 
 type Ort = typeof OrtWeb;
