@@ -178,7 +178,7 @@ export const fashionReport: StageDef<P> = {
       for (const g of todo.filter((g) => keys.has(g.name))) {
         stored[keys.get(g.name)!] = { date: report.date, executor: report.executor, row: fresh.get(g.name)! };
       }
-      await writeAtomic(file, JSON.stringify(stored, null, 1) + "\n");
+      await writeAtomic(file, JSON.stringify(stored, null, 2) + "\n");
       ctx.log(`fashion_report: stored the teacher rows in ${p.teacher_cache}`);
     }
     const meta = {
