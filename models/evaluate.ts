@@ -196,21 +196,25 @@ function checkSet(s: CaptionSet): number {
   return n;
 }
 
-/** Generates one image per real image of `set` with a UNet, in batches; returns the images and the sampling time. */
-async function generateSet(
+/**
+ * Generates `n` images with a UNet generator, in batches of at most `batch` (image k with seed k and row k of the text),
+ * on the runner `runner` gives for each batch size; returns the images and the sampling time alone. Shared by the
+ * emoji report and the Fashion-MNIST one (`fashion_eval.ts`).
+ */
+export async function generateBatched(
   g: UNetGenerator,
-  set: CaptionSet,
+  n: number,
   text: TextBatch,
   empty: TextBatch | undefined,
   batch: number,
   runner: (size: number) => Promise<UNetRunner>,
 ): Promise<{ images: Float32Array; ms: number }> {
-  const n = set.captions.length, per = set.channels * set.size * set.size, L = text.length;
+  const per = g.u.in_channels * g.u.size * g.u.size;
   const tokW = text.tokens.length / n, poolW = text.pooled.length / n;
   const slice = (t: TextBatch, s: number, e: number): TextBatch => ({
     tokens: t.tokens.subarray(s * tokW, e * tokW),
     pooled: t.pooled.subarray(s * poolW, e * poolW),
-    length: L,
+    length: t.length,
   });
   const images = new Float32Array(n * per);
   let ms = 0;
@@ -306,7 +310,7 @@ export async function evaluateGenerators(o: EvaluateOptions): Promise<EvalReport
         };
         for (const s of sets) {
           const { text, empty } = texts.get(s.name)!;
-          const res = await generateSet(g, s, text, empty, batch, runner);
+          const res = await generateBatched(g, s.captions.length, text, empty, batch, runner);
           keep(`${g.name}/${s.name}`, res.images);
           ms += res.ms, count += s.captions.length;
         }

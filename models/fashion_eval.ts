@@ -20,9 +20,9 @@
 import type { Executor } from "../engine/executors/executor.ts";
 import { Rng } from "../engine/rng.ts";
 import { FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, loadFashionMnist } from "../stages/data/fashion_mnist.ts";
-import { generate, type TextBatch, UNetRunner } from "./diffusion/generate.ts";
+import { type TextBatch, UNetRunner } from "./diffusion/generate.ts";
 import { countNonFinite, toDisplayed } from "./eval_metrics.ts";
-import type { CaptionEncoderLike, UNetGenerator } from "./evaluate.ts";
+import { type CaptionEncoderLike, generateBatched, type UNetGenerator } from "./evaluate.ts";
 import {
   argmaxRows,
   classAccuracy,
@@ -142,36 +142,6 @@ export async function fashionTrainFloor(perClass: number, channels: 1 | 3 = 3) {
   return { images: { data: b.image as Float32Array, shape: [idx.length, channels, 32, 32] }, labels: b.caption_id };
 }
 
-/** Generates the set of a UNet generator in batches; returns the images and the sampling time. */
-async function generateUNet(
-  g: UNetGenerator,
-  text: TextBatch,
-  empty: TextBatch | undefined,
-  n: number,
-  batch: number,
-  runner: (size: number) => Promise<UNetRunner>,
-): Promise<{ images: Float32Array; ms: number }> {
-  const per = g.u.in_channels * g.u.size * g.u.size, tokW = text.tokens.length / n, poolW = text.pooled.length / n;
-  const slice = (t: TextBatch, s: number, e: number): TextBatch => ({
-    tokens: t.tokens.subarray(s * tokW, e * tokW),
-    pooled: t.pooled.subarray(s * poolW, e * poolW),
-    length: t.length,
-  });
-  const images = new Float32Array(n * per);
-  let ms = 0;
-  for (let s = 0; s < n; s += batch) {
-    const e = Math.min(n, s + batch), r = await runner(e - s);
-    const seeds = Array.from({ length: e - s }, (_, i) => s + i);
-    const t0 = performance.now();
-    images.set(
-      await generate(r, g.schedule, g.settings, seeds, slice(text, s, e), empty && slice(empty, s, e)),
-      s * per,
-    );
-    ms += performance.now() - t0;
-  }
-  return { images, ms };
-}
-
 /** Evaluates every generator (see the module doc); the judge is compiled once and sees the real images once. */
 export async function evaluateFashion(o: FashionEvalOptions): Promise<FashionReport> {
   const log = o.log ?? (() => {}), perClass = o.perClass ?? 100, batch = o.batch ?? 50;
@@ -220,7 +190,7 @@ export async function evaluateFashion(o: FashionEvalOptions): Promise<FashionRep
           if (!r) runners.set(b, r = await UNetRunner.create(o.executor, g.u, g.weights, b, text!.length));
           return r;
         };
-        res = await generateUNet(g, text!, empty, n, batch, runner);
+        res = await generateBatched(g, n, text!, empty, batch, runner);
       } else {
         const t0 = performance.now(), out = await g.generate(captions, seeds);
         res = { images: Float32Array.from(out), ms: performance.now() - t0 };
