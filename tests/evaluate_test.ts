@@ -25,7 +25,7 @@ import { loadMobileNetV2, type MobileNet } from "../models/mobilenet_v2.ts";
 import { unet } from "../models/unet.ts";
 import { ConfigError, loadConfig } from "../pipeline/config.ts";
 import { planPipeline } from "../pipeline/plan.ts";
-import { runPipeline } from "../pipeline/run.ts";
+import { runQuiet } from "./run_quiet.ts";
 import { emojiCaptionSets } from "../stages/add_report.ts";
 import "../stages/mod.ts";
 import { randomTinyUnet, TINY_UNET } from "./tiny_unet.ts";
@@ -323,13 +323,7 @@ Deno.test({
         "eval.yaml",
         configText(out, seed, PARAMS, await init("student", 10 + seed), await init("teacher", 20 + seed)),
       );
-      const lines: string[] = [];
-      const code = await runPipeline(loaded, planPipeline(loaded), {
-        tty: false,
-        print: (l) => lines.push(l),
-        warn: (l) => lines.push(l),
-      });
-      assert.equal(code, 0, lines.join("\n"));
+      await runQuiet(loaded);
       const r = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
       checkReport(r, await Deno.readTextFile(`${out}/report.md`), 8);
       assert.deepEqual([...Deno.readDirSync(out)].filter((e) => e.name.includes(".tmp-")), [], "atomic writes");
@@ -355,13 +349,7 @@ Deno.test({
       const out = await tmp(`cache-${tag}`);
       const params = { teacher_steps: [1], student_steps: [1], limit: 4, teacher_cache: rel, judge };
       const loaded = loadConfig("eval.yaml", configText(out, 0, params));
-      const lines: string[] = [];
-      const code = await runPipeline(loaded, planPipeline(loaded), {
-        tty: false,
-        print: (l) => lines.push(l),
-        warn: (l) => lines.push(l),
-      });
-      assert.equal(code, 0, lines.join("\n"));
+      await runQuiet(loaded);
       return JSON.parse(await Deno.readTextFile(`${out}/report.json`));
     };
     try {
@@ -391,13 +379,7 @@ Deno.test({
     // Random weights everywhere: zero-initialised output projections would make the text, and guidance, inert.
     const teacher = { kind: "unet", params: TINY, init: await saveUnet(`${out}/teacher.safetensors`, randomUnet(7)) };
     const loaded = loadConfig("eval.yaml", configText(out, 0, params, undefined, teacher));
-    const lines: string[] = [];
-    const code = await runPipeline(loaded, planPipeline(loaded), {
-      tty: false,
-      print: (l) => lines.push(l),
-      warn: (l) => lines.push(l),
-    });
-    assert.equal(code, 0, lines.join("\n"));
+    await runQuiet(loaded);
     const r = JSON.parse(await Deno.readTextFile(`${out}/report.json`)) as EvalReport;
     assert.deepEqual(r.rows.map((x) => [x.name, x.guidance]), [["teacher 2-step cfg 1", 1], [
       "teacher 2-step cfg 3",

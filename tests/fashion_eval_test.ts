@@ -16,7 +16,7 @@ import { type FashionJudge, fashionTestImages, loadFashionJudge } from "../model
 import { unet } from "../models/unet.ts";
 import { ConfigError, loadConfig } from "../pipeline/config.ts";
 import { planPipeline } from "../pipeline/plan.ts";
-import { runPipeline } from "../pipeline/run.ts";
+import { runQuiet } from "./run_quiet.ts";
 import { FASHION_MNIST_CLASSES, FASHION_MNIST_DIR } from "../stages/data/fashion_mnist.ts";
 import "../stages/mod.ts";
 import { randomTinyUnet, TINY_UNET } from "./tiny_unet.ts";
@@ -136,13 +136,7 @@ Deno.test({
           ...extra,
         };
         const loaded = loadConfig("fashion.yaml", configText(`${out}/${dir}`, params, models));
-        const lines: string[] = [];
-        const code = await runPipeline(loaded, planPipeline(loaded), {
-          tty: false,
-          print: (l) => lines.push(l),
-          warn: (l) => lines.push(l),
-        });
-        assert.equal(code, 0, lines.join("\n"));
+        await runQuiet(loaded);
         assert.deepEqual([...Deno.readDirSync(`${out}/${dir}`)].filter((e) => e.name.includes(".tmp-")), [], "atomic");
         return {
           r: JSON.parse(await Deno.readTextFile(`${out}/${dir}/fashion_report.json`)) as FashionReport & {
