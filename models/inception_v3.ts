@@ -27,7 +27,7 @@ import { add, maximum, mean, mul } from "../engine/math.ts";
 import { conv, softmax } from "../engine/nn.ts";
 import { concat, conv2d, matmul, max, reshape, slice } from "../engine/ops.ts";
 import { fail, type Tensor, type Trace } from "../engine/tensor.ts";
-import { decodeWeights, type KerasLayer, type NsfwjsArtifacts, readNsfwjsArtifacts, resize } from "./mobilenet_v2.ts";
+import { type KerasLayer, type NsfwjsArtifacts, readNsfwjsArtifacts, resize, weightGetter } from "./mobilenet_v2.ts";
 
 /** The model folder inside the installed nsfwjs package, found the way nsfwjs's own loader finds it. */
 export function inceptionModelDir(): URL {
@@ -145,12 +145,7 @@ function foldBatchNorm(
 
 /** Turns the Keras topology into traced steps, BatchNorm folded in float64, and reads the Dense head after mixed10. */
 export function buildInceptionV3(art: NsfwjsArtifacts): InceptionV3 {
-  const w = decodeWeights(art.weightSpecs, art.weightData);
-  const get = (name: string): Float32Array => {
-    const v = w.get(name);
-    if (!v) throw new Error(`inception_v3: weight ${name} missing from the manifest`);
-    return v;
-  };
+  const get = weightGetter(art, "inception_v3");
   const layers = art.modelTopology.model_config.config.layers;
   const steps: Step[] = [], head: Dense[] = [];
   const params: Record<string, Float32Array> = {}, shapes: Record<string, number[]> = {};

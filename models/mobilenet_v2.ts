@@ -193,17 +193,22 @@ const num = (layer: KerasLayer, key: string): number => {
   return n;
 };
 
+/** The decoded weights of `art` by name; a name the manifest lacks fails naming `net` and the weight. */
+export function weightGetter(art: NsfwjsArtifacts, net: string): (name: string) => Float32Array {
+  const w = decodeWeights(art.weightSpecs, art.weightData);
+  return (name) => {
+    const v = w.get(name);
+    if (!v) throw new Error(`${net}: weight ${name} missing from the manifest`);
+    return v;
+  };
+}
+
 /**
  * Turns the Keras topology into conv/relu6/add steps with BatchNorm folded (float64) into the convs, up to and
  * including `FEATURE_LAYER`.
  */
 export function buildMobileNet(art: NsfwjsArtifacts): MobileNet {
-  const w = decodeWeights(art.weightSpecs, art.weightData);
-  const get = (name: string): Float32Array => {
-    const v = w.get(name);
-    if (!v) throw new Error(`mobilenet_v2: weight ${name} missing from the manifest`);
-    return v;
-  };
+  const get = weightGetter(art, "mobilenet_v2");
   const layers = art.modelTopology.model_config.config.layers;
   const steps: Step[] = [];
   const params: Record<string, Float32Array> = {}, shapes: Record<string, number[]> = {};
