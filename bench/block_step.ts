@@ -14,13 +14,14 @@ import { createExecutor } from "../engine/executors/auto.ts";
 import type { ExecutorName } from "../engine/executors/executor.ts";
 import { grad } from "../engine/grad.ts";
 import { add } from "../engine/math.ts";
-import { matmul } from "../engine/ops.ts";
 import { mse } from "../engine/nn.ts";
 import { adamw } from "../engine/optim.ts";
 import { layoutOf, pack, packHost, unpack } from "../engine/pack.ts";
 import { StepProgram } from "../engine/program.ts";
 import { Rng } from "../engine/rng.ts";
 import { Trace } from "../engine/tensor.ts";
+import { gemmGflops } from "./gemm.ts";
+import { fastestPeer } from "./torch_peer.ts";
 import { blockForward, blockShapes, type BlockSize, blockStepGraph } from "./block.ts";
 
 const args = new Map<string, string>();
@@ -69,61 +70,12 @@ async function timeExecutor(name: ExecutorName, n: number): Promise<{ ms: number
   }
 }
 
-/**
- * PyTorch peers: the same step in Debian's python3-torch under each BLAS set-up present. Which BLAS the system
- * picks depends on what apt installed (netlib's reference libblas3 on a fresh machine, OpenBLAS where it is
- * installed), and a multi-threaded OpenBLAS under torch's own threads oversubscribes the cores, so every available
- * set-up is measured and the fastest is the peer.
- */
-const BLAS_SETUPS: { name: string; dir?: string; env: Record<string, string> }[] = [
-  { name: "as installed", env: {} },
-  {
-    name: "reference BLAS",
-    dir: "/usr/lib/x86_64-linux-gnu/blas",
-    env: { LD_LIBRARY_PATH: "/usr/lib/x86_64-linux-gnu/blas" },
-  },
-  {
-    name: "OpenBLAS, 1 thread per torch thread",
-    dir: "/usr/lib/x86_64-linux-gnu/openblas-pthread",
-    env: { LD_LIBRARY_PATH: "/usr/lib/x86_64-linux-gnu/openblas-pthread", OPENBLAS_NUM_THREADS: "1" },
-  },
-];
-
-async function torchPeer(env: Record<string, string>): Promise<number | null> {
+/** The fastest PyTorch peer of the block step over the BLAS set-ups present (bench/torch_peer.ts). */
+async function torchPeers(): Promise<number | null> {
   const script = new URL("./block_step_torch.py", import.meta.url).pathname;
   const { batch, channels, size } = SIZE;
-  try {
-    const cmd = new Deno.Command("/usr/bin/python3", {
-      args: [script, ...[batch, channels, size, steps, warmup].map(String)],
-      env: { ...Deno.env.toObject(), ...env },
-      stdout: "piped",
-      stderr: "piped",
-    });
-    const out = await cmd.output();
-    if (!out.success) return null;
-    return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!).ms;
-  } catch {
-    return null;
-  }
-}
-
-/** The fastest peer over the BLAS set-ups present, printing each; null when python3-torch is absent. */
-async function torchPeers(): Promise<number | null> {
-  let best: number | null = null;
-  for (const setup of BLAS_SETUPS) {
-    if (setup.dir) {
-      try {
-        await Deno.stat(setup.dir);
-      } catch {
-        continue;
-      }
-    }
-    const ms = await torchPeer(setup.env);
-    if (ms === null) continue;
-    console.log(`PyTorch CPU peer (Debian python3-torch, ${setup.name}): ${ms.toFixed(2)} ms/step`);
-    best = best === null ? ms : Math.min(best, ms);
-  }
-  return best;
+  const r = await fastestPeer("PyTorch CPU peer", script, [batch, channels, size, steps, warmup].map(String));
+  return r?.ms ?? null;
 }
 
 /** A deep stack of blocks (forward, backward and Adam) to measure session start-up on a graph of ≥ 10k nodes. */
@@ -161,32 +113,6 @@ async function startup(name: ExecutorName): Promise<{ nodes: number; ms: number 
 function convFlops(s: BlockSize): number {
   const one = 2 * s.batch * s.size * s.size * (2 * s.channels) * s.channels * 9;
   return 5 * one;
-}
-
-/**
- * The cpu executor's own GEMM throughput (GFLOP/s): a 1024³ MatMul through the same onnxruntime-node session path,
- * median of `n` runs. With the step's conv FLOPs it gives a floor on the step's time on this machine.
- */
-async function gemmGflops(n: number): Promise<number> {
-  const d = 1024, tr = new Trace();
-  const graph = tr.build({ c: matmul(tr.input("a", [d, d]), tr.input("b", [d, d])) });
-  const ex = await createExecutor("cpu");
-  try {
-    const prep = await ex.prepare(graph);
-    const rng = new Rng(1);
-    const a = ex.upload(rng.normal(d * d), [d, d], "f32"), b = ex.upload(rng.normal(d * d), [d, d], "f32");
-    const times: number[] = [];
-    for (let i = 0; i < n + 2; i++) {
-      const t0 = performance.now();
-      const out = await prep.run({ a, b });
-      if (i >= 2) times.push(performance.now() - t0);
-      ex.dispose(out.c);
-    }
-    await prep.dispose();
-    return (2 * d ** 3) / (median(times) / 1000) / 1e9;
-  } finally {
-    await ex.close();
-  }
 }
 
 const torch = await torchPeers();

@@ -40,7 +40,9 @@ export function adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: Tensor, 
   const bc1 = sub(1, pow(b1, step)), bc2 = sub(1, pow(b2, step));
   const mhat = b1 === 0 ? m1 : div(m1, bc1);
   const update = div(mhat, add(sqrt(div(v1, bc2)), eps));
-  const decayed = wd === 0 ? p : sub(p, mul(p, mul(cfg.lr, wd)));
+  // A number lr with weight decay is folded here: mul needs one tensor operand.
+  const lrWd = typeof cfg.lr === "number" ? cfg.lr * wd : mul(cfg.lr, wd);
+  const decayed = wd === 0 ? p : sub(p, mul(p, lrWd));
   return { p: sub(decayed, mul(update, cfg.lr)), m: m1, v: v1 };
 }
 
