@@ -8,12 +8,24 @@
  */
 import * as ort from "onnxruntime-node";
 import type { DType, Graph } from "../ir.ts";
-import { lowerToOnnx } from "../onnx/lower.ts";
+import { type GradWeightLowering, lowerToOnnx } from "../onnx/lower.ts";
 import { hostData, ortType, sessionPrepared } from "./ort_shared.ts";
 import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
 
 /** Prefix of onnxruntime profile files, from the environment (unset: no profiling). */
 const PROFILE = Deno.env.get("ADD_ORT_PROFILE") ?? "";
+
+/**
+ * The conv weight-gradient lowering, from the environment for measurements (`ADD_GRAD_WEIGHT=gemm|matmul|conv`;
+ * unset: the cpu default). Every choice is tested against the reference interpreter.
+ */
+function gradWeightFromEnv(): GradWeightLowering | undefined {
+  const v = Deno.env.get("ADD_GRAD_WEIGHT");
+  if (v === undefined || v === "") return undefined;
+  if (v === "gemm" || v === "matmul" || v === "conv") return v;
+  throw new Error(`ADD_GRAD_WEIGHT=${v}: expected gemm, matmul or conv`);
+}
+const GRAD_WEIGHT = gradWeightFromEnv();
 
 class NodeBuffer implements Buffer {
   disposed = false;
@@ -65,7 +77,7 @@ export class OrtNodeExecutor implements Executor {
   }
 
   async prepare(graph: Graph, _opts?: PrepareOptions): Promise<Prepared> {
-    const session = await ort.InferenceSession.create(lowerToOnnx(graph, "cpu"), {
+    const session = await ort.InferenceSession.create(lowerToOnnx(graph, "cpu", { gradWeight: GRAD_WEIGHT }), {
       executionProviders: ["cpu"],
       graphOptimizationLevel: "all",
       intraOpNumThreads: this.threads,
