@@ -81,6 +81,14 @@ interface NodeBase<O extends string, A> {
 /** The primitive names. */
 export type Op = Node["op"];
 
+/**
+ * The node of primitive `O`, with `attrs` narrowed to that primitive's: `NodeOf<"conv2d">` has `ConvAttrs`. Tables
+ * keyed by primitive (`{ [O in Op]: (n: NodeOf<O>) => … }`) then need no casts in their entries. Not `Extract<Node,
+ * { op: O }>`, which is `never` for primitives that share a variant (`NodeBase<UnaryOp, …>` is no `{ op: "neg" }`).
+ */
+export type NodeOf<O extends Op> = NarrowNode<Node, O>;
+type NarrowNode<N, O> = N extends { op: infer P } ? O extends P ? N & { op: O } : never : never;
+
 /** A traced program: nodes in topological order, and named outputs. */
 export interface Graph {
   nodes: Node[];

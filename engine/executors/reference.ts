@@ -2,24 +2,22 @@
  * The reference executor: a plain float64 interpreter of the IR.
  *
  * It is the oracle every other executor and every gradient is checked against, so it favours being obviously right
- * over being fast: one straightforward kernel per primitive (see `reference_kernels.ts`), float64 throughout, and
- * every traced shape re-derived from the operands and checked. Every dtype is held as a Float64Array (bools as 0/1,
- * int32 as integral doubles).
+ * over being fast: one straightforward kernel per primitive (the `KERNELS` table over `reference_kernels.ts`), float64
+ * throughout, and every traced shape re-derived from the operands and checked. Every dtype is held as a Float64Array
+ * (bools as 0/1, int32 as integral doubles).
  *
  * @module
  */
 import {
-  BINARY_OPS,
   type BinaryOp,
-  COMPARE_OPS,
   type CompareOp,
   type DType,
   type Graph,
   graphInputs,
   type Node,
+  type NodeOf,
   type Op,
   size,
-  UNARY_OPS,
   type UnaryOp,
 } from "../ir.ts";
 import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
@@ -30,10 +28,6 @@ function fail(msg: string): never {
 }
 
 const fmt = (shape: readonly number[]) => `[${shape.join(",")}]`;
-
-const isUnary = (op: Op): op is UnaryOp => (UNARY_OPS as readonly string[]).includes(op);
-const isBinary = (op: Op): op is BinaryOp | CompareOp =>
-  (BINARY_OPS as readonly string[]).includes(op) || (COMPARE_OPS as readonly string[]).includes(op);
 
 /**
  * Brings values into their dtype's domain: bool → 0/1 (x ≠ 0, so NaN is true as in numpy), i32 → truncated toward
@@ -55,32 +49,89 @@ function checkShape(shape: readonly number[], what: string): void {
   if (!Array.isArray(shape) || shape.some((d) => !Number.isInteger(d) || d < 0)) fail(`${what}: bad shape ${shape}`);
 }
 
-/** Operand counts; concat is variadic and checked separately. */
-function arity(op: Op): number {
-  if (isUnary(op)) return 1;
-  if (isBinary(op)) return 2;
-  switch (op) {
-    case "input":
-    case "const":
-      return 0;
-    case "where":
-      return 3;
-    case "matmul":
-    case "conv2d":
-    case "conv2d_grad_input":
-    case "conv2d_grad_weight":
-    case "gather":
-      return 2;
-    default:
-      return 1;
-  }
+/** What one primitive's kernel sees: its node (attrs narrowed to the primitive's), its operands, and the feeds. */
+type Kernel<O extends Op> = {
+  /** Operand count, checked before the graph runs; `variadic` is one or more. */
+  arity: number | "variadic";
+  run: (node: NodeOf<O>, args: K.Tensor[], feed: (name: string) => Float64Array) => K.Tensor;
+};
+
+const unary: Kernel<UnaryOp> = { arity: 1, run: (node, [a]) => K.unary(node.op, a) };
+const binary: Kernel<BinaryOp | CompareOp> = { arity: 2, run: (node, [a, b]) => K.binary(node.op, a, b) };
+/** Values that pass through: casting itself is `toDType`, applied to every node's result. */
+const identity: Kernel<Op> = { arity: 1, run: (_node, [a]) => a };
+
+/**
+ * The kernel of every primitive. Typed by primitive, so that a primitive added to the IR without a reference kernel
+ * fails `deno check` rather than a run.
+ */
+const KERNELS: { [O in Op]: Kernel<O> } = {
+  input: { arity: 0, run: (node, _args, feed) => ({ data: feed(node.attrs.name), shape: node.shape }) },
+  const: {
+    arity: 0,
+    run: (node) => {
+      if (node.attrs.data.length !== size(node.shape)) {
+        fail(`const has ${node.attrs.data.length} values for shape ${fmt(node.shape)}`);
+      }
+      return { data: Float64Array.from(node.attrs.data), shape: node.shape };
+    },
+  },
+  neg: unary,
+  exp: unary,
+  log: unary,
+  sqrt: unary,
+  reciprocal: unary,
+  sin: unary,
+  cos: unary,
+  tanh: unary,
+  sigmoid: unary,
+  erf: unary,
+  abs: unary,
+  sign: unary,
+  add: binary,
+  sub: binary,
+  mul: binary,
+  div: binary,
+  pow: binary,
+  maximum: binary,
+  minimum: binary,
+  less: binary,
+  greater: binary,
+  equal: binary,
+  where: { arity: 3, run: (_node, [a, b, c]) => K.where(a, b, c) },
+  sum: { arity: 1, run: (node, [a]) => K.reduce(node.op, a, node.attrs.axes, node.attrs.keepdims) },
+  max: { arity: 1, run: (node, [a]) => K.reduce(node.op, a, node.attrs.axes, node.attrs.keepdims) },
+  matmul: { arity: 2, run: (_node, [a, b]) => K.matmul(a, b) },
+  conv2d: { arity: 2, run: (node, [a, b]) => K.conv2d(a, b, node.attrs) },
+  conv2d_grad_input: { arity: 2, run: (node, [a, b]) => K.conv2dGradInput(a, b, node.attrs, node.shape) },
+  conv2d_grad_weight: { arity: 2, run: (node, [a, b]) => K.conv2dGradWeight(a, b, node.attrs, node.shape) },
+  reshape: { arity: 1, run: (node, [a]) => K.reshape(a, node.shape) },
+  transpose: { arity: 1, run: (node, [a]) => K.transpose(a, node.attrs.perm) },
+  slice: { arity: 1, run: (node, [a]) => K.slice(a, node.attrs.starts, node.attrs.ends) },
+  pad: { arity: 1, run: (node, [a]) => K.pad(a, node.attrs.before, node.attrs.after) },
+  concat: { arity: "variadic", run: (node, args) => K.concat(args, node.attrs.axis) },
+  expand: { arity: 1, run: (node, [a]) => K.expand(a, node.shape) },
+  gather: { arity: 2, run: (node, [a, b]) => K.gather(a, b, node.attrs.axis) },
+  cast: identity,
+  softmax: { arity: 1, run: (node, [a]) => K.softmax(a, node.attrs.axis) },
+  normalize: { arity: 1, run: (node, [a]) => K.normalize(a, node.attrs.eps) },
+  stop_gradient: identity,
+};
+
+/** The kernel of `op`, or undefined for an op the table lacks (a hand-built graph can carry one past the checker). */
+function kernelOf(op: string): Kernel<Op> | undefined {
+  // Each entry accepts only its own primitive's node, which looking it up by the node's op guarantees.
+  const table = KERNELS as unknown as Partial<Record<string, Kernel<Op>>>;
+  return Object.hasOwn(table, op) ? table[op] : undefined;
 }
 
 /** Checks the structure the interpreter relies on: known ops, operand counts, topological order, valid outputs. */
 function validate(graph: Graph): void {
   graph.nodes.forEach((node, i) => {
     checkShape(node.shape, `node ${i} (${node.op})`);
-    if (node.op === "concat" ? node.inputs.length < 1 : node.inputs.length !== arity(node.op)) {
+    // An unknown op is checked as unary here and reported by name when it runs.
+    const arity = kernelOf(node.op)?.arity ?? 1;
+    if (arity === "variadic" ? node.inputs.length < 1 : node.inputs.length !== arity) {
       fail(`node ${i} (${node.op}) has ${node.inputs.length} inputs`);
     }
     for (const j of node.inputs) {
@@ -98,55 +149,9 @@ function validate(graph: Graph): void {
 
 /** Evaluates one node from its operands (whose shapes are their nodes' traced shapes). */
 function evalNode(node: Node, args: K.Tensor[], feed: (name: string) => Float64Array): K.Tensor {
-  const [a, b, c] = args;
-  const op = node.op;
-  if (isUnary(op)) return K.unary(op, a);
-  if (isBinary(op)) return K.binary(op, a, b);
-  switch (node.op) {
-    case "input":
-      return { data: feed(node.attrs.name), shape: node.shape };
-    case "const":
-      if (node.attrs.data.length !== size(node.shape)) {
-        fail(`const has ${node.attrs.data.length} values for shape ${fmt(node.shape)}`);
-      }
-      return { data: Float64Array.from(node.attrs.data), shape: node.shape };
-    case "where":
-      return K.where(a, b, c);
-    case "sum":
-    case "max":
-      return K.reduce(node.op, a, node.attrs.axes, node.attrs.keepdims);
-    case "matmul":
-      return K.matmul(a, b);
-    case "conv2d":
-      return K.conv2d(a, b, node.attrs);
-    case "conv2d_grad_input":
-      return K.conv2dGradInput(a, b, node.attrs, node.shape);
-    case "conv2d_grad_weight":
-      return K.conv2dGradWeight(a, b, node.attrs, node.shape);
-    case "reshape":
-      return K.reshape(a, node.shape);
-    case "transpose":
-      return K.transpose(a, node.attrs.perm);
-    case "slice":
-      return K.slice(a, node.attrs.starts, node.attrs.ends);
-    case "pad":
-      return K.pad(a, node.attrs.before, node.attrs.after);
-    case "concat":
-      return K.concat(args, node.attrs.axis);
-    case "expand":
-      return K.expand(a, node.shape);
-    case "gather":
-      return K.gather(a, b, node.attrs.axis);
-    case "normalize":
-      return K.normalize(a, node.attrs.eps);
-    case "softmax":
-      return K.softmax(a, node.attrs.axis);
-    case "cast": // the conversion itself is `toDType`, applied to every node's result
-    case "stop_gradient":
-      return a;
-    default:
-      return fail(`unknown op ${(node as Node).op}`);
-  }
+  const kernel = kernelOf(node.op);
+  if (kernel === undefined) return fail(`unknown op ${node.op}`);
+  return kernel.run(node, args, feed);
 }
 
 /**

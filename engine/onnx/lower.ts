@@ -1,27 +1,28 @@
 /**
  * Lowers an IR graph to one ONNX model (opset 17) that onnxruntime runs: one small pattern of standard ops per IR
- * primitive, so a whole training step stays an ordinary inference graph.
+ * primitive (the `LOWERINGS` table; the conv ones are in `conv.ts`), so a whole training step stays an ordinary
+ * inference graph.
  *
  * Value and node names are short base-36 counters under a prefix no input or output name starts with, so they never
  * clash with the caller's names and a 30k-node graph stays small.
  *
  * @module
  */
-import { type ConvAttrs, type DType, type Graph, type Node, size } from "../ir.ts";
+import { type DType, type Graph, type Node, type Op, size } from "../ir.ts";
+import { DataType, encodeModel, typedRaw, type ValueInfoDef } from "./proto.ts";
 import {
-  type AttrDef,
-  DataType,
-  type DataTypeCode,
-  encodeModel,
-  int64Raw,
-  type NodeDef,
-  type TensorDef,
-  typedRaw,
-  type ValueInfoDef,
-} from "./proto.ts";
+  Builder,
+  type GradWeightLowering,
+  inShape,
+  type LowerArgs,
+  type Lowering,
+  type OnnxTarget,
+  onnxType,
+} from "./builder.ts";
+import { defaultGradWeight, lowerConv2d, lowerConv2dGradInput, lowerConv2dGradWeight } from "./conv.ts";
 
-/** Which onnxruntime executor the model is for; picks between lowerings that are fastest on each. */
-export type OnnxTarget = "cpu" | "wasm" | "webgpu";
+export { defaultGradWeight } from "./conv.ts";
+export { type GradWeightLowering, type OnnxTarget, onnxType } from "./builder.ts";
 
 /** The opset every lowered model imports. */
 export const OPSET = 17;
@@ -31,110 +32,6 @@ export const OPSET = 17;
  * llvmpipe's WebGPU stops any shader loop after 65,535 iterations, so longer reductions go in stages.
  */
 export const REDUCE_STAGE_LIMIT = 4096;
-
-const UNARY: Record<string, string> = {
-  neg: "Neg",
-  exp: "Exp",
-  log: "Log",
-  sqrt: "Sqrt",
-  reciprocal: "Reciprocal",
-  sin: "Sin",
-  cos: "Cos",
-  tanh: "Tanh",
-  sigmoid: "Sigmoid",
-  erf: "Erf",
-  abs: "Abs",
-  sign: "Sign",
-};
-const BINARY: Record<string, string> = {
-  add: "Add",
-  sub: "Sub",
-  mul: "Mul",
-  div: "Div",
-  pow: "Pow",
-  maximum: "Max",
-  minimum: "Min",
-  less: "Less",
-  greater: "Greater",
-  equal: "Equal",
-};
-
-/** The ONNX element type of an IR dtype. */
-export function onnxType(d: DType): DataTypeCode {
-  return d === "f32" ? DataType.FLOAT : d === "i32" ? DataType.INT32 : DataType.BOOL;
-}
-
-/** Accumulates ONNX nodes and initializers, handing out fresh names. */
-class Builder {
-  readonly nodes: NodeDef[] = [];
-  readonly inits: TensorDef[] = [];
-  private next = 0;
-  private readonly shared = new Map<string, string>();
-
-  constructor(private readonly prefix: string) {}
-
-  fresh(): string {
-    return `${this.prefix}${(this.next++).toString(36)}`;
-  }
-
-  /** Emits one node with one output (named `out`, or fresh) and returns the output's name. */
-  op(opType: string, inputs: readonly string[], attrs?: AttrDef[], out?: string): string {
-    const o = out ?? this.fresh();
-    this.nodes.push({ opType, inputs, outputs: [o], name: `${this.prefix}n${this.nodes.length.toString(36)}`, attrs });
-    return o;
-  }
-
-  init(dataType: DataTypeCode, dims: readonly number[], raw: Uint8Array, name = this.fresh()): string {
-    this.inits.push({ name, dataType, dims, raw });
-    return name;
-  }
-
-  /** A 1-D int64 initializer (shapes, axes, pads), shared between every node that needs the same values. */
-  i64(values: readonly number[]): string {
-    const key = `i64:${values.join(",")}`;
-    let name = this.shared.get(key);
-    if (name === undefined) {
-      name = this.init(DataType.INT64, [values.length], int64Raw(values));
-      this.shared.set(key, name);
-    }
-    return name;
-  }
-
-  /** A 1-D float32 initializer of `n` ones (a unit scale), shared by length. */
-  onesF32(n: number): string {
-    const key = `ones:${n}`;
-    let name = this.shared.get(key);
-    if (name === undefined) {
-      name = this.init(DataType.FLOAT, [n], typedRaw(new Float32Array(n).fill(1)));
-      this.shared.set(key, name);
-    }
-    return name;
-  }
-
-  /** A scalar initializer of an IR dtype, shared by value. */
-  scalar(dtype: DType, v: number): string {
-    const key = `${dtype}:${v}`;
-    let name = this.shared.get(key);
-    if (name === undefined) {
-      const data = dtype === "f32"
-        ? new Float32Array([v])
-        : dtype === "i32"
-        ? new Int32Array([v])
-        : new Uint8Array([v ? 1 : 0]);
-      name = this.init(onnxType(dtype), [], typedRaw(data));
-      this.shared.set(key, name);
-    }
-    return name;
-  }
-
-  reshape(x: string, shape: readonly number[], out?: string): string {
-    return this.op("Reshape", [x, this.i64(shape)], undefined, out);
-  }
-
-  transpose(x: string, perm: readonly number[], out?: string): string {
-    return this.op("Transpose", [x], [{ name: "perm", ints: perm }], out);
-  }
-}
 
 /** Const data converted to the node's dtype, as raw bytes. */
 function constRaw(data: Float32Array | Int32Array | Uint8Array, dtype: DType): Uint8Array {
@@ -183,33 +80,15 @@ function balancedFactors(n: number): number[] | null {
 }
 
 /**
- * Emits a reduction in stages of at most `REDUCE_STAGE_LIMIT` elements each (keepdims throughout, so axis numbers stay
- * put), then reshapes to the IR's output shape.
+ * How a reduction over `axes` (sorted, non-negative) is staged: `dims`, the input reshaped so that every reduced axis
+ * longer than the limit becomes factors that fit; `reduced`, which of those dims are reduced; `padAfter`, per
+ * input axis, the padding that first gives an axis with a big prime factor a length that factors.
  */
-function lowerReduce(
-  b: Builder,
-  kind: "sum" | "max",
-  x: string,
+function stagedDims(
   shape: readonly number[],
-  dtype: DType,
-  axesIn: readonly number[],
-  keepdims: boolean,
-  outShape: readonly number[],
-  out: string,
-): string {
+  axes: readonly number[],
+): { dims: number[]; reduced: boolean[]; padAfter: number[] } {
   const rank = shape.length;
-  const axes = [...new Set(axesIn.map((a) => (a < 0 ? a + rank : a)))].sort((p, q) => p - q);
-  const opType = kind === "sum" ? "ReduceSum" : "ReduceMax";
-  // ReduceSum takes axes as an input since opset 13, ReduceMax as an attribute until opset 18.
-  const stage = (v: string, ax: number[], keep: boolean, o?: string) =>
-    kind === "sum"
-      ? b.op(opType, [v, b.i64(ax)], [{ name: "keepdims", i: keep ? 1 : 0 }], o)
-      : b.op(opType, [v], [{ name: "axes", ints: ax }, { name: "keepdims", i: keep ? 1 : 0 }], o);
-  if (axes.length === 0) return b.reshape(x, outShape, out);
-  const total = axes.reduce((p, a) => p * shape[a], 1);
-  if (total <= REDUCE_STAGE_LIMIT) return stage(x, axes, keepdims, out);
-
-  // Split every reduced axis longer than the limit into factors that fit, padding it first if it has a big prime.
   const dims: number[] = [];
   const reduced: boolean[] = [];
   const padAfter = new Array<number>(rank).fill(0);
@@ -234,6 +113,29 @@ function lowerReduce(
       reduced.push(true);
     }
   }
+  return { dims, reduced, padAfter };
+}
+
+/**
+ * Emits a reduction in stages of at most `REDUCE_STAGE_LIMIT` elements each (keepdims throughout, so axis numbers stay
+ * put), then reshapes to the IR's output shape.
+ */
+const lowerReduce: Lowering<"sum" | "max"> = (a) => {
+  const { b, n, out } = a;
+  const kind = n.op, x = a.ins[0], shape = inShape(a, 0), dtype = n.dtype;
+  const rank = shape.length;
+  const axes = [...new Set(n.attrs.axes.map((i) => (i < 0 ? i + rank : i)))].sort((p, q) => p - q);
+  const opType = kind === "sum" ? "ReduceSum" : "ReduceMax";
+  // ReduceSum takes axes as an input since opset 13, ReduceMax as an attribute until opset 18.
+  const stage = (v: string, ax: number[], keep: boolean, o?: string) =>
+    kind === "sum"
+      ? b.op(opType, [v, b.i64(ax)], [{ name: "keepdims", i: keep ? 1 : 0 }], o)
+      : b.op(opType, [v], [{ name: "axes", ints: ax }, { name: "keepdims", i: keep ? 1 : 0 }], o);
+  if (axes.length === 0) return b.reshape(x, n.shape, out);
+  const total = axes.reduce((p, i) => p * shape[i], 1);
+  if (total <= REDUCE_STAGE_LIMIT) return stage(x, axes, n.attrs.keepdims, out);
+
+  const { dims, reduced, padAfter } = stagedDims(shape, axes);
   let v = x;
   if (padAfter.some((p) => p > 0)) {
     // The pad value is neutral for the reduction: 0 for sums, the lowest value for max.
@@ -245,306 +147,112 @@ function lowerReduce(
   // Innermost reduced dims first: they are contiguous in memory, so early stages read linearly.
   let group: number[] = [];
   let prod = 1;
-  for (let a = dims.length - 1; a >= 0; a--) {
-    if (!reduced[a]) continue;
-    if (prod * dims[a] > REDUCE_STAGE_LIMIT && group.length > 0) {
+  for (let i = dims.length - 1; i >= 0; i--) {
+    if (!reduced[i]) continue;
+    if (prod * dims[i] > REDUCE_STAGE_LIMIT && group.length > 0) {
       v = stage(v, group.sort((p, q) => p - q), true);
       group = [];
       prod = 1;
     }
-    group.push(a);
-    prod *= dims[a];
+    group.push(i);
+    prod *= dims[i];
   }
   v = stage(v, group.sort((p, q) => p - q), true);
-  return b.reshape(v, outShape, out);
-}
+  return b.reshape(v, n.shape, out);
+};
 
-type ConvNode = Extract<Node, { attrs: ConvAttrs }>;
+/** One ONNX op over the node's operands, without attributes: the IR primitive and the ONNX op agree exactly. */
+const plain = (opType: string): Lowering<Op> => ({ b, ins, out }) => b.op(opType, ins, undefined, out);
 
-/**
- * Input gradient as a plain Conv: gy dilated by the stride (zeros between rows and columns), correlated with the
- * kernel flipped in space and with its in/out channels swapped within each group.
- */
-function gradInputConv(
-  b: Builder,
-  n: ConvNode,
-  gy: string,
-  w: string,
-  gs: number[],
-  ws: number[],
-  out: string,
-): string {
-  const [N, O, Ho, Wo] = gs;
-  const [, Ig, kh, kw] = ws;
-  const [, , H, W] = n.shape;
-  const { stride: [sh, sw], pad, groups: G } = n.attrs;
-  let d = gy, Lh = Ho, Lw = Wo;
-  if (sh > 1 || sw > 1) {
-    d = b.reshape(d, [N, O, Ho, 1, Wo, 1]);
-    d = b.op("Pad", [d, b.i64([0, 0, 0, 0, 0, 0, 0, 0, 0, sh - 1, 0, sw - 1])]);
-    Lh = Ho * sh;
-    Lw = Wo * sw;
-    d = b.reshape(d, [N, O, Lh, Lw]);
-  }
-  // Output row i reads dilated rows i + pad_top − (kh − 1) … i + pad_top; pads outside the data become crops.
-  let top = kh - 1 - pad[0], left = kw - 1 - pad[1];
-  let bottom = H - Lh + pad[0], right = W - Lw + pad[1];
-  const cs = [Math.max(0, -top), Math.max(0, -left)], ce = [Lh + Math.min(0, bottom), Lw + Math.min(0, right)];
-  if (cs[0] > 0 || cs[1] > 0 || ce[0] < Lh || ce[1] < Lw) d = b.op("Slice", [d, b.i64(cs), b.i64(ce), b.i64([2, 3])]);
-  [top, left, bottom, right] = [top, left, bottom, right].map((p) => Math.max(0, p));
-  const flipped = b.op("Slice", [
-    w,
-    b.i64([kh - 1, kw - 1]),
-    b.i64([-kh - 1, -kw - 1]),
-    b.i64([2, 3]),
-    b.i64([-1, -1]),
-  ]);
-  const wt = G === 1 ? b.transpose(flipped, [1, 0, 2, 3]) : b.reshape(
-    b.transpose(b.reshape(flipped, [G, O / G, Ig, kh, kw]), [0, 2, 1, 3, 4]),
-    [G * Ig, O / G, kh, kw],
-  );
-  return b.op("Conv", [d, wt], [
-    { name: "kernel_shape", ints: [kh, kw] },
-    { name: "pads", ints: [top, left, bottom, right] },
-    { name: "group", i: G },
-  ], out);
-}
-
-/** Conv attributes shared by the forward conv and the ConvTranspose of its input gradient. */
-function convAttrs(n: ConvNode, kh: number, kw: number): AttrDef[] {
-  const { stride, pad, groups } = n.attrs;
-  return [
-    { name: "kernel_shape", ints: [kh, kw] },
-    { name: "strides", ints: stride },
-    { name: "pads", ints: pad },
-    { name: "group", i: groups },
-  ];
-}
+/** The primitives that become ONNX nodes; inputs and consts become graph inputs and initializers instead. */
+type ComputedOp = Exclude<Op, "input" | "const">;
 
 /**
- * Weight gradient as one Conv over batch-transposed tensors: the batch becomes the channel axis being summed over,
- * and gy becomes the kernel, dilated by the forward stride.
+ * The lowering of every computed primitive. Typed by primitive, so that a primitive added to the IR without a
+ * lowering fails `deno check` rather than a run.
  */
-function gradWeightConv(
-  b: Builder,
-  n: ConvNode,
-  x: string,
-  gy: string,
-  xs: number[],
-  gs: number[],
-  out: string,
-): string {
-  const { stride, pad, groups: g } = n.attrs;
-  const [N, Cin, H, W] = xs;
-  const [, , Ho, Wo] = gs;
-  const [, cg, kh, kw] = n.shape;
-  const xt = g === 1
-    ? b.transpose(x, [1, 0, 2, 3])
-    : b.reshape(b.transpose(b.reshape(x, [N, g, Cin / g, H, W]), [2, 1, 0, 3, 4]), [cg, g * N, H, W]);
-  const gt = b.transpose(gy, [1, 0, 2, 3]);
-  // End pads that make the output exactly kh x kw; when that would be negative, pad 0 and slice the rest off.
-  const endH = kh + (Ho - 1) * stride[0] - H - pad[0];
-  const endW = kw + (Wo - 1) * stride[1] - W - pad[1];
-  let r = b.op("Conv", [xt, gt], [
-    { name: "kernel_shape", ints: [Ho, Wo] },
-    { name: "dilations", ints: stride },
-    { name: "strides", ints: [1, 1] },
-    { name: "pads", ints: [pad[0], pad[1], Math.max(0, endH), Math.max(0, endW)] },
-    { name: "group", i: g },
-  ]);
-  if (endH < 0 || endW < 0) r = b.op("Slice", [r, b.i64([0, 0]), b.i64([kh, kw]), b.i64([2, 3])]);
-  return b.transpose(r, [1, 0, 2, 3], out);
-}
-
-/**
- * The kh*kw strided windows of the zero-padded input that meet each kernel tap, in tap order, each [Cin, N*Ho*Wo]:
- * the shared first half of the MatMul and Gemm weight-gradient lowerings.
- */
-function paddedWindows(b: Builder, n: ConvNode, x: string, xs: number[], gs: number[]): string[] {
-  const { stride, pad } = n.attrs;
-  const [N, Cin] = xs;
-  const [, , Ho, Wo] = gs;
-  const [, , kh, kw] = n.shape;
-  let xp = b.transpose(x, [1, 0, 2, 3]);
-  if (pad.some((p) => p !== 0)) xp = b.op("Pad", [xp, b.i64([0, 0, pad[0], pad[1], 0, 0, pad[2], pad[3]])]);
-  const windows: string[] = [];
-  for (let i = 0; i < kh; i++) {
-    for (let j = 0; j < kw; j++) {
-      const s = b.op("Slice", [
-        xp,
-        b.i64([i, j]),
-        b.i64([i + (Ho - 1) * stride[0] + 1, j + (Wo - 1) * stride[1] + 1]),
-        b.i64([2, 3]),
-        b.i64(stride),
-      ]);
-      windows.push(b.reshape(s, [Cin, N * Ho * Wo]));
+export const LOWERINGS: { [O in ComputedOp]: Lowering<O> } = {
+  neg: plain("Neg"),
+  exp: plain("Exp"),
+  log: plain("Log"),
+  sqrt: plain("Sqrt"),
+  reciprocal: plain("Reciprocal"),
+  sin: plain("Sin"),
+  cos: plain("Cos"),
+  tanh: plain("Tanh"),
+  sigmoid: plain("Sigmoid"),
+  erf: plain("Erf"),
+  abs: plain("Abs"),
+  sign: ({ b, n, ins, out, target }) => {
+    if (target === "webgpu" && n.dtype !== "bool") {
+      // ort-web's WebGPU EP has no Sign kernel; a CPU fallback would cost two transfers per use. NaN maps to 0.
+      const zero = b.scalar(n.dtype, 0);
+      const pos = b.op("Cast", [b.op("Greater", [ins[0], zero])], [{ name: "to", i: onnxType(n.dtype) }]);
+      const neg = b.op("Cast", [b.op("Less", [ins[0], zero])], [{ name: "to", i: onnxType(n.dtype) }]);
+      return b.op("Sub", [pos, neg], undefined, out);
     }
-  }
-  return windows;
-}
-
-/**
- * Weight gradient (groups 1) as one batched MatMul over the kh*kw strided windows of the padded input:
- * [kh*kw, Cin, N*Ho*Wo] x [N*Ho*Wo, Cout]. The previous cpu default, kept as a measured alternative (it copies every
- * window once more, into the concatenation).
- */
-function gradWeightMatMul(
-  b: Builder,
-  n: ConvNode,
-  x: string,
-  gy: string,
-  xs: number[],
-  gs: number[],
-  out: string,
-): string {
-  const [N, Cin] = xs;
-  const [, Cout, Ho, Wo] = gs;
-  const [, , kh, kw] = n.shape;
-  const k = N * Ho * Wo;
-  const windows = paddedWindows(b, n, x, xs, gs).map((w) => b.reshape(w, [1, Cin, k]));
-  const cols = windows.length === 1 ? windows[0] : b.op("Concat", windows, [{ name: "axis", i: 0 }]);
-  const gyt = b.reshape(b.transpose(gy, [0, 2, 3, 1]), [k, Cout]);
-  const prod = b.op("MatMul", [cols, gyt]); // [kh*kw, Cin, Cout]
-  return b.reshape(b.transpose(prod, [2, 1, 0]), [Cout, Cin, kh, kw], out);
-}
-
-/**
- * Weight gradient (groups 1) as one Gemm per kh*kw window of the padded input, gy [Cout, N*Ho*Wo] times the window
- * [Cin, N*Ho*Wo] transposed (Gemm's transB, no copy), each [Cout, Cin] result becoming one kernel tap. Unlike
- * `gradWeightMatMul` it never concatenates the windows (kh*kw copies of the input) nor transposes the product.
- */
-function gradWeightGemm(
-  b: Builder,
-  n: ConvNode,
-  x: string,
-  gy: string,
-  xs: number[],
-  gs: number[],
-  out: string,
-): string {
-  const [N, Cin] = xs;
-  const [, Cout, Ho, Wo] = gs;
-  const [, , kh, kw] = n.shape;
-  const gyt = b.reshape(b.transpose(gy, [1, 0, 2, 3]), [Cout, N * Ho * Wo]);
-  const taps = paddedWindows(b, n, x, xs, gs).map((w) =>
-    b.reshape(b.op("Gemm", [gyt, w], [{ name: "transB", i: 1 }]), [Cout, Cin, 1]) // one [Cout, Cin] tap
-  );
-  if (taps.length === 1) return b.reshape(taps[0], [Cout, Cin, kh, kw], out);
-  return b.reshape(b.op("Concat", taps, [{ name: "axis", i: 2 }]), [Cout, Cin, kh, kw], out);
-}
-
-/** Lowers one IR node, writing its value to `out`. */
-function lowerNode(
-  b: Builder,
-  g: Graph,
-  n: Node,
-  ins: string[],
-  out: string,
-  target: OnnxTarget,
-  gradWeight: GradWeightLowering,
-): string {
-  const inShape = (k: number) => g.nodes[n.inputs[k]].shape;
-  switch (n.op) {
-    case "input":
-    case "const":
-      throw new Error("unreachable");
-    case "where":
-      return b.op("Where", ins, undefined, out);
-    case "sum":
-    case "max":
-      return lowerReduce(
-        b,
-        n.op,
-        ins[0],
-        inShape(0),
-        n.dtype,
-        n.attrs.axes,
-        n.attrs.keepdims,
-        n.shape,
-        out,
-      );
-    case "matmul":
-      return b.op("MatMul", ins, undefined, out);
-    case "conv2d": {
-      const ws = inShape(1);
-      return b.op("Conv", ins, convAttrs(n, ws[2], ws[3]), out);
-    }
-    case "conv2d_grad_input": {
-      const ws = inShape(1);
-      // onnxruntime's CPU ConvTranspose goes through col2im and is ~3× slower than a Conv with the flipped kernel.
-      if (target !== "webgpu") return gradInputConv(b, n, ins[0], ins[1], inShape(0), ws, out);
-      const [, , H, W] = n.shape;
-      const [, , Ho, Wo] = inShape(0);
-      const { stride, pad } = n.attrs;
-      // The forward conv ignores the last (H + pads - kh) mod stride rows; output_padding restores them as zeros.
-      const oph = H + pad[0] + pad[2] - ws[2] - (Ho - 1) * stride[0];
-      const opw = W + pad[1] + pad[3] - ws[3] - (Wo - 1) * stride[1];
-      const attrs = convAttrs(n, ws[2], ws[3]);
-      if (oph !== 0 || opw !== 0) attrs.push({ name: "output_padding", ints: [oph, opw] });
-      return b.op("ConvTranspose", ins, attrs, out);
-    }
-    case "conv2d_grad_weight": {
-      const how = n.attrs.groups === 1 ? gradWeight : "conv";
-      const f = how === "gemm" ? gradWeightGemm : how === "matmul" ? gradWeightMatMul : gradWeightConv;
-      return f(b, n, ins[0], ins[1], inShape(0), inShape(1), out);
-    }
-    case "reshape":
-      return b.reshape(ins[0], n.shape, out);
-    case "transpose":
-      return b.transpose(ins[0], n.attrs.perm, out);
-    case "slice": {
-      const s = inShape(0);
-      const axes: number[] = [];
-      for (let a = 0; a < s.length; a++) if (n.attrs.starts[a] !== 0 || n.attrs.ends[a] !== s[a]) axes.push(a);
-      if (axes.length === 0) return b.op("Identity", ins, undefined, out);
-      const starts = axes.map((a) => n.attrs.starts[a]);
-      const ends = axes.map((a) => n.attrs.ends[a]);
-      return b.op("Slice", [ins[0], b.i64(starts), b.i64(ends), b.i64(axes)], undefined, out);
-    }
-    case "pad":
-      if (n.attrs.before.every((p) => p === 0) && n.attrs.after.every((p) => p === 0)) {
-        return b.op("Identity", ins, undefined, out);
-      }
-      return b.op("Pad", [ins[0], b.i64([...n.attrs.before, ...n.attrs.after])], undefined, out);
-    case "concat":
-      return b.op("Concat", ins, [{ name: "axis", i: n.attrs.axis }], out);
-    case "expand":
-      return b.op("Expand", [ins[0], b.i64(n.shape)], undefined, out);
-    case "gather":
-      return b.op("Gather", ins, [{ name: "axis", i: n.attrs.axis }], out);
-    case "cast":
-      return b.op("Cast", ins, [{ name: "to", i: onnxType(n.dtype) }], out);
-    case "stop_gradient":
+    return b.op("Sign", ins, undefined, out);
+  },
+  add: plain("Add"),
+  sub: plain("Sub"),
+  mul: plain("Mul"),
+  div: plain("Div"),
+  pow: plain("Pow"),
+  maximum: plain("Max"),
+  minimum: plain("Min"),
+  less: plain("Less"),
+  greater: plain("Greater"),
+  equal: plain("Equal"),
+  where: plain("Where"),
+  sum: lowerReduce,
+  max: lowerReduce,
+  matmul: plain("MatMul"),
+  conv2d: lowerConv2d,
+  conv2d_grad_input: lowerConv2dGradInput,
+  conv2d_grad_weight: lowerConv2dGradWeight,
+  reshape: ({ b, n, ins, out }) => b.reshape(ins[0], n.shape, out),
+  transpose: ({ b, n, ins, out }) => b.transpose(ins[0], n.attrs.perm, out),
+  slice: (a) => {
+    const { b, n, ins, out } = a;
+    const s = inShape(a, 0);
+    const axes: number[] = [];
+    for (let i = 0; i < s.length; i++) if (n.attrs.starts[i] !== 0 || n.attrs.ends[i] !== s[i]) axes.push(i);
+    if (axes.length === 0) return b.op("Identity", ins, undefined, out);
+    const starts = axes.map((i) => n.attrs.starts[i]);
+    const ends = axes.map((i) => n.attrs.ends[i]);
+    return b.op("Slice", [ins[0], b.i64(starts), b.i64(ends), b.i64(axes)], undefined, out);
+  },
+  pad: ({ b, n, ins, out }) => {
+    if (n.attrs.before.every((p) => p === 0) && n.attrs.after.every((p) => p === 0)) {
       return b.op("Identity", ins, undefined, out);
-    case "normalize": {
-      // LayerNormalization (opset 17) over the last axis, with a unit scale and no bias.
-      const L = n.shape[n.shape.length - 1];
-      const ones = b.onesF32(L);
-      return b.op("LayerNormalization", [ins[0], ones], [
-        { name: "axis", i: -1 },
-        { name: "epsilon", f: n.attrs.eps },
-      ], out);
     }
-    case "softmax":
-      // Opset ≥ 13 semantics: normalised along this one axis (not the flattened trailing axes of opset 11).
-      return b.op("Softmax", ins, [{ name: "axis", i: n.attrs.axis }], out);
-    case "sign":
-      if (target === "webgpu" && n.dtype !== "bool") {
-        // ort-web's WebGPU EP has no Sign kernel; a CPU fallback would cost two transfers per use. NaN maps to 0.
-        const zero = b.scalar(n.dtype, 0);
-        const pos = b.op("Cast", [b.op("Greater", [ins[0], zero])], [{ name: "to", i: onnxType(n.dtype) }]);
-        const neg = b.op("Cast", [b.op("Less", [ins[0], zero])], [{ name: "to", i: onnxType(n.dtype) }]);
-        return b.op("Sub", [pos, neg], undefined, out);
-      }
-      return b.op("Sign", ins, undefined, out);
-    default: {
-      const unary = UNARY[n.op];
-      if (unary !== undefined) return b.op(unary, ins, undefined, out);
-      const binary = BINARY[n.op];
-      if (binary !== undefined) return b.op(binary, ins, undefined, out);
-      throw new Error(`lowerToOnnx: no lowering for op ${(n as Node).op}`);
-    }
-  }
+    return b.op("Pad", [ins[0], b.i64([...n.attrs.before, ...n.attrs.after])], undefined, out);
+  },
+  concat: ({ b, n, ins, out }) => b.op("Concat", ins, [{ name: "axis", i: n.attrs.axis }], out),
+  expand: ({ b, n, ins, out }) => b.op("Expand", [ins[0], b.i64(n.shape)], undefined, out),
+  gather: ({ b, n, ins, out }) => b.op("Gather", ins, [{ name: "axis", i: n.attrs.axis }], out),
+  cast: ({ b, n, ins, out }) => b.op("Cast", ins, [{ name: "to", i: onnxType(n.dtype) }], out),
+  // Opset ≥ 13 semantics: normalised along this one axis (not the flattened trailing axes of opset 11).
+  softmax: ({ b, n, ins, out }) => b.op("Softmax", ins, [{ name: "axis", i: n.attrs.axis }], out),
+  // LayerNormalization (opset 17) over the last axis, with a unit scale and no bias.
+  normalize: ({ b, n, ins, out }) => {
+    const ones = b.onesF32(n.shape[n.shape.length - 1]);
+    return b.op("LayerNormalization", [ins[0], ones], [
+      { name: "axis", i: -1 },
+      { name: "epsilon", f: n.attrs.eps },
+    ], out);
+  },
+  stop_gradient: plain("Identity"),
+};
+
+/** Lowers one computed node through `LOWERINGS`, writing its value to `out`. */
+function lowerNode(args: Omit<LowerArgs<ComputedOp>, "n"> & { n: Node }): string {
+  // Each entry accepts only its own primitive's node, which looking it up by `n.op` guarantees; hand-built graphs
+  // can still carry an op the table lacks.
+  const table = LOWERINGS as unknown as Partial<Record<string, Lowering<ComputedOp>>>;
+  const lower = Object.hasOwn(table, args.n.op) ? table[args.n.op] : undefined;
+  if (lower === undefined) throw new Error(`lowerToOnnx: no lowering for op ${args.n.op}`);
+  return lower(args as LowerArgs<ComputedOp>);
 }
 
 /** A name prefix that no input or output name of the graph starts with; every generated name starts with it. */
@@ -583,14 +291,6 @@ export interface LowerOptions {
   int64Inputs?: readonly string[];
   /** How conv weight gradients are lowered; the default is the target's fastest (`defaultGradWeight`). */
   gradWeight?: GradWeightLowering;
-}
-
-/** Lowerings of the conv weight gradient (groups 1; grouped ones always use `conv`). */
-export type GradWeightLowering = "gemm" | "matmul" | "conv";
-
-/** The weight-gradient lowering each target uses unless told otherwise (measured: `deno task bench`). */
-export function defaultGradWeight(target: OnnxTarget): GradWeightLowering {
-  return target === "webgpu" ? "conv" : "gemm";
 }
 
 /**
@@ -633,7 +333,8 @@ export function lowerToOnnx(graph: Graph, target: OnnxTarget, opts: LowerOptions
       }
       names[i] = b.init(onnxType(n.dtype), n.shape, constRaw(n.attrs.data, n.dtype));
     } else {
-      names[i] = lowerNode(b, graph, n, n.inputs.map((j) => names[j]), direct.get(i) ?? b.fresh(), target, gradWeight);
+      const ins = n.inputs.map((j) => names[j]);
+      names[i] = lowerNode({ b, g: graph, n, ins, out: direct.get(i) ?? b.fresh(), target, gradWeight });
     }
   });
 
