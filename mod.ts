@@ -38,12 +38,16 @@ export type {
   HostContext,
   ModelDef,
   ModelInfo,
+  OptimizerRule,
   PortSpec,
   StageDef,
   StageRole,
   TraceContext,
   TypeContext,
+  UpdateContext,
+  UpdateSlot,
 } from "./pipeline/stage.ts";
+export type { StageMemory, StageState, StateArray } from "./pipeline/stage_state.ts";
 export {
   datasetKinds,
   expectPort,
@@ -60,7 +64,7 @@ export type { LoadedConfig } from "./pipeline/config.ts";
 export { planPipeline } from "./pipeline/plan.ts";
 export type { Plan } from "./pipeline/plan.ts";
 export { RunError, runPipeline } from "./pipeline/run.ts";
-export type { CheckpointState, RunOptions } from "./pipeline/run.ts";
-export { latestCheckpoint, listCheckpoints } from "./pipeline/checkpoint.ts";
-export type { CheckpointRef } from "./pipeline/checkpoint.ts";
+export type { RunOptions } from "./pipeline/run.ts";
+export { checkpointFiles, latestCheckpoint, listCheckpoints, saveSnapshot } from "./pipeline/checkpoint.ts";
+export type { CheckpointRef, CheckpointState, RunSnapshot } from "./pipeline/checkpoint.ts";
 export { runCli } from "./pipeline/cli.ts";

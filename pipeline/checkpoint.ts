@@ -5,8 +5,70 @@
  * checkpoints are likewise renamed away before they are deleted, so a half-deleted folder is never taken for a
  * complete one.
  *
+ * What a checkpoint holds is one tree, the run's `RunSnapshot`: the step, the seed and root generator, the latest
+ * metrics, every resident tensor that training changes (trained models, EMAs, optimizer state), every stage's state,
+ * and the resolved config. `checkpointFiles` lays it out: `state.safetensors` (the store and stage state, which a
+ * resume reads), `state.json`, `config.yaml`, and each trained model (and its EMA) as safetensors a user can load.
+ *
  * @module
  */
+import { stringify } from "yaml";
+import type { Layout } from "../engine/pack.ts";
+import { encodeSafetensors, type TensorInput } from "../engine/safetensors.ts";
+import { storeKey } from "./store_keys.ts";
+import type { StateArray } from "./stage_state.ts";
+
+/** What a checkpoint's `state.json` holds. */
+export interface CheckpointState {
+  step: number;
+  seed: number;
+  executor: string;
+  /** The root generator; every stream is derived from it by name and step (see pipeline/run.ts). */
+  rng: { seed: string; counter: string };
+  /** Latest value of every logged scalar, restored on resume so metrics rows continue unchanged. */
+  metrics: Record<string, number>;
+}
+
+/** The whole training state of a run after a step: what a checkpoint saves. */
+export interface RunSnapshot extends CheckpointState {
+  /** Resident tensors that training changes, by store key (frozen models are rebuilt from their init instead). */
+  store: Record<string, Float32Array>;
+  /** Stage state by its checkpoint key (`stage.<stage>.<key>`). */
+  stageState: [string, StateArray][];
+  /** Layouts of the trained models, each also written as a file of its own. */
+  trained: Record<string, Layout>;
+  /** The config with every default filled in. */
+  config: unknown;
+}
+
+/** The files of a checkpoint of `s`. */
+export function checkpointFiles(s: RunSnapshot): Record<string, Uint8Array | string> {
+  const files: Record<string, Uint8Array | string> = {};
+  const state: Record<string, TensorInput> = {};
+  for (const [key, data] of Object.entries(s.store)) state[key] = { data, shape: [data.length] };
+  for (const [key, data] of s.stageState) state[key] = { data, shape: [data.length] };
+  files["state.safetensors"] = encodeSafetensors(state, { step: String(s.step), format: "add-scheduler-store/1" });
+  const asFile = (m: string, flat: Float32Array) => {
+    const tensors = Object.fromEntries(
+      s.trained[m].entries.map((e) => [e.path, { data: flat.subarray(e.offset, e.offset + e.size), shape: e.shape }]),
+    );
+    return encodeSafetensors(tensors, { step: String(s.step), model: m });
+  };
+  for (const m of Object.keys(s.trained)) {
+    files[`${m}.safetensors`] = asFile(m, s.store[storeKey.model(m)]);
+    const e = s.store[storeKey.ema(m)];
+    if (e) files[`${m}.ema.safetensors`] = asFile(m, e);
+  }
+  const info: CheckpointState = { step: s.step, seed: s.seed, executor: s.executor, rng: s.rng, metrics: s.metrics };
+  files["state.json"] = JSON.stringify(info, null, 2) + "\n";
+  files["config.yaml"] = stringify(s.config);
+  return files;
+}
+
+/** Writes `s` as the checkpoint of its step, keeping the newest `keep`; returns its folder. */
+export function saveSnapshot(out: string, s: RunSnapshot, keep: number): Promise<string> {
+  return writeCheckpoint(out, s.step, checkpointFiles(s), keep);
+}
 
 /** A complete checkpoint on disk. */
 export interface CheckpointRef {

@@ -48,6 +48,11 @@ export const RunSchema = z.strictObject({
   out: z.string().min(1).optional(),
   /** Print a progress line (off a terminal) and append to metrics.jsonl every N steps. */
   log_every: z.number().int().positive().default(10),
+  /**
+   * Folder of caches that outlive a run (teacher pairs, evaluation rows), relative to the working directory; stages
+   * never write into the source tree at run time.
+   */
+  cache: z.string().min(1).default(".cache"),
 });
 
 /** A model declaration: a registered kind, its params, and optionally a safetensors file to start from. */
@@ -79,7 +84,7 @@ export const StageSchema = z.strictObject({
 /** The whole config. */
 export const ConfigSchema = z.strictObject({
   version: z.literal(1, { error: "1 (the only config version)" }),
-  run: RunSchema.default({ seed: 0, executor: "auto", steps: 1000, log_every: 10 }),
+  run: RunSchema.default({ seed: 0, executor: "auto", steps: 1000, log_every: 10, cache: ".cache" }),
   models: z.record(NAME, ModelSchema).default({}),
   data: z.record(NAME, DatasetSchema).default({}),
   stages: z.record(NAME, StageSchema).refine((s) => Object.keys(s).length > 0, "expected at least one stage"),

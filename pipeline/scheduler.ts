@@ -8,28 +8,17 @@
 import type { Buffer, Executor, HostArray, Prepared } from "../engine/executors/executor.ts";
 import { grad } from "../engine/grad.ts";
 import type { Graph } from "../engine/ir.ts";
-import { div, mul } from "../engine/math.ts";
-import { adamw, clipByGlobalNorm, ema, lrFactor } from "../engine/optim.ts";
+import { div } from "../engine/math.ts";
+import { ema } from "../engine/optim.ts";
 import { type Layout, layoutOf, nest, pack, packHost, unpack, unpackHost } from "../engine/pack.ts";
 import { Rng } from "../engine/rng.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
 import type { Phase, Plan } from "./plan.ts";
 import { modelKinds, type TraceContext } from "./stage.ts";
+import { initRng } from "./init_weights.ts";
+import { storeKey } from "./store_keys.ts";
 
-/** Settings of an optimizer stage, as the scheduler reads them. */
-export interface OptimizerParams {
-  models: string[];
-  lr: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  weight_decay: number;
-  clip_norm?: number;
-  schedule: "constant" | "linear" | "cosine";
-  warmup: number;
-  decay_steps?: number;
-  final_lr_fraction: number;
-}
+export { storeKey };
 
 interface RandomInput {
   name: string;
@@ -54,12 +43,11 @@ interface CompiledPhase {
   metrics: Record<string, string>;
 }
 
-/** Store keys of a model's state. */
-export const storeKey = {
-  model: (m: string) => `model.${m}`,
-  ema: (m: string) => `ema.${m}`,
-  moment: (opt: string, m: string, which: "m" | "v") => `opt.${opt}.${m}.${which}`,
-};
+/** The names of an optimizer stage's state slots per model: its rule's `init` keys. */
+export function optimizerSlots(plan: Plan, optimizer: string): string[] {
+  const st = plan.stages[optimizer];
+  return Object.keys(st.def.optimizer!.init(st.params, 0));
+}
 
 /** Runs a plan's compiled phases on one executor. */
 export class Scheduler {
@@ -148,52 +136,45 @@ export class Scheduler {
       for (const [port, t] of Object.entries(outs)) values.set(`${name}.${port}`, t);
     }
     const opt = plan.stages[phase.optimizer];
-    const op = opt.params as OptimizerParams;
     const lossRef = opt.inputs.loss;
     const loss = values.get(`${lossRef.stage}.${lossRef.port}`)!;
     outputs[`metric.${phase.optimizer}.loss`] = loss;
     metrics[`metric.${phase.optimizer}.loss`] = `${phase.optimizer}.loss`;
-    let gs = phase.updates.map((m) => pack(grad(loss, params[m]), this.layouts[m]));
-    if (op.clip_norm !== undefined) {
-      const c = clipByGlobalNorm(gs, op.clip_norm);
-      gs = c.grads;
-      outputs[`metric.${phase.optimizer}.grad_norm`] = c.norm;
-      metrics[`metric.${phase.optimizer}.grad_norm`] = `${phase.optimizer}.grad_norm`;
-    }
-    // Adam's bias corrections count this optimizer's updates, not global steps: a phase run every k steps makes its
-    // n-th update at step n·k (step is an exact f32 integer, so the division is exact).
-    const t = phase.every === 1 ? step : div(step, phase.every);
-    const decaySteps = op.decay_steps ?? (this.runSteps ? Math.floor(this.runSteps / phase.every) : undefined);
-    const factor = lrFactor(t, {
-      kind: op.schedule,
-      warmup: op.warmup,
-      decaySteps: op.schedule === "constant" ? undefined : decaySteps,
-      finalFraction: op.final_lr_fraction,
+    const gs = phase.updates.map((m) => pack(grad(loss, params[m]), this.layouts[m]));
+    const rule = opt.def.optimizer!;
+    const slots = phase.updates.map((m, i) => {
+      const state: Record<string, Tensor> = {};
+      for (const slot of optimizerSlots(plan, phase.optimizer)) {
+        const key = storeKey.moment(phase.optimizer, m, slot);
+        state[slot] = tr.input(key, [this.layouts[m].total]);
+        stateIn[key] = key;
+      }
+      return { param: flats[m], grad: gs[i], state };
     });
-    const lr = typeof factor === "number" ? op.lr * factor : mul(factor, op.lr);
-    if (typeof lr !== "number") {
-      outputs[`metric.${phase.optimizer}.lr`] = lr;
-      metrics[`metric.${phase.optimizer}.lr`] = `${phase.optimizer}.lr`;
-    }
+    // The phase's n-th update is at step n·every (step is an exact f32 integer, so the division is exact).
+    const count = phase.every === 1 ? step : div(step, phase.every);
+    const updated = rule.update(
+      {
+        count,
+        runUpdates: this.runSteps ? Math.floor(this.runSteps / phase.every) : undefined,
+        metric: (name, v) => {
+          outputs[`metric.${phase.optimizer}.${name}`] = v;
+          metrics[`metric.${phase.optimizer}.${name}`] = `${phase.optimizer}.${name}`;
+        },
+      },
+      opt.params,
+      slots,
+    );
     phase.updates.forEach((m, i) => {
-      const mk = storeKey.moment(phase.optimizer, m, "m"), vk = storeKey.moment(phase.optimizer, m, "v");
-      const mm = tr.input(mk, [this.layouts[m].total]), vv = tr.input(vk, [this.layouts[m].total]);
-      stateIn[mk] = mk;
-      stateIn[vk] = vk;
-      const r = adamw(flats[m], gs[i], mm, vv, t, {
-        lr,
-        beta1: op.beta1,
-        beta2: op.beta2,
-        eps: op.eps,
-        weightDecay: op.weight_decay,
-      });
-      const pk = storeKey.model(m);
-      outputs[`out.${pk}`] = r.p;
-      outputs[`out.${mk}`] = r.m;
-      outputs[`out.${vk}`] = r.v;
-      stateOut[`out.${pk}`] = pk;
-      stateOut[`out.${mk}`] = mk;
-      stateOut[`out.${vk}`] = vk;
+      const keys: [string, Tensor][] = [[storeKey.model(m), updated[i].param]];
+      for (const slot of optimizerSlots(plan, phase.optimizer)) {
+        keys.push([storeKey.moment(phase.optimizer, m, slot), updated[i].state[slot]]);
+      }
+      for (const [key, t] of keys) {
+        if (!t) throw new Error(`optimizer "${phase.optimizer}" returned no "${key}"`);
+        outputs[`out.${key}`] = t;
+        stateOut[`out.${key}`] = key;
+      }
     });
     return { phase, graph: tr.build(outputs), stateIn, stateOut, feeds, randoms, metrics };
   }
@@ -220,16 +201,16 @@ export class Scheduler {
   /** Initialises models (from their declared init or kind's initialiser), moments at zero, EMAs as copies. */
   async initialise(loadInit: (m: string, path: string) => Promise<Record<string, Float32Array>>): Promise<void> {
     for (const [name, m] of Object.entries(this.plan.models)) {
-      const rng = new Rng(this.seed).fold(`init/${name}`);
-      const values = m.init ? await loadInit(name, m.init) : modelKinds().get(m.kind)!.init(m.params, rng);
+      const values = m.init
+        ? await loadInit(name, m.init)
+        : modelKinds().get(m.kind)!.init(m.params, initRng(this.seed, name));
       this.set(storeKey.model(name), packHost(values, this.layouts[name]));
     }
-    for (const c of this.compiled) {
-      for (const key of Object.values(c.stateIn)) {
-        if (!this.store.has(key)) {
-          const model = key.split(".")[2];
-          this.set(key, new Float32Array(this.layouts[model].total));
-        }
+    for (const { phase } of this.compiled) {
+      const st = this.plan.stages[phase.optimizer];
+      for (const m of phase.updates) {
+        const state = st.def.optimizer!.init(st.params, this.layouts[m].total);
+        for (const [slot, data] of Object.entries(state)) this.set(storeKey.moment(phase.optimizer, m, slot), data);
       }
     }
   }

@@ -16,6 +16,8 @@ import type { Executor, HostArray } from "../engine/executors/executor.ts";
 import type { DType } from "../engine/ir.ts";
 import type { Rng } from "../engine/rng.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import type { RunSnapshot } from "./checkpoint.ts";
+import type { StageState } from "./stage_state.ts";
 
 /** The type of a port: dtype and static shape ([] for a scalar). */
 export interface PortSpec {
@@ -103,6 +105,37 @@ export interface TraceContext {
   step: Tensor;
 }
 
+/** What an optimizer kind's traced update gets, beside its settings. */
+export interface UpdateContext {
+  /**
+   * This optimizer's 1-based update count as a traced f32 scalar: the step divided by the phase's cadence, so a phase
+   * run every k steps makes its n-th update at step n·k (Adam's bias corrections and schedules count updates).
+   */
+  count: Tensor;
+  /** The run's length in this optimizer's updates (its steps over the cadence), a schedule's default end. */
+  runUpdates?: number;
+  /** Logs a scalar under `<stage>.<name>` each time the phase runs. */
+  metric(name: string, value: Tensor): void;
+}
+
+/** One model's share of an update: its packed flat parameters, their gradient, and the optimizer's state for it. */
+export interface UpdateSlot {
+  param: Tensor;
+  grad: Tensor;
+  /** The model's state slots, as `init` named them. */
+  state: Record<string, Tensor>;
+}
+
+/**
+ * An optimizer kind's rule, in the spirit of optax's `init`/`update`: `init` gives the state of one model of `size`
+ * packed parameters (the scheduler keeps it resident, and checkpoints save it under `opt.<stage>.<model>.<slot>`);
+ * `update` traces one step for all the phase's models at once (a global-norm clip needs them together).
+ */
+export interface OptimizerRule<P> {
+  init(params: P, size: number): Record<string, Float32Array>;
+  update(ctx: UpdateContext, params: P, models: UpdateSlot[]): { param: Tensor; state: Record<string, Tensor> }[];
+}
+
 /** What a host stage gets each step. */
 export interface HostContext {
   stage: string;
@@ -127,6 +160,12 @@ export interface HostContext {
   readModel(name: string, opts?: { ema?: boolean }): Promise<Record<string, Float32Array>>;
   /** Prints a line without breaking the progress bar. */
   log(line: string): void;
+  /** The value `make` gives, made once per run for this stage and key (a bank, a compiled graph); never saved. */
+  memo<T>(key: string, make: () => Promise<T>): Promise<T>;
+  /** Named arrays this stage keeps across steps: checkpoints save them, a resume restores them. */
+  state: StageState;
+  /** The folder for caches that outlive a run (`run.cache`, default `.cache/`), for what is costly to remake. */
+  cache: string;
 }
 
 /** What an effect stage gets when it fires. */
@@ -135,8 +174,8 @@ export interface EffectContext extends HostContext {
   metrics: Record<string, number>;
   /** Updates a model's EMA on the executor: e ← decay·e + (1 − decay)·p (the first call copies p). */
   updateEma(model: string, decay: number): Promise<void>;
-  /** Writes a checkpoint now (the checkpoint stage's job). */
-  saveCheckpoint(keep: number): Promise<string>;
+  /** The run's whole training state after this step, as a checkpoint saves it. */
+  snapshot(): Promise<RunSnapshot>;
   /** True when this is the last step of the run. */
   last: boolean;
   /** The stage's cadence in steps (its `every`; 1 for `at: start`/`at: end`). */
@@ -166,10 +205,17 @@ export interface StageDef<P = unknown> {
   host?(ctx: HostContext, params: P, inputs: Record<string, HostArray>): Promise<Record<string, HostArray>>;
   /** `traced` role: builds outputs from inputs. */
   trace?(ctx: TraceContext, params: P, inputs: Record<string, Tensor>): Record<string, Tensor>;
+  /** `optimizer` role: its traced update of the models it names. */
+  optimizer?: OptimizerRule<P>;
   /** `effect` role: also fire on the last step whatever the cadence (checkpoints, final samples). */
   alsoLast?: boolean;
   /** `effect` role: side effects at the stage's cadence. */
   effect?(ctx: EffectContext, params: P, inputs: Record<string, HostArray>): Promise<void>;
+  /**
+   * `effect` role: runs when the run is interrupted (Ctrl-C, SIGTERM), after the step in progress, whatever the
+   * cadence: a checkpoint saves there. A run without such a stage saves a checkpoint of its own.
+   */
+  interrupted?(ctx: EffectContext, params: P): Promise<void>;
 }
 
 /** A model kind: parameter shapes, initialisation, and a traced forward pass. */
@@ -230,6 +276,9 @@ function register<T extends { kind: string }>(table: Map<string, T>, what: strin
 
 /** Registers a stage kind (one line per kind in `stages/mod.ts`; users call it from their own module). */
 export function registerStage<P>(def: StageDef<P>): void {
+  if (def.role === "optimizer" && !def.optimizer) {
+    throw new Error(`stage kind "${def.kind}": an optimizer needs a rule`);
+  }
   register(stages, "stage", def as AnyStage);
 }
 /** Registers a model kind. */

@@ -27,9 +27,10 @@ import {
 import { DEFAULT_JUDGE, type FidOptions, JUDGES, resolveJudge } from "../models/fid.ts";
 import { INCEPTION_MIN_SIZE } from "../models/inception_v3.ts";
 import { writeAtomic } from "../models/png_grid.ts";
+import { findRows, type StoredRows, storeRows } from "../models/teacher_rows.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import type { UNetParams } from "../models/unet.ts";
-import { type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
+import { type EffectContext, type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { emoji, type EmojiParams, loadEmoji } from "./data/emoji.ts";
 import { checkTextWidths, loadCaptionEncoder } from "./text_encode.ts";
 
@@ -87,9 +88,10 @@ const Params = z.strictObject({
   /** Evaluate only on the run's last step (an evaluation takes minutes); false: at every firing of the cadence. */
   only_last: z.boolean().default(true),
   /**
-   * A JSON file (relative to the project root) caching the teacher's rows. The teacher is frozen, so its rows depend
-   * only on its weights and these settings: they are reused when the stored key (a SHA-256 of the weights and the
-   * settings) matches, and recomputed and stored otherwise. The report says which rows came from the cache.
+   * The shipped JSON file (relative to the project root) of the teacher's rows. The teacher is frozen, so its rows
+   * depend only on its weights and these settings: they are reused when a stored key (a SHA-256 of the weights and
+   * the settings) matches — in this file, or in the run's cache folder, where rows computed by a run are stored (runs
+   * never write this file; `deno task ship:teacher-rows` does). The report says where the rows came from.
    */
   teacher_cache: z.string().optional(),
   /**
@@ -234,11 +236,9 @@ export const addReport: StageDef<P> = {
       })),
     ];
     const sets = await emojiCaptionSets(p.dataset, p);
-    const cache = p.teacher_cache && p.teacher_steps.length
-      ? await readTeacherCache(p, tw, teacher, ctx.executor.name)
-      : null;
+    const cache = p.teacher_cache && p.teacher_steps.length ? await teacherCache(ctx, p, tw, teacher) : null;
     const todo = cache?.hit ? generators.filter((g) => !g.name.startsWith("teacher ")) : generators;
-    if (cache?.hit) ctx.log(`eval_report: teacher rows from ${p.teacher_cache} (computed ${cache.hit.date})`);
+    if (cache?.hit) ctx.log(`eval_report: teacher rows from ${cache.hit.from} (computed ${cache.hit.date})`);
     ctx.log(`eval_report: ${todo.length} generators × ${sets.map((s) => s.captions.length).join(" + ")} images`);
     const report = await evaluateGenerators({
       executor: ctx.executor,
@@ -253,11 +253,7 @@ export const addReport: StageDef<P> = {
     if (cache?.hit) report.rows = [...cache.hit.rows, ...report.rows];
     else if (cache) {
       const rows = report.rows.filter((r) => r.name.startsWith("teacher "));
-      await writeAtomic(
-        cache.file,
-        JSON.stringify({ key: cache.key, date: report.date, executor: report.executor, rows }, null, 2) + "\n",
-      );
-      ctx.log(`eval_report: stored the teacher rows in ${p.teacher_cache}`);
+      ctx.log(`eval_report: ${await cache.store({ date: report.date, executor: report.executor, rows })}`);
     }
     const paths = await writeReport(ctx.out, report, {
       step: ctx.step,
@@ -265,7 +261,7 @@ export const addReport: StageDef<P> = {
       student: p.student,
       weights: p.ema ? "EMA where kept" : "raw",
       teacher_rows: cache?.hit
-        ? `cached ${cache.hit.date} on ${cache.hit.executor} (${p.teacher_cache})`
+        ? `cached ${cache.hit.date} on ${cache.hit.executor} (${cache.hit.from})`
         : "computed in this run",
     }, p.name);
     // One line per evaluation; a resumed run may repeat the steps after its checkpoint, each line carries its step.
@@ -284,25 +280,22 @@ export const addReport: StageDef<P> = {
   },
 };
 
-interface TeacherCache {
-  key: string;
-  date: string;
-  executor: string;
-  rows: GeneratorRow[];
-}
-
-/** The cache file's path, the key of this teacher and settings, and the stored rows when the key matches. */
-async function readTeacherCache(p: P, weights: Record<string, Float32Array>, u: UNetParams, executor: string) {
-  const file = join(PROJECT_ROOT, p.teacher_cache!);
-  const key = await weightsKey(cacheSettings(p, u, executor), weights);
-  let hit: TeacherCache | null = null;
-  try {
-    const c = JSON.parse(await Deno.readTextFile(file)) as TeacherCache;
-    if (c.key === key && Array.isArray(c.rows)) hit = c;
-  } catch {
-    // no cache yet, or unreadable: recompute
-  }
-  return { file, key, hit };
+/**
+ * The teacher's stored rows for these weights and settings (`hit`: from the shipped file or the run's cache folder),
+ * and how to store rows computed now: in the run's cache folder, never in the shipped file.
+ */
+async function teacherCache(ctx: EffectContext, p: P, weights: Record<string, Float32Array>, u: UNetParams) {
+  const shipped = join(PROJECT_ROOT, p.teacher_cache!);
+  const key = await weightsKey(cacheSettings(p, u, ctx.executor.name), weights);
+  const hit = await findRows<GeneratorRow>(key, shipped, ctx.cache);
+  const store = async (rows: StoredRows<GeneratorRow>) => {
+    const teacher = await weightsKey({}, weights);
+    const r = await storeRows(ctx.cache, { key, for: p.teacher_cache!, teacher, ...rows });
+    return "error" in r
+      ? `the teacher rows are not cached (${r.error})`
+      : `stored the teacher rows in ${r.file} (\`deno task ship:teacher-rows\` copies them into ${p.teacher_cache})`;
+  };
+  return { key, hit, store };
 }
 
 /** A set's scores as a history line keeps them. */

@@ -24,6 +24,7 @@ import {
 } from "../models/fashion_eval.ts";
 import { loadFashionJudge } from "../models/fashion_judge.ts";
 import { writeAtomic } from "../models/png_grid.ts";
+import { findRows, storeRows } from "../models/teacher_rows.ts";
 import type { UNetParams } from "../models/unet.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import { type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
@@ -57,9 +58,10 @@ const Params = z.strictObject({
   /** Evaluate only on the run's last step; false: at every firing of the cadence. */
   only_last: z.boolean().default(true),
   /**
-   * A JSON file (relative to the project root) of stored teacher rows, each keyed by a SHA-256 of the teacher's
-   * weights, the judge's weights and every setting the row depends on: a row is reused when its key is there, and
-   * computed and added otherwise. A teacher's own run and its ADD runs can share one file: the ADD teacher starts
+   * The shipped JSON file (relative to the project root) of teacher rows, each keyed by a SHA-256 of the teacher's
+   * weights, the judge's weights and every setting the row depends on: a row is reused when its key is there or in
+   * the run's cache folder, and computed and stored in the cache folder otherwise (runs never write this file;
+   * `deno task ship:teacher-rows` does). A teacher's own run and its ADD runs can share one file: the ADD teacher starts
    * from the teacher run's EMA weights, so its rows come from the teacher's report.
    */
   teacher_cache: z.string().optional(),
@@ -152,8 +154,12 @@ export const fashionReport: StageDef<P> = {
       }
     }
     const file = p.teacher_cache ? join(PROJECT_ROOT, p.teacher_cache) : null;
-    const stored = file ? await readCache(file) : {};
-    const hit = (g: UNetGenerator) => keys.has(g.name) ? stored[keys.get(g.name)!] : undefined;
+    const stored = new Map<string, { date: string; executor: string; row: FashionRow }>();
+    for (const [label, key] of keys) {
+      const h = await findRows<FashionRow>(key, file, ctx.cache);
+      if (h?.rows.length === 1) stored.set(label, { date: h.date, executor: h.executor, row: h.rows[0] });
+    }
+    const hit = (g: UNetGenerator) => stored.get(g.name);
     const todo = generators.filter((g) => !hit(g));
     ctx.log(
       `fashion_report: ${todo.length} generators × ${10 * p.per_class} images` +
@@ -174,12 +180,26 @@ export const fashionReport: StageDef<P> = {
       const h = hit(g);
       return h ? { ...h.row, name: g.name, cached: `computed ${h.date} on ${h.executor}` } : fresh.get(g.name)!;
     });
-    if (file && todo.some((g) => keys.has(g.name))) {
-      for (const g of todo.filter((g) => keys.has(g.name))) {
-        stored[keys.get(g.name)!] = { date: report.date, executor: report.executor, row: fresh.get(g.name)! };
+    const computed = todo.filter((g) => keys.has(g.name));
+    if (computed.length) {
+      const teacher = await weightsKey({}, computed[0].weights);
+      let where = "";
+      for (const g of computed) {
+        const row = fresh.get(g.name)!;
+        const { date, executor } = report;
+        const r = await storeRows(ctx.cache, {
+          key: keys.get(g.name)!,
+          for: p.teacher_cache!,
+          teacher,
+          date,
+          executor,
+          rows: [row],
+        });
+        where = "error" in r ? `not cached (${r.error})` : `stored in ${r.file.replace(/[^/]*$/, "")}`;
       }
-      await writeAtomic(file, JSON.stringify(stored, null, 2) + "\n");
-      ctx.log(`fashion_report: stored the teacher rows in ${p.teacher_cache}`);
+      ctx.log(
+        `fashion_report: the teacher rows ${where} (\`deno task ship:teacher-rows\` copies them into ${p.teacher_cache})`,
+      );
     }
     const meta = {
       step: ctx.step,
@@ -201,13 +221,3 @@ export const fashionReport: StageDef<P> = {
     ctx.log(`fashion_report: ${md} (and ${p.name}.json)`);
   },
 };
-
-/** Stored teacher rows by key; an absent or unreadable file is an empty store (the rows are recomputed). */
-async function readCache(file: string): Promise<Record<string, { date: string; executor: string; row: FashionRow }>> {
-  try {
-    const c = JSON.parse(await Deno.readTextFile(file));
-    return c && typeof c === "object" && !Array.isArray(c) ? c : {};
-  } catch {
-    return {};
-  }
-}

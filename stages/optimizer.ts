@@ -7,7 +7,9 @@
  * @module
  */
 import { z } from "zod";
-import { expectPort, type StageDef } from "../pipeline/stage.ts";
+import { mul } from "../engine/math.ts";
+import { adamw, clipByGlobalNorm, lrFactor } from "../engine/optim.ts";
+import { expectPort, type OptimizerRule, type StageDef } from "../pipeline/stage.ts";
 
 const Params = z.strictObject({
   /** Models whose parameters this optimizer updates. */
@@ -30,14 +32,48 @@ const Params = z.strictObject({
   final_lr_fraction: z.number().min(0).max(1).default(0),
 });
 
+type P = z.output<typeof Params>;
+
+/** AdamW with optional clipping and schedule; its state per model is the two moments, `m` and `v`, from zero. */
+const rule: OptimizerRule<P> = {
+  init: (_p, size) => ({ m: new Float32Array(size), v: new Float32Array(size) }),
+  update: (ctx, op, models) => {
+    let gs = models.map((s) => s.grad);
+    if (op.clip_norm !== undefined) {
+      const c = clipByGlobalNorm(gs, op.clip_norm);
+      gs = c.grads;
+      ctx.metric("grad_norm", c.norm);
+    }
+    const factor = lrFactor(ctx.count, {
+      kind: op.schedule,
+      warmup: op.warmup,
+      decaySteps: op.schedule === "constant" ? undefined : op.decay_steps ?? ctx.runUpdates,
+      finalFraction: op.final_lr_fraction,
+    });
+    const lr = typeof factor === "number" ? op.lr * factor : mul(factor, op.lr);
+    if (typeof lr !== "number") ctx.metric("lr", lr);
+    return models.map((s, i) => {
+      const r = adamw(s.param, gs[i], s.state.m, s.state.v, ctx.count, {
+        lr,
+        beta1: op.beta1,
+        beta2: op.beta2,
+        eps: op.eps,
+        weightDecay: op.weight_decay,
+      });
+      return { param: r.p, state: { m: r.m, v: r.v } };
+    });
+  },
+};
+
 /** The optimizer stage. */
-export const optimizer: StageDef<z.output<typeof Params>> = {
+export const optimizer: StageDef<P> = {
   kind: "optimizer",
   doc: "AdamW update of its models from the gradient of its loss; one compiled graph per optimizer",
   role: "optimizer",
   params: Params,
   inputs: ["loss"],
   models: (p) => p.models,
+  optimizer: rule,
   types: ({ inputs }) => {
     expectPort(inputs, "loss", { dtype: "f32", shape: [] });
     return {};

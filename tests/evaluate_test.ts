@@ -25,6 +25,7 @@ import { loadMobileNetV2, type MobileNet } from "../models/mobilenet_v2.ts";
 import { unet } from "../models/unet.ts";
 import { ConfigError, loadConfig } from "../pipeline/config.ts";
 import { planPipeline } from "../pipeline/plan.ts";
+import { shipTeacherRows } from "../ship_teacher_rows.ts";
 import { runQuiet } from "./run_quiet.ts";
 import { emojiCaptionSets } from "../stages/add_report.ts";
 import "../stages/mod.ts";
@@ -241,7 +242,8 @@ function configText(
 ): string {
   return stringify({
     version: 1,
-    run: { seed, executor: "cpu", steps: 1, out, log_every: 1 },
+    // The run's cache folder beside the outputs: runs of one test share it, and nothing lands in the project's.
+    run: { seed, executor: "cpu", steps: 1, out, log_every: 1, cache: `${out}/../run_cache` },
     models: { teacher, student },
     stages: {
       report: { kind: "eval_report", at: "end", params: { student: "student", teacher: "teacher", ...report } },
@@ -340,30 +342,49 @@ Deno.test({
 });
 
 Deno.test({
-  name: "eval_report: the teacher's cached rows are keyed by the judge: reused for the same, recomputed for another",
+  name: "eval_report: the teacher's rows are cached keyed by the judge, in the run's cache; shipped only by the task",
   ...ORT,
   fn: async () => {
+    const root = await tmp("cache");
     const rel = `.cache/evaluate_test-${crypto.randomUUID()}.json`;
     const file = new URL(`../${rel}`, import.meta.url);
-    const run = async (judge: string, tag: string) => {
-      const out = await tmp(`cache-${tag}`);
+    const config = async (judge: string, tag: string) => {
+      const out = await tmp(`cache/${tag}`);
       const params = { teacher_steps: [1], student_steps: [1], limit: 4, teacher_cache: rel, judge };
-      const loaded = loadConfig("eval.yaml", configText(out, 0, params));
+      return { out, loaded: loadConfig("eval.yaml", configText(out, 0, params)) };
+    };
+    const run = async (judge: string, tag: string) => {
+      const { out, loaded } = await config(judge, tag);
       await runQuiet(loaded);
       return JSON.parse(await Deno.readTextFile(`${out}/report.json`));
     };
     try {
       const a = await run("mobilenet_v2", "a");
       assert.equal(a.teacher_rows, "computed in this run");
-      assert.equal((await Deno.stat(file)).isFile, true, "the rows are stored");
+      await assert.rejects(() => Deno.stat(file), Deno.errors.NotFound, "a run never writes the shipped file");
+      assert.equal([...Deno.readDirSync(`${root}/run_cache/teacher_rows`)].length, 1, "the rows are cached");
       const b = await run("mobilenet_v2", "b");
-      assert.ok(b.teacher_rows.startsWith(`cached ${a.date} on cpu`), b.teacher_rows);
+      assert.ok(b.teacher_rows.startsWith(`cached ${a.date} on cpu (${root}/run_cache/teacher_rows/`), b.teacher_rows);
       assert.equal(b.rows[0].sets.heldout.fid, a.rows[0].sets.heldout.fid);
       assert.notEqual(b.rows[1].sets.heldout.fid, undefined, "the student row is computed");
       const c = await run("inception_v3", "c");
       assert.equal(c.teacher_rows, "computed in this run", "another judge does not reuse the rows");
       assert.equal(c.judge.net, "inception_v3");
       assert.notEqual(c.rows[0].sets.heldout.fid, a.rows[0].sets.heldout.fid);
+
+      // The task ships both row sets; with the cache gone, a run reads them from the shipped file.
+      const ship = await config("mobilenet_v2", "d");
+      const shipped = await shipTeacherRows(ship.loaded, planPipeline(ship.loaded));
+      assert.deepEqual(shipped.map((s) => [s.stage, s.keys.length]), [["report", 2]]);
+      assert.equal(Object.keys(JSON.parse(await Deno.readTextFile(file))).length, 2);
+      await Deno.remove(`${root}/run_cache`, { recursive: true });
+      await runQuiet(ship.loaded);
+      const d = JSON.parse(await Deno.readTextFile(`${ship.out}/report.json`));
+      assert.ok(d.teacher_rows.startsWith(`cached ${a.date} on cpu (`) && d.teacher_rows.endsWith(`${rel})`));
+      assert.equal(d.rows[0].sets.heldout.fid, a.rows[0].sets.heldout.fid);
+      // Another teacher's rows are not shipped: nothing is cached for it.
+      const other = loadConfig("eval.yaml", configText(ship.out, 1, { teacher_cache: rel }));
+      assert.deepEqual((await shipTeacherRows(other, planPipeline(other))).map((s) => s.keys.length), [0]);
     } finally {
       await Deno.remove(file).catch(() => {});
     }

@@ -106,7 +106,7 @@ async function saveUnet(path: string, w: Record<string, Float32Array>): Promise<
 function configText(out: string, report: Record<string, unknown>, models?: Record<string, unknown>): string {
   return stringify({
     version: 1,
-    run: { seed: 0, executor: "cpu", steps: 1, out, log_every: 1 },
+    run: { seed: 0, executor: "cpu", steps: 1, out, log_every: 1, cache: `${out}/../run_cache` },
     models: models ?? { teacher: { kind: "unet", params: TINY_UNET }, student: { kind: "unet", params: TINY_UNET } },
     stages: { fashion_report: { kind: "fashion_report", at: "end", params: report } },
   });
@@ -172,7 +172,9 @@ Deno.test({
       assert.ok(md.includes(`| generator | ${FASHION_MNIST_CLASSES.join(" | ")} |`));
       assert.ok(md.includes(`Judge: ${FASHION_JUDGE_LABEL}.`) && md.includes("| real training images (floor) |"));
       assert.ok(md.includes("- floor: 20 training images, fixed and class-balanced"), "the floor is described");
-      assert.equal(Object.keys(JSON.parse(await Deno.readTextFile(cache))).length, 2, "two teacher rows stored");
+      const cached = () => [...Deno.readDirSync(`${out}/run_cache/teacher_rows`)].length;
+      assert.equal(cached(), 2, "two teacher rows stored in the run's cache");
+      await assert.rejects(() => Deno.stat(cache), Deno.errors.NotFound, "a run never writes the shipped file");
 
       // Same weights and settings: the teacher rows come from the store; the student's are computed again, and the
       // fixed seeds make them the same numbers.
@@ -186,7 +188,7 @@ Deno.test({
       assert.deepEqual([b.rows[0].fd, b.rows[0].accuracy], [r.rows[1].fd, r.rows[1].accuracy]);
       assert.deepEqual([b.rows[2].fd, b.rows[2].perClass], [r.rows[2].fd, r.rows[2].perClass]);
       assert.equal(b.floor!.fd, r.floor!.fd);
-      assert.equal(Object.keys(JSON.parse(await Deno.readTextFile(cache))).length, 3, "the new row added");
+      assert.equal(cached(), 3, "the new row added");
     } finally {
       await Deno.remove(out, { recursive: true });
       await Deno.remove(cache).catch(() => {});

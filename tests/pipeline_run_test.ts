@@ -234,6 +234,34 @@ Deno.test("a pipeline of YAML plus a user stage module trains end to end and its
   assert.equal(c.config.stages.features.params.include_input, true, "the resolved config fills defaults in");
 });
 
+Deno.test("an optimizer kind owns its update and its state: the user's SGD moves weights by −lr × its buffer", async () => {
+  // One step from the same initial weights and batch: at lr 0 the weights stay the initial ones, and the momentum
+  // buffer after a first step is the gradient, so the lr = 0.1 run must land on p0 − 0.1·buf exactly (AdamW would
+  // move each weight by about ±lr instead).
+  const step = async (lr: number) => {
+    const out = await tmp(`user-sgd-${lr}`);
+    const set = ["--set", "stages.opt.kind=user.sgd", "--set", `stages.opt.params.lr=${lr}`, "--steps", "1"];
+    expectCode(await cli([FIT, "--out", out, ...set], CUSTOM), 0, `user.sgd lr ${lr}`);
+    const c = await loadCheckpoint((await latestCheckpoint(out))!.dir);
+    const state = c.tensors["state.safetensors"].tensors;
+    assert.deepEqual(
+      Object.keys(state).filter((k) => k.startsWith("opt.")),
+      ["opt.opt.net.buf"],
+      "the optimizer's state is the slots its init names",
+    );
+    return { p: state["model.net"].data as Float32Array, buf: state["opt.opt.net.buf"].data as Float32Array };
+  };
+  const still = await step(0), moved = await step(0.1);
+  assert.deepEqual(moved.buf, still.buf, "the same first gradient");
+  let worst = 0, nonzero = 0;
+  for (let i = 0; i < still.p.length; i++) {
+    worst = Math.max(worst, Math.abs(moved.p[i] - (still.p[i] - 0.1 * still.buf[i])));
+    if (Math.abs(still.buf[i]) > 1e-6) nonzero++;
+  }
+  assert.ok(nonzero > still.p.length / 2, `only ${nonzero} of ${still.p.length} gradients are nonzero`);
+  assert.ok(worst < 1e-6, `weights differ from p0 − lr·buf by ${worst}`);
+});
+
 Deno.test("--steps k, then --resume: metrics, weights, EMA and moments identical to an uninterrupted run", async () => {
   const a = await tmp("resume-a"), b = await tmp("resume-b");
   const common = ["--set", "run.log_every=1", "--set", "stages.ckpt.every=10"];

@@ -12,6 +12,8 @@ import { cfg, sampleAdd, sampleDdim } from "../models/diffusion/samplers.ts";
 import { makeSchedule } from "../models/diffusion/schedules.ts";
 import { unet } from "../models/unet.ts";
 import type { Dataset, HostContext, ModelInfo } from "../pipeline/stage.ts";
+import { RunMemory } from "../pipeline/stage_state.ts";
+import { hostContext } from "./host_context.ts";
 import { StageTypeError } from "../pipeline/stage.ts";
 import { teacherPairs } from "../stages/add/teacher_pairs.ts";
 import { loadCaptionEncoder } from "../stages/text_encode.ts";
@@ -36,6 +38,14 @@ const dataset: Dataset = {
   }),
 };
 
+/** Each run's memory: a test's run is its executor (a new one is a new run, or a resume). */
+const memories = new WeakMap<Executor, RunMemory>();
+const memoryOf = (ex: Executor) => {
+  let m = memories.get(ex);
+  if (!m) memories.set(ex, m = new RunMemory());
+  return m;
+};
+
 function context(
   executor: Executor,
   weights: Record<string, Float32Array>,
@@ -46,18 +56,17 @@ function context(
   const models: Record<string, ModelInfo> = {
     teacher: { name: "teacher", kind: "unet", params: u, shapes: unet.shapes(u) },
   };
-  return {
-    stage: "pairs",
+  return hostContext("pairs", {
     seed: 3,
     step,
     rng: new Rng(3).fold("host/pairs").fold(step),
-    out: "out/unused",
     dataset: () => Promise.resolve(dataset),
     executor,
     models,
     readModel: () => Promise.resolve(weights),
     log: (l) => logs.push(l),
-  };
+    memory: memoryOf(executor),
+  });
 }
 
 /** Which of a 5-pair bank's noises (seed 3) this row is: each pair's noise comes from its own stream. */
@@ -357,24 +366,27 @@ Deno.test(
       // Step 4 of the same run: the same remade targets, not made again.
       await stepOf(ex, 4, laterW, logs);
       assert.equal(asked.length, 2);
-      const file = `${out}/checkpoints/pairs-targets-after-step-2.safetensors`;
-      assert.ok((await Deno.stat(file)).isFile);
+      // The remade targets are the stage's state, which a checkpoint saves.
+      const saved = memoryOf(ex).entries();
+      assert.deepEqual(saved.map(([k]) => k).sort(), ["stage.pairs.target", "stage.pairs.target_after"]);
+      assert.deepEqual([...saved.find(([k]) => k === "stage.pairs.target_after")![1]], [2]);
 
-      // A resume at step 4 (a new executor) with other current weights: the remade targets are read back.
+      // A resume at step 4 (a new executor) with other current weights: the restored targets are used, not remade.
       const ex2 = await createExecutor("cpu"), logs2: string[] = [];
       try {
+        memoryOf(ex2).restore(saved);
         const r4 = await stepOf(ex2, 4, laterW, logs2);
-        assert.ok(logs2.some((l) => l.includes("remade after step 2 from")), logs2.join("\n"));
+        assert.equal(asked.length, 3, "the resumed run reads the teacher for its bank, not the student");
+        assert.ok(!logs2.some((l) => l.includes("warning")), logs2.join("\n"));
         await checkRows(r4, "target", "student", "resumed at step 4");
       } finally {
         await ex2.close();
       }
-      // Without the file the resume remakes them from the weights it has, and says so.
-      await Deno.remove(file);
+      // Without that state the resume remakes them from the weights it has, and says so.
       const ex3 = await createExecutor("cpu"), logs3: string[] = [];
       try {
         const r4 = await stepOf(ex3, 4, laterW, logs3);
-        assert.ok(logs3.some((l) => /warning: .* is missing/.test(l)), logs3.join("\n"));
+        assert.ok(logs3.some((l) => /warning: .* not in the run's state/.test(l)), logs3.join("\n"));
         await assert.rejects(() => checkRows(r4, "target", "student", "remade from other weights"), /differs from/);
       } finally {
         await ex3.close();

@@ -20,7 +20,8 @@ import {
   traceClipText,
 } from "../models/clip_text.ts";
 import { buildTextEncoderFiles, textEncoderCaptions } from "../models/text_encoder_build.ts";
-import type { Dataset, HostContext } from "../pipeline/stage.ts";
+import type { Dataset } from "../pipeline/stage.ts";
+import { hostContext } from "./host_context.ts";
 import { loadCaptionEncoder, textEncode } from "../stages/text_encode.ts";
 import { checkGrad, type InputSpec } from "./grad_check.ts";
 
@@ -333,18 +334,11 @@ Deno.test("lowerToOnnx int64Inputs: declares the input int64 and casts it for th
 Deno.test("text_encode stage: types, one encoder call per distinct caption, cached rows", opts, async () => {
   const captions = ["red apple", "", "ankle boot", "grinning face"];
   const ds: Dataset = { size: 4, batch: () => ({}), captions };
-  const ctx: HostContext = {
-    stage: "te",
-    seed: 0,
+  const ctx = hostContext("te", {
     step: 1,
     rng: new Rng(0),
-    out: "out/unused",
     dataset: (name) => name === "d" ? Promise.resolve(ds) : Promise.reject(new Error(`no dataset ${name}`)),
-    executor: null as unknown as HostContext["executor"],
-    models: {},
-    readModel: () => Promise.reject(new Error("text_encode reads no model")),
-    log: () => {},
-  };
+  });
   const params = textEncode.params.parse({ dataset: "d" });
   const datasets = { d: { name: "d", kind: "x", params: {} } };
   const types = textEncode.types({

@@ -15,7 +15,8 @@ import { textEncoderCaptions } from "../models/text_encoder_build.ts";
 import { checkTopology, readUseArtifacts, usePackageDir } from "../models/use_lite/graph.ts";
 import { ensureUseEncoder, isUseEncoderBuilt, USE_LITE_BUILD, USE_LITE_MODEL } from "../models/use_lite/build.ts";
 import { UnigramTokenizer } from "../models/use_lite/sentencepiece.ts";
-import type { Dataset, HostContext } from "../pipeline/stage.ts";
+import type { Dataset } from "../pipeline/stage.ts";
+import { hostContext } from "./host_context.ts";
 import { loadCaptionEncoder, textEncode } from "../stages/text_encode.ts";
 
 env.allowRemoteModels = false;
@@ -292,18 +293,11 @@ Deno.test("use_lite encoder: nearer meanings have nearer embeddings", opts, asyn
 Deno.test("text_encode stage with model use-lite: dims, dropout and with_empty", opts, async () => {
   const captions = ["red apple", "", "ankle boot", "grinning face"];
   const ds: Dataset = { size: 4, batch: () => ({}), captions };
-  const ctx: HostContext = {
-    stage: "te",
-    seed: 0,
+  const ctx = hostContext("te", {
     step: 3,
     rng: new Rng(5),
-    out: "out/unused",
     dataset: (name) => name === "d" ? Promise.resolve(ds) : Promise.reject(new Error(`no dataset ${name}`)),
-    executor: null as unknown as HostContext["executor"],
-    models: {},
-    readModel: () => Promise.reject(new Error("text_encode reads no model")),
-    log: () => {},
-  };
+  });
   const params = textEncode.params.parse({ dataset: "d", model: USE_LITE_MODEL, dropout: 0.5, with_empty: true });
   const types = textEncode.types({
     params,

@@ -1,8 +1,8 @@
 /**
  * A user's own kinds, registered from their own module and named in `fit.yaml`: a `user.triangle_wave` dataset and
  * a traced `user.fourier_features` stage (Tancik et al. 2020, "Fourier Features Let Networks Learn High Frequency
- * Functions in Low Dimensional Domains"), mixed with the built-in data, model, mse, optimizer, ema, checkpoint and
- * metrics stages. It imports only the project's `mod.ts`, as a module outside the project would.
+ * Functions in Low Dimensional Domains") and a `user.sgd` optimizer (SGD with heavy-ball momentum, its rule an
+ * `init`/`update` pair), mixed with the built-in data, model, mse, optimizer, ema, checkpoint and metrics stages. It imports only the project's `mod.ts`, as a module outside the project would.
  *
  * Run it as the CLI, with the same arguments as `deno task run`:
  *
@@ -19,10 +19,12 @@ import {
   type DatasetDef,
   expectPort,
   mul,
+  type OptimizerRule,
   registerDataset,
   registerStage,
   Rng,
   runCli,
+  sgd,
   sin,
   type StageDef,
   StageTypeError,
@@ -100,7 +102,39 @@ export const triangleWave: DatasetDef<z.output<typeof WaveParams>> = {
   },
 };
 
+const SgdParams = z.strictObject({
+  models: z.array(z.string()).min(1),
+  lr: z.number().min(0).default(0.01),
+  momentum: z.number().min(0).lt(1).default(0.9),
+});
+
+/** SGD with momentum: its state per model is one buffer, `buf`, from zero (the first step's buffer is the gradient). */
+const sgdRule: OptimizerRule<z.output<typeof SgdParams>> = {
+  init: (_p, size) => ({ buf: new Float32Array(size) }),
+  update: (_ctx, p, models) =>
+    models.map((m) => {
+      const r = sgd(m.param, m.grad, { lr: p.lr, momentum: p.momentum }, m.state.buf);
+      return { param: r.p, state: { buf: r.buf! } };
+    }),
+};
+
+/** The `user.sgd` optimizer stage: an optimizer kind is its parameters plus its rule. */
+export const sgdOptimizer: StageDef<z.output<typeof SgdParams>> = {
+  kind: "user.sgd",
+  doc: "SGD with heavy-ball momentum",
+  role: "optimizer",
+  params: SgdParams,
+  inputs: ["loss"],
+  models: (p) => p.models,
+  optimizer: sgdRule,
+  types: ({ inputs }) => {
+    expectPort(inputs, "loss", { dtype: "f32", shape: [] });
+    return {};
+  },
+};
+
 registerStage(fourierFeatures);
+registerStage(sgdOptimizer);
 registerDataset(triangleWave);
 
 if (import.meta.main) Deno.exit(await runCli(Deno.args));

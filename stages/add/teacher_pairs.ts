@@ -13,16 +13,14 @@
  *
  * `refresh` remakes the targets part-way through the run from the model being trained (its EMA, sampled with ADD's
  * few-step sampler from the same noises and captions): once the student's few-step samples are better than the
- * teacher's, its 1-step output regresses on them — the self pairs of the README's fifth round, in one run. The
+ * teacher's, its 1-step output regresses on them — the self pairs of the fifth round in docs/experiments/README.md, in one run. The
  * teacher's targets stay available as `teacher_target`, for a term that should stay tied to the teacher (its colours).
- * Remade targets are also written under the run's checkpoints folder, so a resume past a refresh reads them back.
+ * Remade targets are the stage's state: checkpoints save them, so a resume past a refresh reads them back.
  *
  * @module
  */
-import { isAbsolute, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { z } from "zod";
-import type { Executor } from "../../engine/executors/executor.ts";
 import { Rng } from "../../engine/rng.ts";
 import { readSafetensors, writeSafetensors } from "../../engine/safetensors.ts";
 import { UNetRunner } from "../../models/diffusion/generate.ts";
@@ -30,11 +28,8 @@ import { cfg, sampleAdd, sampleDdim } from "../../models/diffusion/samplers.ts";
 import { makeSchedule, ScheduleParams } from "../../models/diffusion/schedules.ts";
 import type { UNetParams } from "../../models/unet.ts";
 import { weightsKey } from "../../models/weights_key.ts";
-import { checkpointRoot } from "../../pipeline/checkpoint.ts";
 import { datasetKinds, type HostContext, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
 import { checkTextWidths, loadCaptionEncoder } from "../text_encode.ts";
-
-const PROJECT_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
 const Params = z.strictObject({
   /** The teacher: a declared `unet` model that no optimizer updates (the bank is made once, from its weights). */
@@ -63,10 +58,11 @@ const Params = z.strictObject({
   /** Text encoder folder or hub id, as in `text_encode`. */
   text_encoder: z.string().default("models/text_encoder"),
   /**
-   * Folder (absolute, or relative to the project root) caching banks by key; false: make the bank every run. Where
-   * the folder cannot be written the run goes on without caching.
+   * Where banks are cached by key: true, `teacher_pairs/` in the run's cache folder (`run.cache`); a folder (absolute,
+   * or relative to the working directory); false: make the bank every run. Where the folder cannot be written the
+   * run goes on without caching.
    */
-  cache: z.union([z.string(), z.literal(false)]).default(".cache/teacher_pairs"),
+  cache: z.union([z.boolean(), z.string().min(1)]).default(true),
   /** Images per teacher run while the bank is made. */
   gen_batch: z.number().int().positive().default(16),
   /**
@@ -95,10 +91,6 @@ interface Bank {
   /** The captions' text, for remaking targets. */
   captions: string[];
 }
-
-// One bank per run (a run has its own executor) and stage, and the targets of its latest refresh.
-const banks = new WeakMap<Executor, Map<string, Promise<Bank>>>();
-const refreshed = new WeakMap<Executor, Map<string, { after: number; target: Float32Array }>>();
 
 /** The teacher_pairs stage. */
 export const teacherPairs: StageDef<P> = {
@@ -155,15 +147,10 @@ export const teacherPairs: StageDef<P> = {
     };
   },
   host: async (ctx, p) => {
-    let mine = banks.get(ctx.executor);
-    if (!mine) banks.set(ctx.executor, mine = new Map());
-    let bank = mine.get(ctx.stage);
-    if (!bank) {
-      bank = makeBank(ctx, p);
-      mine.set(ctx.stage, bank);
-    }
-    const { captionId, noise, target, per, T } = await bank;
-    const current = p.refresh ? await refreshedTargets(ctx, p, await bank) : target;
+    // The seed determines the bank (and the cache keeps it), so it is the run's memo, not checkpointed state.
+    const bank = await ctx.memo("bank", () => makeBank(ctx, p));
+    const { captionId, noise, target, per, T } = bank;
+    const current = p.refresh ? await refreshedTargets(ctx, p, bank) : target;
     const idx = ctx.rng.randint(p.batch, 0, p.pairs), b = p.batch;
     const rows = (from: Float32Array) => {
       const out = new Float32Array(b * per);
@@ -214,7 +201,7 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
   };
   // The conditioning itself is keyed (not the encoder's name), so a changed encoder or caption is a new bank.
   const key = await weightsKey(settings, { ...weights, "\0tokens": text.tokens, "\0pooled": text.pooled });
-  const dir = p.cache === false ? null : isAbsolute(p.cache) ? p.cache : join(PROJECT_ROOT, p.cache);
+  const dir = p.cache === false ? null : p.cache === true ? join(ctx.cache, "teacher_pairs") : p.cache;
   const file = dir && join(dir, `${key.slice(0, 32)}.safetensors`);
   if (file) {
     try {
@@ -297,54 +284,36 @@ async function sampleTargets(
 
 /**
  * The targets in use at this step: the teacher's until the first refresh, then those remade after the latest refresh
- * step passed — made now from the model's current weights when that step was the previous one, otherwise (a resume
- * past it) read back from the file written when they were made.
+ * step passed — made now from the model's current weights when that step was the previous one. They are the stage's
+ * state (`target`, remade after step `target_after`), so a checkpoint saves them and a resume past a refresh has them.
  */
 async function refreshedTargets(ctx: HostContext, p: P, bank: Bank): Promise<Float32Array> {
   const r = p.refresh!;
   const done = r.at.filter((a) => a < ctx.step);
   if (!done.length) return bank.target;
   const after = done[done.length - 1];
-  let mine = refreshed.get(ctx.executor);
-  if (!mine) refreshed.set(ctx.executor, mine = new Map());
-  const have = mine.get(ctx.stage);
-  if (have?.after === after) return have.target;
   const u = ctx.models[r.model].params as UNetParams;
-  const shape = [p.pairs, u.in_channels, u.size, u.size];
-  const file = `${checkpointRoot(ctx.out)}/${ctx.stage}-targets-after-step-${after}.safetensors`;
-  let target: Float32Array | undefined;
+  const have = ctx.state.get("target"), haveAfter = ctx.state.get("target_after");
+  if (haveAfter?.[0] === after && have instanceof Float32Array && have.length === p.pairs * bank.per) return have;
   if (ctx.step !== after + 1) {
-    try {
-      const t = (await readSafetensors(file)).tensors.target;
-      if (t?.dtype === "F32" && t.shape.join() === shape.join()) target = t.data as Float32Array;
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    }
     ctx.log(
-      target
-        ? `${ctx.stage}: the targets remade after step ${after} from ${file}`
-        : `${ctx.stage}: warning: ${file} is missing; remaking the step-${after} targets from the weights at step ` +
-          `${ctx.step - 1} (this run will not reproduce an uninterrupted one)`,
+      `${ctx.stage}: warning: the targets remade after step ${after} are not in the run's state (a checkpoint ` +
+        `written before stages kept state?); remaking them from the weights at step ${ctx.step - 1} (this run will ` +
+        `not reproduce an uninterrupted one)`,
     );
   }
-  if (!target) {
-    const t0 = performance.now();
-    const weights = await ctx.readModel(r.model, { ema: r.ema });
-    target = await sampleTargets(ctx, p, weights, u, bank, {
-      sampler: r.sampler,
-      steps: r.steps,
-      guidance: 1,
-      what: `targets from ${r.model}${r.ema ? " (EMA where kept)" : ""}`,
-    });
-    await Deno.mkdir(checkpointRoot(ctx.out), { recursive: true });
-    await writeSafetensors(file, { target: { data: target, shape } });
-    ctx.log(
-      `${ctx.stage}: remade ${p.pairs} targets after step ${after} in ${
-        ((performance.now() - t0) / 1000).toFixed(1)
-      } s`,
-    );
-  }
-  mine.set(ctx.stage, { after, target });
+  const t0 = performance.now();
+  const weights = await ctx.readModel(r.model, { ema: r.ema });
+  const target = await sampleTargets(ctx, p, weights, u, bank, {
+    sampler: r.sampler,
+    steps: r.steps,
+    guidance: 1,
+    what: `targets from ${r.model}${r.ema ? " (EMA where kept)" : ""}`,
+  });
+  ctx.state.set("target", target);
+  ctx.state.set("target_after", Int32Array.of(after));
+  const secs = ((performance.now() - t0) / 1000).toFixed(1);
+  ctx.log(`${ctx.stage}: remade ${p.pairs} targets after step ${after} in ${secs} s`);
   return target;
 }
 
