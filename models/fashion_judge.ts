@@ -11,7 +11,8 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import type { Buffer, Executor, Prepared } from "../engine/executors/executor.ts";
+import type { Executor } from "../engine/executors/executor.ts";
+import { Program, ResidentStore } from "../engine/program.ts";
 import { readSafetensors, toFloat32 } from "../engine/safetensors.ts";
 import { Trace } from "../engine/tensor.ts";
 import { FASHION_MNIST_DIR, loadFashionMnist } from "../stages/data/fashion_mnist.ts";
@@ -82,9 +83,11 @@ export async function judgeRunner(executor: Executor, judge: FashionJudge, batch
   const tr = new Trace(), inputs: Record<string, ReturnType<Trace["input"]>> = {};
   for (const [k, s] of Object.entries(shapes)) inputs[k] = tr.input(`judge.${k}`, s);
   const out = fashionCnnForward(p, inputs, tr.input("x", [batch, p.channels, p.size, p.size]));
-  const prep: Prepared = await executor.prepare(tr.build({ logits: out.logits, features: out.features }));
-  const weights: Record<string, Buffer> = {};
-  for (const [k, s] of Object.entries(shapes)) weights[`judge.${k}`] = executor.upload(judge.weights[k], s, "f32");
+  // The weights stay resident: inputs bound to the store, never replaced.
+  const store = new ResidentStore(executor);
+  const bound = Object.fromEntries(Object.keys(shapes).map((k) => [`judge.${k}`, `judge.${k}`]));
+  const prog = await Program.create(store, tr.build({ logits: out.logits, features: out.features }), { inputs: bound });
+  for (const [k, s] of Object.entries(shapes)) store.set(`judge.${k}`, judge.weights[k], s);
   const run = async (images: { data: Float32Array; shape: readonly number[] }): Promise<JudgeOutputs> => {
     const [n, c, h, w] = images.shape;
     if (images.shape.length !== 4 || c !== p.channels || h !== p.size || w !== p.size) {
@@ -97,20 +100,15 @@ export async function judgeRunner(executor: Executor, judge: FashionJudge, batch
     for (let s = 0; s < n; s += batch) {
       const e = Math.min(n, s + batch), chunk = new Float32Array(batch * per);
       chunk.set(images.data.subarray(s * per, e * per));
-      const x = executor.upload(chunk, [batch, c, h, w], "f32");
-      const res = await prep.run({ ...weights, x });
-      executor.dispose(x);
-      const l = await executor.read(res.logits), f = await executor.read(res.features);
-      executor.dispose(res.logits);
-      executor.dispose(res.features);
+      const { logits: l, features: f } = await prog.run({ x: chunk });
       logits.set(l.subarray(0, (e - s) * p.classes), s * p.classes);
       features.set(f.subarray(0, (e - s) * p.hidden), s * p.hidden);
     }
     return { logits, features, n };
   };
   const close = async () => {
-    await prep.dispose();
-    for (const b of Object.values(weights)) executor.dispose(b);
+    await prog.dispose();
+    store.dispose();
   };
   return { judge, run, close };
 }

@@ -18,7 +18,8 @@
  *
  * @module
  */
-import type { Executor, Prepared } from "../engine/executors/executor.ts";
+import type { Executor } from "../engine/executors/executor.ts";
+import { Program, ResidentStore } from "../engine/program.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
 import { type InceptionV3, loadInceptionV3 } from "./inception_v3.ts";
 import { type FeatureOptions, loadMobileNetV2, type MobileNet } from "./mobilenet_v2.ts";
@@ -406,9 +407,10 @@ async function featureRunner(executor: Executor, opts: FidOptions) {
   const net = opts.net ?? (judge === "inception_v3" ? await loadInceptionV3() : await loadMobileNetV2());
   const batch = opts.batch ?? 16;
   if (!Number.isInteger(batch) || batch < 1) throw new Error(`fid: batch must be a positive integer, got ${batch}`);
-  const graphs = new Map<string, { prep: Prepared; dim: number }>();
+  const store = new ResidentStore(executor);
+  const graphs = new Map<string, { prog: Program; dim: number }>();
   const close = async () => {
-    for (const g of graphs.values()) await g.prep.dispose();
+    for (const g of graphs.values()) await g.prog.dispose();
   };
   const run = async (images: ImageSet): Promise<{ features: Float32Array; dim: number }> => {
     const [n, c, h, w] = images.shape;
@@ -420,18 +422,14 @@ async function featureRunner(executor: Executor, opts: FidOptions) {
     if (!g) {
       const tr = new Trace();
       const pooled = tracePooled(net, tr, tr.input("x", [batch, 3, h, w]), size, opts);
-      g = { prep: await executor.prepare(tr.build({ pooled })), dim: pooled.shape[1] };
+      g = { prog: await Program.create(store, tr.build({ pooled }), {}), dim: pooled.shape[1] };
       graphs.set(key, g);
     }
     const per = 3 * h * w, features = new Float32Array(n * g.dim);
     for (let s = 0; s < n; s += batch) {
       const chunk = new Float32Array(batch * per);
       chunk.set(images.data.subarray(s * per, Math.min(n, s + batch) * per));
-      const x = executor.upload(chunk, [batch, 3, h, w], "f32");
-      const res = await g.prep.run({ x });
-      executor.dispose(x);
-      const f = await executor.read(res.pooled);
-      executor.dispose(res.pooled);
+      const f = (await g.prog.run({ x: chunk })).pooled;
       features.set(f.subarray(0, (Math.min(n, s + batch) - s) * g.dim), s * g.dim);
     }
     return { features, dim: g.dim };

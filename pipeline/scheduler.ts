@@ -5,11 +5,12 @@
  *
  * @module
  */
-import type { Buffer, Executor, HostArray, Prepared } from "../engine/executors/executor.ts";
+import type { Executor, HostArray } from "../engine/executors/executor.ts";
 import { grad } from "../engine/grad.ts";
 import type { Graph } from "../engine/ir.ts";
 import { div } from "../engine/math.ts";
 import { ema } from "../engine/optim.ts";
+import { Program, ResidentStore } from "../engine/program.ts";
 import { type Layout, layoutOf, nest, pack, packHost, unpack, unpackHost } from "../engine/pack.ts";
 import { Rng } from "../engine/rng.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
@@ -31,7 +32,7 @@ interface RandomInput {
 interface CompiledPhase {
   phase: Phase;
   graph: Graph;
-  prepared: Prepared;
+  program: Program;
   /** Graph input name → store key, for resident inputs. */
   stateIn: Record<string, string>;
   /** Graph output name → store key. */
@@ -52,12 +53,13 @@ export function optimizerSlots(plan: Plan, optimizer: string): string[] {
 /** Runs a plan's compiled phases on one executor. */
 export class Scheduler {
   readonly layouts: Record<string, Layout> = {};
-  private readonly store = new Map<string, Buffer>();
+  private readonly store: ResidentStore;
   private readonly compiled: CompiledPhase[] = [];
-  private readonly emaGraphs = new Map<string, Prepared>();
+  private readonly emaGraphs = new Map<string, Program>();
 
   /** `runSteps`: the run's length, the default end of learning-rate decays. */
   constructor(readonly plan: Plan, readonly executor: Executor, readonly seed: number, readonly runSteps?: number) {
+    this.store = new ResidentStore(executor);
     for (const [name, m] of Object.entries(plan.models)) layouts(this.layouts, name, m.shapes);
   }
 
@@ -67,16 +69,15 @@ export class Scheduler {
     for (const phase of this.plan.phases) {
       const t0 = performance.now();
       const c = this.tracePhase(phase);
-      const resident = Object.keys(c.stateOut);
-      const prepared = await this.executor.prepare(c.graph, { resident });
-      this.compiled.push({ ...c, prepared });
+      const program = await Program.create(this.store, c.graph, { inputs: c.stateIn, updates: c.stateOut });
+      this.compiled.push({ ...c, program });
       info.push({ optimizer: phase.optimizer, nodes: c.graph.nodes.length, ms: performance.now() - t0 });
     }
     return info;
   }
 
   /** Builds a phase's graph without compiling it (also used by `--dry-run`). */
-  tracePhase(phase: Phase): Omit<CompiledPhase, "prepared"> {
+  tracePhase(phase: Phase): Omit<CompiledPhase, "program"> {
     const plan = this.plan;
     const tr = new Trace();
     const stateIn: Record<string, string> = {}, stateOut: Record<string, string> = {};
@@ -181,21 +182,17 @@ export class Scheduler {
 
   /** Sets a store entry from host data (initial weights, loaded checkpoints). */
   set(key: string, data: Float32Array): void {
-    const old = this.store.get(key);
-    if (old) this.executor.dispose(old);
-    this.store.set(key, this.executor.upload(data, [data.length], "f32"));
+    this.store.set(key, data);
   }
 
   /** Reads a store entry back to the host. */
   async get(key: string): Promise<Float32Array> {
-    const b = this.store.get(key);
-    if (!b) throw new Error(`scheduler: nothing stored under "${key}"`);
-    return Float32Array.from(await this.executor.read(b));
+    return Float32Array.from(await this.store.read(key));
   }
 
   /** Keys currently in the store. */
   keys(): string[] {
-    return [...this.store.keys()];
+    return this.store.keys();
   }
 
   /** Initialises models (from their declared init or kind's initialiser), moments at zero, EMAs as copies. */
@@ -234,38 +231,14 @@ export class Scheduler {
     for (const c of this.compiled) {
       if (step % c.phase.every !== 0) continue;
       const t0 = performance.now();
-      const ins: Record<string, Buffer> = {};
-      const temp: Buffer[] = [];
-      const upload = (name: string, data: HostArray, shape: readonly number[], dtype: "f32" | "i32" | "bool") => {
-        const b = this.executor.upload(data, shape, dtype);
-        temp.push(b);
-        ins[name] = b;
-      };
-      for (const [input, key] of Object.entries(c.stateIn)) ins[input] = this.store.get(key)!;
-      upload("step", Float32Array.of(step), [], "f32");
-      for (const [input, id] of Object.entries(c.feeds)) {
-        const node = c.graph.nodes.find((n) => n.op === "input" && n.attrs.name === input)!;
-        upload(input, host.get(id)!, node.shape, node.dtype);
-      }
+      const feeds: Record<string, HostArray> = { step: Float32Array.of(step) };
+      for (const [input, id] of Object.entries(c.feeds)) feeds[input] = host.get(id)!;
       for (const r of c.randoms) {
-        const node = c.graph.nodes.find((n) => n.op === "input" && n.attrs.name === r.name)!;
         const rng = new Rng(this.seed).fold(`${r.stage}/${r.tag}`).fold(step);
-        upload(r.name, r.kind === "normal" ? rng.normal(r.size) : rng.uniform(r.size), node.shape, "f32");
+        feeds[r.name] = r.kind === "normal" ? rng.normal(r.size) : rng.uniform(r.size);
       }
-      let res: Record<string, Buffer>;
-      try {
-        res = await c.prepared.run(ins);
-      } finally {
-        for (const b of temp) this.executor.dispose(b);
-      }
-      for (const [output, key] of Object.entries(c.stateOut)) {
-        this.executor.dispose(this.store.get(key)!);
-        this.store.set(key, res[output]);
-      }
-      for (const [output, metric] of Object.entries(c.metrics)) {
-        out[metric] = (await this.executor.read(res[output]))[0];
-      }
-      for (const [name, b] of Object.entries(res)) if (!(name in c.stateOut)) this.executor.dispose(b);
+      const res = await c.program.run(feeds, Object.keys(c.metrics));
+      for (const [output, metric] of Object.entries(c.metrics)) out[metric] = res[output][0];
       times?.set(c.phase.optimizer, (times.get(c.phase.optimizer) ?? 0) + performance.now() - t0);
     }
     return out;
@@ -278,26 +251,24 @@ export class Scheduler {
       this.set(key, await this.get(pk));
       return;
     }
-    let prep = this.emaGraphs.get(model);
-    if (!prep) {
+    let prog = this.emaGraphs.get(model);
+    if (!prog) {
       const tr = new Trace();
       const e = tr.input("e", [this.layouts[model].total]), p = tr.input("p", [this.layouts[model].total]);
       const d = tr.input("decay", []);
-      prep = await this.executor.prepare(tr.build({ e: ema(e, p, d) }), { resident: ["e"] });
-      this.emaGraphs.set(model, prep);
+      prog = await Program.create(this.store, tr.build({ e: ema(e, p, d) }), {
+        inputs: { e: key, p: pk },
+        updates: { e: key },
+      });
+      this.emaGraphs.set(model, prog);
     }
-    const db = this.executor.upload(Float32Array.of(decay), [], "f32");
-    const res = await prep.run({ e: this.store.get(key)!, p: this.store.get(pk)!, decay: db });
-    this.executor.dispose(db);
-    this.executor.dispose(this.store.get(key)!);
-    this.store.set(key, res.e);
+    await prog.run({ decay: Float32Array.of(decay) }, []);
   }
 
   /** Frees everything on the executor. */
   async dispose(): Promise<void> {
-    for (const b of this.store.values()) this.executor.dispose(b);
-    this.store.clear();
-    for (const c of this.compiled) await c.prepared.dispose();
+    this.store.dispose();
+    for (const c of this.compiled) await c.program.dispose();
     for (const p of this.emaGraphs.values()) await p.dispose();
   }
 }

@@ -255,12 +255,15 @@ export interface DatasetDef<P = unknown> {
   load(params: P, seed: number): Promise<Dataset>;
 }
 
+/** A stage kind of any parameter type (what the registry holds). */
 // deno-lint-ignore no-explicit-any
-type AnyStage = StageDef<any>;
+export type AnyStage = StageDef<any>;
+/** A model kind of any parameter type. */
 // deno-lint-ignore no-explicit-any
-type AnyModel = ModelDef<any>;
+export type AnyModel = ModelDef<any>;
+/** A dataset kind of any parameter type. */
 // deno-lint-ignore no-explicit-any
-type AnyDataset = DatasetDef<any>;
+export type AnyDataset = DatasetDef<any>;
 
 const stages = new Map<string, AnyStage>();
 const models = new Map<string, AnyModel>();

@@ -415,7 +415,9 @@ Deno.test("a NaN/Inf loss or state stops the run (exit 1) and keeps the last goo
   const fixture = await writeConfig(
     dir,
     "reciprocal.ts",
-    `import { registerDataset, runCli, z } from "${ROOT}mod.ts";
+    `import { registerBuiltins, registerDataset, runCli } from "${ROOT}mod.ts";
+import { z } from "zod";
+registerBuiltins();
 const Params = z.strictObject({ size: z.number().int().positive(), zero_at: z.number().int().min(0) });
 registerDataset<z.output<typeof Params>>({
   kind: "test.reciprocal",

@@ -2,7 +2,9 @@
  * A user's own kinds, registered from their own module and named in `fit.yaml`: a `user.triangle_wave` dataset and
  * a traced `user.fourier_features` stage (Tancik et al. 2020, "Fourier Features Let Networks Learn High Frequency
  * Functions in Low Dimensional Domains") and a `user.sgd` optimizer (SGD with heavy-ball momentum, its rule an
- * `init`/`update` pair), mixed with the built-in data, model, mse, optimizer, ema, checkpoint and metrics stages. It imports only the project's `mod.ts`, as a module outside the project would.
+ * `init`/`update` pair), mixed with the built-in data, model, mse, optimizer, ema, checkpoint and metrics stages,
+ * which `registerBuiltins` registers. It imports only the project's `mod.ts` (and zod, for its parameter schemas), as
+ * a module outside the project would.
  *
  * Run it as the CLI, with the same arguments as `deno task run`:
  *
@@ -20,6 +22,7 @@ import {
   expectPort,
   mul,
   type OptimizerRule,
+  registerBuiltins,
   registerDataset,
   registerStage,
   Rng,
@@ -28,8 +31,8 @@ import {
   sin,
   type StageDef,
   StageTypeError,
-  z,
 } from "../../mod.ts";
+import { z } from "zod";
 
 const FeatureParams = z.strictObject({
   /** Number of octaves K: features sin and cos of 2^k·π·scale·x for k = 0 … K−1. */
@@ -133,6 +136,7 @@ export const sgdOptimizer: StageDef<z.output<typeof SgdParams>> = {
   },
 };
 
+registerBuiltins();
 registerStage(fourierFeatures);
 registerStage(sgdOptimizer);
 registerDataset(triangleWave);

@@ -5,7 +5,8 @@
  *
  * @module
  */
-import type { Buffer, Executor, Prepared } from "../../engine/executors/executor.ts";
+import type { Executor } from "../../engine/executors/executor.ts";
+import { Program, ResidentStore } from "../../engine/program.ts";
 import { layoutOf, packHost, unpack } from "../../engine/pack.ts";
 import { Rng } from "../../engine/rng.ts";
 import { Trace } from "../../engine/tensor.ts";
@@ -23,9 +24,8 @@ export interface TextBatch {
 /** A UNet compiled on an executor for one batch size. */
 export class UNetRunner {
   private constructor(
-    private readonly executor: Executor,
-    private readonly prepared: Prepared,
-    private readonly weights: Buffer,
+    private readonly store: ResidentStore,
+    private readonly program: Program,
     readonly u: UNetParams,
     readonly batch: number,
     readonly textLength: number,
@@ -46,29 +46,20 @@ export class UNetRunner {
     const tokens = u.context_dim ? tr.input("tokens", [batch, textLength, u.context_dim]) : undefined;
     const pooled = u.pooled_dim ? tr.input("pooled", [batch, u.pooled_dim]) : undefined;
     const out = unetForward(u, unpack(flat, layout), x, t, tokens, pooled);
-    const prepared = await executor.prepare(tr.build({ out }));
-    const wbuf = executor.upload(packHost(weights, layout), [layout.total], "f32");
-    return new UNetRunner(executor, prepared, wbuf, u, batch, textLength);
+    // The weights stay resident: an input bound to the store and never replaced.
+    const store = new ResidentStore(executor);
+    const program = await Program.create(store, tr.build({ out }), { inputs: { weights: "weights" } });
+    store.set("weights", packHost(weights, layout));
+    return new UNetRunner(store, program, u, batch, textLength);
   }
 
   /** One evaluation: x [B, C, S, S] at integer timestep t for every image. */
   async run(x: Float32Array, t: number, text: TextBatch): Promise<Float32Array> {
-    const ex = this.executor, b = this.batch, u = this.u;
-    const bufs: Record<string, Buffer> = {
-      weights: this.weights,
-      x: ex.upload(x, [b, u.in_channels, u.size, u.size], "f32"),
-      t: ex.upload(new Float32Array(b).fill(t), [b], "f32"),
-    };
-    if (u.context_dim) bufs.tokens = ex.upload(text.tokens, [b, this.textLength, u.context_dim], "f32");
-    if (u.pooled_dim) bufs.pooled = ex.upload(text.pooled, [b, u.pooled_dim], "f32");
-    try {
-      const res = await this.prepared.run(bufs);
-      const out = Float32Array.from(await ex.read(res.out));
-      ex.dispose(res.out);
-      return out;
-    } finally {
-      for (const [k, v] of Object.entries(bufs)) if (k !== "weights") ex.dispose(v);
-    }
+    const u = this.u;
+    const feeds: Record<string, Float32Array> = { x, t: new Float32Array(this.batch).fill(t) };
+    if (u.context_dim) feeds.tokens = text.tokens;
+    if (u.pooled_dim) feeds.pooled = text.pooled;
+    return Float32Array.from((await this.program.run(feeds, ["out"])).out);
   }
 
   /** The runner as a sampler denoiser for fixed text conditioning. */
@@ -78,8 +69,8 @@ export class UNetRunner {
 
   /** Frees the compiled graph and the weights. */
   async dispose(): Promise<void> {
-    this.executor.dispose(this.weights);
-    await this.prepared.dispose();
+    this.store.dispose();
+    await this.program.dispose();
   }
 }
 

@@ -1,0 +1,93 @@
+/**
+ * The built-in stage, model and dataset kinds, and `registerBuiltins`, which registers them. Importing this module
+ * registers nothing (`stages/mod.ts` is the module whose import does).
+ *
+ * @module
+ */
+import {
+  type AnyDataset,
+  type AnyModel,
+  type AnyStage,
+  registerDataset,
+  registerModel,
+  registerStage,
+} from "../pipeline/stage.ts";
+import { checkpoint } from "./checkpoint.ts";
+import { dataLoad } from "./data_load.ts";
+import { toyFunction } from "./data/toy_function.ts";
+import { emoji } from "./data/emoji.ts";
+import { fashionMnist } from "./data/fashion_mnist.ts";
+import { imageFolder } from "./data/image_folder.ts";
+import { emaStage } from "./ema.ts";
+import { metrics } from "./metrics.ts";
+import { model } from "./model.ts";
+import { mse } from "./mse.ts";
+import { crossEntropyStage } from "./cross_entropy.ts";
+import { optimizer } from "./optimizer.ts";
+import { textEncode } from "./text_encode.ts";
+import { diffusionNoise } from "./diffusion_noise.ts";
+import { sample } from "./sample.ts";
+import { addReport } from "./add_report.ts";
+import { fashionReport } from "./fashion_report.ts";
+import { weightedSum } from "./weighted_sum.ts";
+import { addNoise } from "./add/noise.ts";
+import { addStudent } from "./add/student.ts";
+import { addDistill } from "./add/distill.ts";
+import { addDiscriminatorStage } from "./add/discriminator.ts";
+import { teacherPairs } from "./add/teacher_pairs.ts";
+import { featureMse } from "./feature_mse.ts";
+import { dmd } from "./dmd.ts";
+import { addDiscriminator } from "../models/add_discriminator.ts";
+import { mobilenetV2 } from "../models/feature_net.ts";
+import { mlp } from "../models/mlp.ts";
+import { fashionCnn } from "../models/fashion_cnn.ts";
+import { unet } from "../models/unet.ts";
+
+/** The built-in stage kinds. */
+export const BUILTIN_STAGES: readonly AnyStage[] = [
+  dataLoad,
+  model,
+  mse,
+  crossEntropyStage,
+  optimizer,
+  emaStage,
+  checkpoint,
+  metrics,
+  textEncode,
+  diffusionNoise,
+  sample,
+  addReport,
+  fashionReport,
+  weightedSum,
+  addNoise,
+  addStudent,
+  addDistill,
+  addDiscriminatorStage,
+  teacherPairs,
+  featureMse,
+  dmd,
+];
+
+/** The built-in model kinds. */
+export const BUILTIN_MODELS: readonly AnyModel[] = [
+  mlp,
+  fashionCnn,
+  unet,
+  addDiscriminator,
+  mobilenetV2,
+];
+
+/** The built-in dataset kinds. */
+export const BUILTIN_DATASETS: readonly AnyDataset[] = [
+  toyFunction,
+  emoji,
+  fashionMnist,
+  imageFolder,
+];
+
+/** Registers every built-in kind (again is a no-op), so a config can name them beside a user's own. */
+export function registerBuiltins(): void {
+  for (const s of BUILTIN_STAGES) registerStage(s);
+  for (const m of BUILTIN_MODELS) registerModel(m);
+  for (const d of BUILTIN_DATASETS) registerDataset(d);
+}
