@@ -1,7 +1,7 @@
 /**
  * `deno task evaluate --teacher <dir> [--student <dir>] [--steps-teacher 1,4,50] [--steps-student 1,4] [--limit N]
  * [--judge inception_v3|mobilenet_v2] [--judge-size N] [--no-disc-fid] [--out DIR] [--executor cpu]`: the evaluation
- * report of `eval_report` (stages/add_report.ts) for UNets saved by runs (checkpoint folders, or shipped model folders
+ * report of `eval_report` (stages/eval_report.ts) for UNets saved by runs (checkpoint folders, or shipped model folders
  * holding the run's `config.yaml` and `<model>(.ema).safetensors`): the teacher with DDIM and the student with the ADD
  * sampler, on the emoji held-out captions and an equally large fixed subset of the training captions. FID-proxy and
  * text fidelity use the judge (InceptionV3 by default); the FID on the discriminator's MobileNetV2 is a column beside
@@ -15,12 +15,12 @@ import { parse } from "yaml";
 import { createExecutor } from "./engine/executors/auto.ts";
 import type { ExecutorName } from "./engine/executors/executor.ts";
 import { makeSchedule } from "./models/diffusion/schedules.ts";
-import { evaluateGenerators, type Generator } from "./models/evaluate.ts";
-import { DEFAULT_JUDGE, type JudgeName, JUDGES } from "./models/fid.ts";
+import { evaluateGenerators, type Generator } from "./evaluation/evaluate.ts";
+import { DEFAULT_JUDGE, type JudgeName, JUDGES } from "./evaluation/fid.ts";
 import { INCEPTION_MIN_SIZE } from "./models/inception_v3.ts";
 import { loadUnetFolder } from "./sample.ts";
-import { emojiCaptionSets, writeReport } from "./stages/add_report.ts";
-import { loadCaptionEncoder } from "./stages/text_encode.ts";
+import { emojiCaptionSets, writeReport } from "./evaluation/emoji_report.ts";
+import { loadCaptionEncoder } from "./models/caption_encoder.ts";
 
 /** The emoji parameters (without `split`) of the first `emoji` dataset in a run folder's config, else {}. */
 async function emojiParamsOf(dir: string): Promise<Record<string, unknown>> {

@@ -15,7 +15,7 @@ import { readSafetensors, toFloat32 } from "./engine/safetensors.ts";
 import { ScheduleParams } from "./models/diffusion/schedules.ts";
 import { writeAtomic } from "./models/png_grid.ts";
 import { unet, type UNetParams } from "./models/unet.ts";
-import { sampleGrid } from "./stages/sample.ts";
+import { sampleGrid } from "./models/diffusion/sample_grid.ts";
 
 interface Found {
   u: UNetParams;

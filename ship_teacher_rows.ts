@@ -10,7 +10,7 @@
 import { Command } from "commander";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { cachedFor, shipRows } from "./models/teacher_rows.ts";
+import { cachedFor, shipRows } from "./evaluation/teacher_rows.ts";
 import { weightsKey } from "./models/weights_key.ts";
 import { ConfigError, loadConfig, type LoadedConfig } from "./pipeline/config.ts";
 import { RunError } from "./pipeline/errors.ts";

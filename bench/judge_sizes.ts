@@ -13,9 +13,9 @@
  */
 import { createExecutor } from "../engine/executors/auto.ts";
 import { Rng } from "../engine/rng.ts";
-import { textFidelity, toDisplayed } from "../models/eval_metrics.ts";
-import { frechetDistanceOfFeatures, type JudgeName, pooledFeatures } from "../models/fid.ts";
-import { emojiCaptionSets } from "../stages/add_report.ts";
+import { textFidelity, toDisplayed } from "../evaluation/eval_metrics.ts";
+import { frechetDistanceOfFeatures, type JudgeName, pooledFeatures } from "../evaluation/fid.ts";
+import { emojiCaptionSets } from "../evaluation/emoji_report.ts";
 
 const S = 32, PER = 3 * S * S, PLANE = S * S;
 

@@ -6,7 +6,7 @@
  * - a Fréchet distance in the classifier's penultimate features (`features`, after the ReLU) against real images,
  *   by default the 10,000 test images: FID's construction with a network that knows this domain.
  *
- * Images are [N, C, 32, 32] in [-1, 1], as the diffusion configs serve Fashion-MNIST (`stages/data/fashion_mnist.ts`).
+ * Images are [N, C, 32, 32] in [-1, 1], as the diffusion configs serve Fashion-MNIST (`datasets/fashion_mnist.ts`).
  *
  * @module
  */
@@ -15,9 +15,9 @@ import type { Executor } from "../engine/executors/executor.ts";
 import { Program, ResidentStore } from "../engine/program.ts";
 import { readSafetensors, toFloat32 } from "../engine/safetensors.ts";
 import { Trace } from "../engine/tensor.ts";
-import { FASHION_MNIST_DIR, loadFashionMnist } from "../stages/data/fashion_mnist.ts";
+import { FASHION_MNIST_DIR, loadFashionMnist } from "../datasets/fashion_mnist.ts";
 import { fashionCnnForward, type FashionCnnParams, fashionCnnShapes } from "./fashion_cnn.ts";
-import { frechetDistanceOfFeatures } from "./fid.ts";
+import { frechetDistanceOfFeatures } from "../evaluation/fid.ts";
 
 /** The shipped classifier's weights. */
 export const FASHION_JUDGE_WEIGHTS: string = fileURLToPath(

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { FASHION_MNIST_CLASSES } from "../stages/data/fashion_mnist.ts";
+import { FASHION_MNIST_CLASSES } from "../datasets/fashion_mnist.ts";
 import emoji from "emoji-datasource-google/emoji.json" with { type: "json" };
 import { lowerToOnnx } from "../engine/onnx/lower.ts";
 import { Rng } from "../engine/rng.ts";

@@ -13,11 +13,11 @@ import {
   registerStage,
 } from "../pipeline/stage.ts";
 import { checkpoint } from "./checkpoint.ts";
-import { dataLoad } from "./data_load.ts";
-import { toyFunction } from "./data/toy_function.ts";
-import { emoji } from "./data/emoji.ts";
-import { fashionMnist } from "./data/fashion_mnist.ts";
-import { imageFolder } from "./data/image_folder.ts";
+import { dataLoad } from "./data.ts";
+import { toyFunction } from "../datasets/toy_function.ts";
+import { emoji } from "../datasets/emoji.ts";
+import { fashionMnist } from "../datasets/fashion_mnist.ts";
+import { imageFolder } from "../datasets/image_folder.ts";
 import { emaStage } from "./ema.ts";
 import { metrics } from "./metrics.ts";
 import { model } from "./model.ts";
@@ -27,14 +27,14 @@ import { optimizer } from "./optimizer.ts";
 import { textEncode } from "./text_encode.ts";
 import { diffusionNoise } from "./diffusion_noise.ts";
 import { sample } from "./sample.ts";
-import { addReport } from "./add_report.ts";
+import { evalReport } from "./eval_report.ts";
 import { fashionReport } from "./fashion_report.ts";
-import { weightedSum } from "./weighted_sum.ts";
-import { addNoise } from "./add/noise.ts";
-import { addStudent } from "./add/student.ts";
-import { addDistill } from "./add/distill.ts";
-import { addDiscriminatorStage } from "./add/discriminator.ts";
-import { teacherPairs } from "./add/teacher_pairs.ts";
+import { weightedSum } from "./sum.ts";
+import { addNoise } from "./add/add_noise.ts";
+import { addStudent } from "./add/add_student.ts";
+import { addDistill } from "./add/add_distill.ts";
+import { addDiscriminatorStage } from "./add/add_discriminator.ts";
+import { teacherPairs } from "./teacher_pairs.ts";
 import { featureMse } from "./feature_mse.ts";
 import { dmd } from "./dmd.ts";
 import { addDiscriminator } from "../models/add_discriminator.ts";
@@ -56,7 +56,7 @@ export const BUILTIN_STAGES: readonly AnyStage[] = [
   textEncode,
   diffusionNoise,
   sample,
-  addReport,
+  evalReport,
   fashionReport,
   weightedSum,
   addNoise,

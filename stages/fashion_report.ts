@@ -15,20 +15,20 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
-import type { UNetGenerator } from "../models/evaluate.ts";
+import type { UNetGenerator } from "../evaluation/evaluate.ts";
 import {
   evaluateFashion,
   FASHION_JUDGE_LABEL,
   fashionReportMarkdown,
   type FashionRow,
-} from "../models/fashion_eval.ts";
+} from "../evaluation/fashion_eval.ts";
 import { loadFashionJudge } from "../models/fashion_judge.ts";
 import { writeAtomic } from "../models/png_grid.ts";
-import { findRows, storeRows } from "../models/teacher_rows.ts";
+import { findRows, storeRows } from "../evaluation/teacher_rows.ts";
 import type { UNetParams } from "../models/unet.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import { type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
-import { checkTextWidths, loadCaptionEncoder } from "./text_encode.ts";
+import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
 
 const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 

@@ -6,13 +6,12 @@
  * @module
  */
 import { z } from "zod";
-import type { Executor } from "../engine/executors/executor.ts";
-import { generate, UNetRunner } from "../models/diffusion/generate.ts";
-import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
-import { gridToPng, writeAtomic } from "../models/png_grid.ts";
+import { sampleGrid } from "../models/diffusion/sample_grid.ts";
+import { ScheduleParams } from "../models/diffusion/schedules.ts";
+import { writeAtomic } from "../models/png_grid.ts";
 import type { UNetParams } from "../models/unet.ts";
 import type { StageDef } from "../pipeline/stage.ts";
-import { checkTextWidths, loadCaptionEncoder } from "./text_encode.ts";
+import { checkTextWidths } from "../models/caption_encoder.ts";
 
 const Params = z.strictObject({
   /** A declared `unet` model. */
@@ -63,40 +62,3 @@ export const sample: StageDef<z.output<typeof Params>> = {
     );
   },
 };
-
-/** Generates the prompts × seeds grid with the given weights (also used by `deno task sample`). */
-export async function sampleGrid(
-  executor: Executor,
-  u: UNetParams,
-  weights: Record<string, Float32Array>,
-  p: Pick<
-    z.output<typeof Params>,
-    "prompts" | "seeds" | "sampler" | "steps" | "guidance" | "schedule" | "prediction" | "text_encoder"
-  >,
-): Promise<{ png: Uint8Array; images: Float32Array[]; legend: Record<string, unknown> }> {
-  const enc = await loadCaptionEncoder(p.text_encoder);
-  const captions = p.prompts.flatMap((c) => p.seeds.map(() => c));
-  const seeds = p.prompts.flatMap(() => p.seeds);
-  const text = { ...(await enc.encode(captions)), length: enc.dims.length };
-  const empty = p.guidance > 1 ? { ...(await enc.encode(captions.map(() => ""))), length: enc.dims.length } : undefined;
-  const runner = await UNetRunner.create(executor, u, weights, captions.length, enc.dims.length);
-  try {
-    const t0 = performance.now();
-    const out = await generate(runner, makeSchedule(p.schedule), p, seeds, text, empty);
-    const ms = performance.now() - t0;
-    const per = u.in_channels * u.size * u.size;
-    const images = captions.map((_, i) => out.slice(i * per, (i + 1) * per));
-    const png = gridToPng(images, u.in_channels, u.size, { cols: p.seeds.length });
-    const legend = {
-      rows: p.prompts,
-      cols: p.seeds,
-      sampler: p.sampler,
-      steps: p.steps,
-      guidance: p.guidance,
-      ms_per_image: ms / captions.length,
-    };
-    return { png, images, legend };
-  } finally {
-    await runner.dispose();
-  }
-}

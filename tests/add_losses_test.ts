@@ -20,10 +20,10 @@ import { makeSchedule } from "../models/diffusion/schedules.ts";
 import { ConfigError, loadConfig } from "../pipeline/config.ts";
 import { planPipeline } from "../pipeline/plan.ts";
 import { StageTypeError } from "../pipeline/stage.ts";
-import { addDiscriminatorStage } from "../stages/add/discriminator.ts";
-import { addDistill } from "../stages/add/distill.ts";
-import { addNoise } from "../stages/add/noise.ts";
-import { weightedSum } from "../stages/weighted_sum.ts";
+import { addDiscriminatorStage } from "../stages/add/add_discriminator.ts";
+import { addDistill } from "../stages/add/add_distill.ts";
+import { addNoise } from "../stages/add/add_noise.ts";
+import { weightedSum } from "../stages/sum.ts";
 import { checkGrad, lcg, randn } from "./grad_check.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;

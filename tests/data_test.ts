@@ -9,11 +9,11 @@ import { gunzipSync } from "node:zlib";
 import { decode, encode } from "fast-png";
 import { datasetKinds } from "../pipeline/stage.ts";
 import "../stages/mod.ts";
-import { dataLoad } from "../stages/data_load.ts";
-import { type EmojiParams, heldoutGroups, loadEmoji } from "../stages/data/emoji.ts";
-import { FASHION_MNIST_DIR, loadFashionMnist } from "../stages/data/fashion_mnist.ts";
-import { loadImageFolder } from "../stages/data/image_folder.ts";
-import { resampleWeights, resize, toRgba } from "../stages/data/image_util.ts";
+import { dataLoad } from "../stages/data.ts";
+import { type EmojiParams, heldoutGroups, loadEmoji } from "../datasets/emoji.ts";
+import { FASHION_MNIST_DIR, loadFashionMnist } from "../datasets/fashion_mnist.ts";
+import { loadImageFolder } from "../datasets/image_folder.ts";
+import { resampleWeights, resize, toRgba } from "../datasets/image_util.ts";
 import { Rng } from "../engine/rng.ts";
 
 const PKG = new URL(".", import.meta.resolve("emoji-datasource-google/emoji.json")).pathname;

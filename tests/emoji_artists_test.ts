@@ -9,11 +9,11 @@ import { Resvg } from "@resvg/resvg-wasm";
 import { decode } from "fast-png";
 import "../stages/mod.ts";
 import { datasetKinds } from "../pipeline/stage.ts";
-import { dataLoad } from "../stages/data_load.ts";
-import { emoji, type EmojiDataset, emojiEntries, type EmojiParams, loadEmoji } from "../stages/data/emoji.ts";
-import { artistImages, fluentSlugs, matchFluent } from "../stages/data/emoji_artists.ts";
-import { composite, resize } from "../stages/data/image_util.ts";
-import { initResvg, rasterise } from "../stages/data/svg_raster.ts";
+import { dataLoad } from "../stages/data.ts";
+import { emoji, type EmojiDataset, emojiEntries, type EmojiParams, loadEmoji } from "../datasets/emoji.ts";
+import { artistImages, fluentSlugs, matchFluent } from "../datasets/emoji_artists.ts";
+import { composite, resize } from "../datasets/image_util.ts";
+import { initResvg, rasterise } from "../datasets/svg_raster.ts";
 
 const dirOf = (spec: string, file: string) => {
   const p = new URL(import.meta.resolve(`${spec}${file}`)).pathname;

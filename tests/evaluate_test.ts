@@ -19,15 +19,15 @@ import {
   reportMarkdown,
   textFidelity,
   toDisplayed,
-} from "../models/evaluate.ts";
-import { fidProxy, JUDGE_LABELS, JUDGE_SIZES } from "../models/fid.ts";
+} from "../evaluation/evaluate.ts";
+import { fidProxy, JUDGE_LABELS, JUDGE_SIZES } from "../evaluation/fid.ts";
 import { loadMobileNetV2, type MobileNet } from "../models/mobilenet_v2.ts";
 import { unet } from "../models/unet.ts";
 import { ConfigError, loadConfig } from "../pipeline/config.ts";
 import { planPipeline } from "../pipeline/plan.ts";
 import { shipTeacherRows } from "../ship_teacher_rows.ts";
 import { runQuiet } from "./run_quiet.ts";
-import { emojiCaptionSets } from "../stages/add_report.ts";
+import { emojiCaptionSets } from "../evaluation/emoji_report.ts";
 import "../stages/mod.ts";
 import { randomTinyUnet, TINY_UNET } from "./tiny_unet.ts";
 

@@ -11,13 +11,13 @@ import { createExecutor } from "../engine/executors/auto.ts";
 import type { Executor } from "../engine/executors/executor.ts";
 import { Rng } from "../engine/rng.ts";
 import { writeSafetensors } from "../engine/safetensors.ts";
-import { evaluateFashion, FASHION_JUDGE_LABEL, type FashionReport } from "../models/fashion_eval.ts";
+import { evaluateFashion, FASHION_JUDGE_LABEL, type FashionReport } from "../evaluation/fashion_eval.ts";
 import { type FashionJudge, fashionTestImages, loadFashionJudge } from "../models/fashion_judge.ts";
 import { unet } from "../models/unet.ts";
 import { ConfigError, loadConfig } from "../pipeline/config.ts";
 import { planPipeline } from "../pipeline/plan.ts";
 import { runQuiet } from "./run_quiet.ts";
-import { FASHION_MNIST_CLASSES, FASHION_MNIST_DIR } from "../stages/data/fashion_mnist.ts";
+import { FASHION_MNIST_CLASSES, FASHION_MNIST_DIR } from "../datasets/fashion_mnist.ts";
 import "../stages/mod.ts";
 import { randomTinyUnet, TINY_UNET } from "./tiny_unet.ts";
 

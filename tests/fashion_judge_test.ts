@@ -25,7 +25,7 @@ import { loadConfig } from "../pipeline/config.ts";
 import { planPipeline } from "../pipeline/plan.ts";
 import type { TraceContext } from "../pipeline/stage.ts";
 import { crossEntropyStage } from "../stages/cross_entropy.ts";
-import { FASHION_MNIST_CLASSES, FASHION_MNIST_DIR } from "../stages/data/fashion_mnist.ts";
+import { FASHION_MNIST_CLASSES, FASHION_MNIST_DIR } from "../datasets/fashion_mnist.ts";
 import "../stages/mod.ts";
 
 const ORT = { sanitizeResources: false, sanitizeOps: false };

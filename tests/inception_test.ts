@@ -15,7 +15,7 @@ import { evaluate } from "../engine/executors/reference.ts";
 import type { Graph } from "../engine/ir.ts";
 import { Rng } from "../engine/rng.ts";
 import { Trace } from "../engine/tensor.ts";
-import { frechetDistanceOfFeatures, JUDGE_SIZES, pooledFeatures, resolveJudge } from "../models/fid.ts";
+import { frechetDistanceOfFeatures, JUDGE_SIZES, pooledFeatures, resolveJudge } from "../evaluation/fid.ts";
 import {
   avgPool3Same,
   INCEPTION_FEATURE_LAYER,

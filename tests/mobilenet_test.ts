@@ -21,7 +21,7 @@ import {
   pooledFeatures,
   symmetricEigen,
   traceSqrtProduct,
-} from "../models/fid.ts";
+} from "../evaluation/fid.ts";
 import {
   DEFAULT_LEVELS,
   FEATURE_LAYER,

@@ -1,4 +1,4 @@
-// teacher_pairs (stages/add/teacher_pairs.ts): every drawn pair is (the bank's noise, its caption, the teacher's DDIM
+// teacher_pairs (stages/teacher_pairs.ts): every drawn pair is (the bank's noise, its caption, the teacher's DDIM
 // sample from exactly that noise and caption) — checked against the teacher sampled alone on each pair, so the
 // batching and the padding of the last chunk cannot mix pairs up; the student's inputs are pure noise at T−1; the cache
 // is read back for the same teacher and not for another; wrong models and schedules are rejected at typing.
@@ -15,8 +15,8 @@ import type { Dataset, HostContext, ModelInfo } from "../pipeline/stage.ts";
 import { RunMemory } from "../pipeline/stage_state.ts";
 import { hostContext } from "./host_context.ts";
 import { StageTypeError } from "../pipeline/stage.ts";
-import { teacherPairs } from "../stages/add/teacher_pairs.ts";
-import { loadCaptionEncoder } from "../stages/text_encode.ts";
+import { teacherPairs } from "../stages/teacher_pairs.ts";
+import { loadCaptionEncoder } from "../models/caption_encoder.ts";
 import { randomTinyUnet, TINY_UNET } from "./tiny_unet.ts";
 
 const opts = { sanitizeResources: false, sanitizeOps: false };

@@ -22,7 +22,8 @@ import {
 import { buildTextEncoderFiles, textEncoderCaptions } from "../models/text_encoder_build.ts";
 import type { Dataset } from "../pipeline/stage.ts";
 import { hostContext } from "./host_context.ts";
-import { loadCaptionEncoder, textEncode } from "../stages/text_encode.ts";
+import { loadCaptionEncoder } from "../models/caption_encoder.ts";
+import { textEncode } from "../stages/text_encode.ts";
 import { checkGrad, type InputSpec } from "./grad_check.ts";
 
 const DIR = new URL("../models/text_encoder", import.meta.url).pathname;

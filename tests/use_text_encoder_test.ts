@@ -17,7 +17,8 @@ import { ensureUseEncoder, isUseEncoderBuilt, USE_LITE_BUILD, USE_LITE_MODEL } f
 import { UnigramTokenizer } from "../models/use_lite/sentencepiece.ts";
 import type { Dataset } from "../pipeline/stage.ts";
 import { hostContext } from "./host_context.ts";
-import { loadCaptionEncoder, textEncode } from "../stages/text_encode.ts";
+import { loadCaptionEncoder } from "../models/caption_encoder.ts";
+import { textEncode } from "../stages/text_encode.ts";
 
 env.allowRemoteModels = false;
 // onnxruntime sessions live as long as the loaded model, across tests.

@@ -5,8 +5,8 @@
  * @module
  */
 import { z } from "zod";
-import { Rng } from "../../engine/rng.ts";
-import type { DatasetDef } from "../../pipeline/stage.ts";
+import { Rng } from "../engine/rng.ts";
+import type { DatasetDef } from "../pipeline/stage.ts";
 
 const FUNCTIONS: Record<string, (x: Float32Array) => number> = {
   /** sin of the sum of coordinates */

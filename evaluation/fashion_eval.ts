@@ -19,8 +19,8 @@
  */
 import type { Executor } from "../engine/executors/executor.ts";
 import { Rng } from "../engine/rng.ts";
-import { FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, loadFashionMnist } from "../stages/data/fashion_mnist.ts";
-import { type TextBatch, UNetRunner } from "./diffusion/generate.ts";
+import { FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, loadFashionMnist } from "../datasets/fashion_mnist.ts";
+import { type TextBatch, UNetRunner } from "../models/diffusion/generate.ts";
 import { countNonFinite, toDisplayed } from "./eval_metrics.ts";
 import { type CaptionEncoderLike, generateBatched, type UNetGenerator } from "./evaluate.ts";
 import {
@@ -31,9 +31,9 @@ import {
   type JudgeOutputs,
   judgeRunner,
   loadFashionJudge,
-} from "./fashion_judge.ts";
+} from "../models/fashion_judge.ts";
 import { frechetDistanceOfFeatures } from "./fid.ts";
-import type { UNetParams } from "./unet.ts";
+import type { UNetParams } from "../models/unet.ts";
 
 /** How the report names the shipped judge. */
 export const FASHION_JUDGE_LABEL =

@@ -21,15 +21,15 @@
  */
 import { join } from "node:path";
 import { z } from "zod";
-import { Rng } from "../../engine/rng.ts";
-import { readSafetensors, writeSafetensors } from "../../engine/safetensors.ts";
-import { UNetRunner } from "../../models/diffusion/generate.ts";
-import { cfg, sampleAdd, sampleDdim } from "../../models/diffusion/samplers.ts";
-import { makeSchedule, ScheduleParams } from "../../models/diffusion/schedules.ts";
-import type { UNetParams } from "../../models/unet.ts";
-import { weightsKey } from "../../models/weights_key.ts";
-import { datasetKinds, type HostContext, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
-import { checkTextWidths, loadCaptionEncoder } from "../text_encode.ts";
+import { Rng } from "../engine/rng.ts";
+import { readSafetensors, writeSafetensors } from "../engine/safetensors.ts";
+import { UNetRunner } from "../models/diffusion/generate.ts";
+import { cfg, sampleAdd, sampleDdim } from "../models/diffusion/samplers.ts";
+import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
+import type { UNetParams } from "../models/unet.ts";
+import { weightsKey } from "../models/weights_key.ts";
+import { datasetKinds, type HostContext, type StageDef, StageTypeError } from "../pipeline/stage.ts";
+import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
 
 const Params = z.strictObject({
   /** The teacher: a declared `unet` model that no optimizer updates (the bank is made once, from its weights). */

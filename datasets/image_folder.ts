@@ -11,7 +11,7 @@
  * @module
  */
 import { z } from "zod";
-import type { DatasetDef } from "../../pipeline/stage.ts";
+import type { DatasetDef } from "../pipeline/stage.ts";
 import {
   type CaptionedDataset,
   captionIndex,

@@ -11,33 +11,21 @@
  * @module
  */
 import { z } from "zod";
+import { emojiCaptionSets, writeReport } from "../evaluation/emoji_report.ts";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Rng } from "../engine/rng.ts";
 import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
-import {
-  type CaptionSet,
-  type EvalReport,
-  evaluateGenerators,
-  type Generator,
-  type GeneratorRow,
-  reportMarkdown,
-  type SetScores,
-} from "../models/evaluate.ts";
-import { DEFAULT_JUDGE, type FidOptions, JUDGES, resolveJudge } from "../models/fid.ts";
+import { evaluateGenerators, type Generator, type GeneratorRow, type SetScores } from "../evaluation/evaluate.ts";
+import { DEFAULT_JUDGE, type FidOptions, JUDGES, resolveJudge } from "../evaluation/fid.ts";
 import { INCEPTION_MIN_SIZE } from "../models/inception_v3.ts";
-import { writeAtomic } from "../models/png_grid.ts";
-import { findRows, type StoredRows, storeRows } from "../models/teacher_rows.ts";
+import { findRows, type StoredRows, storeRows } from "../evaluation/teacher_rows.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import type { UNetParams } from "../models/unet.ts";
 import { type EffectContext, type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
-import { emoji, type EmojiParams, loadEmoji } from "./data/emoji.ts";
-import { checkTextWidths, loadCaptionEncoder } from "./text_encode.ts";
+import { emoji } from "../datasets/emoji.ts";
+import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
 
 const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
-
-// Keys the choice of the train subset and of `limit` subsets; changing it changes which images are evaluated.
-const SUBSET_KEY = 20261205;
 
 const Steps = z.array(z.number().int().positive());
 
@@ -102,62 +90,6 @@ const Params = z.strictObject({
 });
 type P = z.output<typeof Params>;
 
-/** A fixed subset of `n` of `size` indices (all of them, in order, when n ≥ size), ascending. */
-function subset(size: number, n: number, tag: string): number[] {
-  if (n >= size) return Array.from({ length: size }, (_, i) => i);
-  const perm = new Rng(SUBSET_KEY).fold(tag).permutation(size);
-  return Array.from(perm.subarray(0, n)).sort((a, b) => a - b);
-}
-
-/**
- * The two caption sets of the report: the emoji held-out split (at most `limit` images) and a fixed subset of the
- * training split of `train_images` images (default: the held-out count), at most `limit`.
- */
-export async function emojiCaptionSets(
-  dataset: Record<string, unknown>,
-  o: { train_images?: number; limit?: number } = {},
-): Promise<CaptionSet[]> {
-  const parse = (split: "heldout" | "train"): EmojiParams => {
-    const r = emoji.params.safeParse({ ...dataset, split });
-    if (!r.success) {
-      const i = r.error.issues[0];
-      throw new Error(`eval_report: params.dataset.${i.path.join(".")}: ${i.message}`);
-    }
-    return r.data;
-  };
-  const hp = parse("heldout"), tp = parse("train");
-  const [held, train] = [await loadEmoji(hp), await loadEmoji(tp)];
-  const cap = o.limit ?? Infinity;
-  const nHeld = Math.min(held.size, cap);
-  const nTrain = Math.min(train.size, o.train_images ?? nHeld, cap);
-  const make = (name: string, label: string, ds: typeof held, idx: number[]): CaptionSet => ({
-    name,
-    label,
-    images: ds.batch(idx).image as Float32Array,
-    channels: 3,
-    size: hp.size,
-    captions: idx.map((i) => ds.captionOf(i)),
-  });
-  return [
-    make("heldout", "held-out", held, subset(held.size, nHeld, "heldout")),
-    make("train", "train", train, subset(train.size, nTrain, "train")),
-  ];
-}
-
-/** Writes `<dir>/<name>.json` (the report plus `meta`) and `<dir>/<name>.md`, each atomically. Returns the paths. */
-export async function writeReport(
-  dir: string,
-  report: EvalReport,
-  meta: Record<string, string | number | null>,
-  name = "report",
-): Promise<{ json: string; md: string }> {
-  await Deno.mkdir(dir, { recursive: true });
-  const json = `${dir}/${name}.json`, md = `${dir}/${name}.md`;
-  await writeAtomic(json, JSON.stringify({ ...meta, ...report }, null, 2) + "\n");
-  await writeAtomic(md, reportMarkdown(report, meta));
-  return { json, md };
-}
-
 function unetOf(models: Record<string, ModelInfo>, name: string, key: string): UNetParams | null {
   const info = models[name];
   if (!info) return null; // the planner reports undeclared models itself
@@ -166,7 +98,7 @@ function unetOf(models: Record<string, ModelInfo>, name: string, key: string): U
 }
 
 /** The eval_report stage. */
-export const addReport: StageDef<P> = {
+export const evalReport: StageDef<P> = {
   kind: "eval_report",
   doc: "report.md/json: teacher (DDIM 1/4/50) and student (ADD 1/4) FID-proxy, text fidelity, ms/image on emoji",
   role: "effect",

@@ -9,8 +9,8 @@
  * @module
  */
 import { decode, type DecodedPng } from "fast-png";
-import type { HostArray } from "../../engine/executors/executor.ts";
-import type { Dataset } from "../../pipeline/stage.ts";
+import type { HostArray } from "../engine/executors/executor.ts";
+import type { Dataset } from "../pipeline/stage.ts";
 
 /** An 8-bit RGBA image, row-major, 4 bytes a pixel. */
 export interface Rgba {

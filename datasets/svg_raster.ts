@@ -14,7 +14,7 @@
  */
 import { createHash } from "node:crypto";
 import { initWasm, Resvg } from "@resvg/resvg-wasm";
-import { writeAtomic } from "../../models/png_grid.ts";
+import { writeAtomic } from "../models/png_grid.ts";
 import { type Planar, resize, writeU8 } from "./image_util.ts";
 
 const MAGIC = "EMOJIPX1";

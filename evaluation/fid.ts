@@ -21,8 +21,8 @@
 import type { Executor } from "../engine/executors/executor.ts";
 import { Program, ResidentStore } from "../engine/program.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
-import { type InceptionV3, loadInceptionV3 } from "./inception_v3.ts";
-import { type FeatureOptions, loadMobileNetV2, type MobileNet } from "./mobilenet_v2.ts";
+import { type InceptionV3, loadInceptionV3 } from "../models/inception_v3.ts";
+import { type FeatureOptions, loadMobileNetV2, type MobileNet } from "../models/mobilenet_v2.ts";
 
 /**
  * Eigendecomposition of a symmetric n×n matrix `a` (row-major; only read). Returns eigenvalues ascending and, when

@@ -12,7 +12,7 @@
  * @module
  */
 import { join } from "node:path";
-import { writeAtomic } from "./png_grid.ts";
+import { writeAtomic } from "../models/png_grid.ts";
 
 /** Rows stored under one key. */
 export interface StoredRows<R> {

@@ -24,8 +24,8 @@
  * @module
  */
 import type { Executor } from "../engine/executors/executor.ts";
-import { generate, type SampleSettings, type TextBatch, UNetRunner } from "./diffusion/generate.ts";
-import type { Schedule } from "./diffusion/schedules.ts";
+import { generate, type SampleSettings, type TextBatch, UNetRunner } from "../models/diffusion/generate.ts";
+import type { Schedule } from "../models/diffusion/schedules.ts";
 import {
   asRgb,
   chanceFidelity,
@@ -43,7 +43,7 @@ import {
   pooledFeatures,
   resolveJudge,
 } from "./fid.ts";
-import type { UNetParams } from "./unet.ts";
+import type { UNetParams } from "../models/unet.ts";
 
 export { chanceFidelity, PIXEL_POOL, pixelFeatures, textFidelity, toDisplayed } from "./eval_metrics.ts";
 

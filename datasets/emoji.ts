@@ -11,7 +11,7 @@
  * emoji share a name in 16.0.0: "man in tuxedo"), groups are ranked by a keyed hash of the caption, and the first
  * round(heldout_fraction · groups) are held out, with all their skin-tone variants.
  *
- * `artists` adds other artists' renditions of the same emoji, matched by code point (stages/data/emoji_artists.ts):
+ * `artists` adds other artists' renditions of the same emoji, matched by code point (datasets/emoji_artists.ts):
  * - `noto`: Google's Noto (emoji-datasource-google 16.0.0, Apache-2.0), from the sprite sheets; the default alone.
  * - `openmoji`: OpenMoji 17.0.0 (CC BY-SA 4.0), its colour SVGs, matched by hexcode (U+FE0F ignored).
  * - `fluent`: Microsoft's Fluent emoji, flat style (npm fluentui-emoji 1.3.0, MIT), matched by CLDR-name slug.
@@ -28,8 +28,8 @@ import { isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { decode } from "fast-png";
 import { z } from "zod";
-import { Rng } from "../../engine/rng.ts";
-import type { DatasetDef, PortSpec } from "../../pipeline/stage.ts";
+import { Rng } from "../engine/rng.ts";
+import type { DatasetDef, PortSpec } from "../pipeline/stage.ts";
 import { type Artist, type ArtistImages, artistImages, ARTISTS, codeKey } from "./emoji_artists.ts";
 import {
   type CaptionedDataset,
@@ -47,7 +47,7 @@ const SHEETS = [16, 20, 32, 64] as const;
 const GRID = 62;
 // Keys the split's hash; changing it changes which emoji are held out.
 const SPLIT_KEY = 20261128;
-const PROJECT_ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
 /** CLDR names of the Fitzpatrick modifiers, as used in Unicode's emoji names ("…: medium-light skin tone"). */
 export const SKIN_TONES: Readonly<Record<string, string>> = {

@@ -8,7 +8,7 @@
  * @module
  */
 import { z } from "zod";
-import type { DatasetDef } from "../../pipeline/stage.ts";
+import type { DatasetDef } from "../pipeline/stage.ts";
 import { type CaptionedDataset, imageDataset } from "./image_util.ts";
 
 /** Where Debian's `dataset-fashion-mnist` puts the files. */

