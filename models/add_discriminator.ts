@@ -15,16 +15,19 @@ import { conv, leakyRelu, linear } from "../engine/nn.ts";
 import { concat, expand, reshape, sum } from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../pipeline/stage.ts";
+import { SIZE_LIMITS, sizeSchema } from "../pipeline/config.ts";
 
+const WIDTH = sizeSchema(SIZE_LIMITS.width);
+const DIM = z.number().int().min(0).max(SIZE_LIMITS.width);
 const Params = z.strictObject({
   /** Channels of each feature level the heads read (MobileNetV2 at its default levels: 24, 32, 96, 320). */
-  channels: z.array(z.number().int().positive()).min(1).default([24, 32, 96, 320]),
+  channels: z.array(WIDTH).min(1).max(SIZE_LIMITS.count).default([24, 32, 96, 320]),
   /** Width of each head. */
-  hidden: z.number().int().positive().default(64),
+  hidden: WIDTH.default(64),
   /** Width of the text embedding (0: no text conditioning). */
-  text_dim: z.number().int().min(0).default(64),
+  text_dim: DIM.default(64),
   /** Width of the image embedding (0: no image conditioning). */
-  image_dim: z.number().int().min(0).default(1280),
+  image_dim: DIM.default(1280),
   /** Also output each head's logits per location (`map{k}`), so that the hinge applies per location. */
   per_location: z.boolean().default(false),
   /**
@@ -32,7 +35,7 @@ const Params = z.strictObject({
    * the standard deviation of its features across groups of this many examples (0: off). A batch of near-identical
    * images then looks unlike a batch of real ones, which counters collapse to one image.
    */
-  mbstd_group: z.number().int().min(0).default(0),
+  mbstd_group: DIM.default(0),
 });
 /** Discriminator settings. */
 export type DiscParams = z.output<typeof Params>;

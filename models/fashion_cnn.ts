@@ -10,15 +10,17 @@ import { conv, linear, maxPool, relu } from "../engine/nn.ts";
 import { reshape } from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { expectPort, type ModelDef } from "../pipeline/stage.ts";
+import { SIZE_LIMITS, sizeSchema } from "../pipeline/config.ts";
 
+const WIDTH = sizeSchema(SIZE_LIMITS.width);
 const Params = z.strictObject({
   channels: z.union([z.literal(1), z.literal(3)]).default(3),
   size: z.literal(32).default(32),
-  classes: z.number().int().positive().default(10),
+  classes: WIDTH.default(10),
   /** Output channels of each conv level; each level halves the side, so at most 5 levels for 32×32. */
-  convs: z.array(z.number().int().positive()).min(1).max(5).default([32, 64, 64]),
+  convs: z.array(WIDTH).min(1).max(5).default([32, 64, 64]),
   /** Width of the penultimate (feature) layer. */
-  hidden: z.number().int().positive().default(128),
+  hidden: WIDTH.default(128),
 });
 /** Parameters of the fashion_cnn model, after defaults. */
 export type FashionCnnParams = z.output<typeof Params>;

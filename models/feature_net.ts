@@ -11,6 +11,7 @@ import { z } from "zod";
 import { Trace } from "../engine/tensor.ts";
 import { buildMobileNet, DEFAULT_LEVELS, type MobileNet, readNsfwjsArtifacts } from "./mobilenet_v2.ts";
 import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../pipeline/stage.ts";
+import { didYouMean, SIZE_LIMITS } from "../pipeline/config.ts";
 
 let cached: MobileNet | null = null;
 /** The network, built once per process (about 0.1 s). */
@@ -18,11 +19,30 @@ export function mobileNet(): MobileNet {
   return cached ??= buildMobileNet(readNsfwjsArtifacts());
 }
 
+/**
+ * A level must name one of the network's layers: the schema checks it (with a did-you-mean), so that a bad name is
+ * an error at the level itself rather than a throw while the graph is traced. The names need the network, built
+ * on first use.
+ */
+const LEVEL = z.string().superRefine((name, ctx) => {
+  const known = mobileNet().layerNames;
+  if (known.includes(name)) return;
+  const hint = name === "" ? "" : didYouMean(name, known);
+  ctx.addIssue({
+    code: "custom",
+    message: `expected a MobileNetV2 layer name such as "${DEFAULT_LEVELS[0]}", got ${JSON.stringify(name)}${hint}`,
+  });
+});
+
 const Params = z.strictObject({
   /** Square size images are resized to first (multiple of 32). */
-  size: z.number().int().positive().multipleOf(32).default(96),
-  /** Intermediate layers returned as outputs (Keras layer names). */
-  levels: z.array(z.string()).default([...DEFAULT_LEVELS]),
+  size: z.number().int().positive().multipleOf(32).max(SIZE_LIMITS.side).default(96),
+  /** Intermediate layers returned as outputs (Keras layer names), each once. */
+  levels: z.array(LEVEL).max(SIZE_LIMITS.count).superRefine((levels, ctx) => {
+    levels.forEach((l, i) => {
+      if (levels.indexOf(l) < i) ctx.addIssue({ code: "custom", path: [i], message: `level "${l}" is listed twice` });
+    });
+  }).default([...DEFAULT_LEVELS]),
 });
 type P = z.output<typeof Params>;
 

@@ -9,11 +9,13 @@ import { tanh } from "../engine/math.ts";
 import { gelu, linear, silu } from "../engine/nn.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { expectPort, type ModelDef } from "../pipeline/stage.ts";
+import { SIZE_LIMITS, sizeSchema } from "../pipeline/config.ts";
 
+const WIDTH = sizeSchema(SIZE_LIMITS.dense);
 const Params = z.strictObject({
-  in: z.number().int().positive(),
-  hidden: z.array(z.number().int().positive()).default([64, 64]),
-  out: z.number().int().positive().default(1),
+  in: WIDTH,
+  hidden: z.array(WIDTH).max(SIZE_LIMITS.count).default([64, 64]),
+  out: WIDTH.default(1),
   activation: z.enum(["silu", "gelu", "tanh"]).default("silu"),
 });
 type P = z.output<typeof Params>;

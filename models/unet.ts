@@ -16,25 +16,27 @@ import { concat, reshape, transpose } from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { Rng } from "../engine/rng.ts";
 import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../pipeline/stage.ts";
+import { SIZE_LIMITS, sizeSchema } from "../pipeline/config.ts";
 
+const WIDTH = sizeSchema(SIZE_LIMITS.width);
 const Params = z.strictObject({
   /** Image channels in and out. */
-  in_channels: z.number().int().positive().default(3),
+  in_channels: WIDTH.default(3),
   /** Channels at each resolution level, from the input resolution down. */
-  channels: z.array(z.number().int().positive()).min(1).default([32, 64, 64]),
+  channels: z.array(WIDTH).min(1).max(SIZE_LIMITS.count).default([32, 64, 64]),
   /** Residual blocks per level on the way down (the way up has one more, for the extra skip). */
-  blocks: z.number().int().positive().default(1),
+  blocks: sizeSchema(SIZE_LIMITS.count).default(1),
   /** Levels (0 = input resolution) that get self- and cross-attention after each residual block. */
-  attention_levels: z.array(z.number().int().min(0)).default([1, 2]),
-  heads: z.number().int().positive().default(4),
+  attention_levels: z.array(z.number().int().min(0).max(SIZE_LIMITS.count)).max(SIZE_LIMITS.count).default([1, 2]),
+  heads: WIDTH.default(4),
   /** Group-norm groups (must divide every channel count). */
-  groups: z.number().int().positive().default(8),
+  groups: WIDTH.default(8),
   /** Width of text tokens for cross-attention (0: no cross-attention). */
-  context_dim: z.number().int().min(0).default(64),
+  context_dim: z.number().int().min(0).max(SIZE_LIMITS.width).default(64),
   /** Width of the pooled text embedding added to the time embedding (0: none). */
-  pooled_dim: z.number().int().min(0).default(64),
+  pooled_dim: z.number().int().min(0).max(SIZE_LIMITS.width).default(64),
   /** Image side (square), for typing. */
-  size: z.number().int().positive().default(32),
+  size: sizeSchema(SIZE_LIMITS.side).default(32),
 });
 /** UNet settings. */
 export type UNetParams = z.output<typeof Params>;

@@ -8,7 +8,7 @@
  */
 import { Command, CommanderError, Option } from "commander";
 import { ConfigError, loadConfig } from "./config.ts";
-import { type Plan, planPipeline } from "./plan.ts";
+import { fmtBytes, type Plan, planPipeline } from "./plan.ts";
 import { RunError, runPipeline } from "./run.ts";
 import { Scheduler } from "./scheduler.ts";
 import { fmtSpec } from "./stage.ts";
@@ -80,7 +80,11 @@ export async function runCli(
         }
         try {
           const loaded = loadConfig(file, text, sets);
-          const plan = planPipeline(loaded);
+          const { executor, seed, steps } = loaded.config.run;
+          // Tracing while planning makes what tracing throws a config error, before a run writes anything.
+          const plan = planPipeline(loaded, {
+            tracer: (p) => new Scheduler(p, { name: executor } as never, seed, steps),
+          });
           for (const w of plan.warnings) err(w);
           if (o.dryRun) {
             printPlan(loaded.config.run, plan, print);
@@ -138,13 +142,11 @@ function printPlan(
   for (const h of plan.hosts) print(`  ${i++}. host: ${h}`);
   const sched = new Scheduler(plan, { name: run.executor } as never, run.seed, run.steps);
   for (const p of plan.phases) {
-    const g = sched.tracePhase(p);
+    const nodes = plan.traced?.[p.optimizer] ?? sched.tracePhase(p).graph.nodes.length;
     const every = p.every === 1 ? "every step" : `every ${p.every} steps`;
     print(
       `  ${i++}. compiled graph "${p.optimizer}" on ${run.executor} (${every}): stages ${p.stages.join(" → ")}; ` +
-        `updates ${p.updates.join(", ")}${
-          p.reads.length ? `; reads ${p.reads.join(", ")}` : ""
-        }; ${g.graph.nodes.length} nodes`,
+        `updates ${p.updates.join(", ")}${p.reads.length ? `; reads ${p.reads.join(", ")}` : ""}; ${nodes} nodes`,
     );
   }
   for (const e of plan.effects) {
@@ -152,6 +154,14 @@ function printPlan(
     const when = s.at ? `at ${s.at}` : s.every === 1 ? "every step" : `every ${s.every} steps`;
     print(`  ${i++}. effect: ${e} [${s.def.kind}] ${when}${s.def.alsoLast && !s.at ? " and at the end" : ""}`);
   }
+  const m = plan.memory;
+  const models = Object.values(m.models).reduce((a, x) => a + x.bytes, 0);
+  const machine = Number.isFinite(m.machine) ? ` of this machine's ${fmtBytes(m.machine)}` : "";
+  print(
+    `memory: about ${fmtBytes(m.total)}${machine} (models ${fmtBytes(models)}, one step's tensors ${
+      fmtBytes(m.step)
+    }, from the ${m.basis === "traced" ? "traced graphs" : "port types"})`,
+  );
 }
 
 /**

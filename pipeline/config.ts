@@ -6,7 +6,7 @@
  * @module
  */
 import { dirname, isAbsolute, relative, resolve } from "node:path";
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type YAMLMap } from "yaml";
+import { type Document, isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import { z } from "zod";
 
 /** One config problem: where it is and what was expected. */
@@ -33,6 +33,25 @@ const REF = z.string().regex(
   /^[A-Za-z_][A-Za-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_-]*$/,
   "a reference stage.port (like batch.x)",
 );
+
+/**
+ * Upper bounds for the sizes in model kinds' param schemas. They sit far above anything that fits a machine; what
+ * they stop is a value like 1e12 reaching a model's `shapes`, where a loop over 1e12 blocks never ends and products of
+ * such widths lose integer precision (above 2^53). Sizes within them are judged by planning's memory estimate.
+ */
+export const SIZE_LIMITS = {
+  /** Channels or features of one layer. */
+  width: 65_536,
+  /** Width of a dense layer, whose input may be a flattened image. */
+  dense: 1_048_576,
+  /** Repeats of a block, or entries of a list of layers. */
+  count: 64,
+  /** Side of a square image, in pixels. */
+  side: 4_096,
+} as const;
+
+/** A positive integer size at most `max`. */
+export const sizeSchema = (max: number): z.ZodNumber => z.number().int().positive().max(max);
 
 /** The run section: name, seed, executor, steps, output folder, log cadence. */
 export const RunSchema = z.strictObject({
@@ -150,6 +169,17 @@ export function suggest(word: string, known: Iterable<string>, label: string): s
 
 /** Keys a zod schema accepts at `path` (through defaults, optionals and records), for did-you-mean. */
 export function keysAt(schema: z.ZodType, path: (string | number)[]): string[] {
+  const s = schemaAt(schema, path);
+  return s?._zod?.def?.type === "object" ? Object.keys(s._zod.def.shape) : [];
+}
+
+/** Whether a zod schema wants a mapping (an object or a record) at `path`. */
+function wantsMapping(schema: z.ZodType, path: (string | number)[]): boolean {
+  return ["object", "record"].includes(schemaAt(schema, path)?._zod?.def?.type);
+}
+
+// deno-lint-ignore no-explicit-any
+function schemaAt(schema: z.ZodType, path: (string | number)[]): any {
   // deno-lint-ignore no-explicit-any
   let s: any = schema;
   const unwrap = () => {
@@ -160,13 +190,13 @@ export function keysAt(schema: z.ZodType, path: (string | number)[]): string[] {
   unwrap();
   for (const k of path) {
     const def = s?._zod?.def;
-    if (!def) return [];
+    if (!def) return undefined;
     if (def.type === "object") s = def.shape[k];
     else if (def.type === "record") s = def.valueType;
-    else return [];
+    else return undefined;
     unwrap();
   }
-  return s?._zod?.def?.type === "object" ? Object.keys(s._zod.def.shape) : [];
+  return s;
 }
 
 type Path = (string | number)[];
@@ -191,7 +221,13 @@ export function zodIssues(error: z.ZodError, schema: z.ZodType, base: Path = [],
   const out: ConfigIssue[] = [];
   // A misspelt key also leaves the key it meant missing; the did-you-mean says it all.
   const meant = new Set<string>();
-  const missing: { parent: Path; key: string | number; issue: ConfigIssue }[] = [];
+  // Keys missing from one mapping are one issue (a deleted `params` is one mistake, not one per key it held).
+  const missing = new Map<
+    string,
+    { parent: Path; keys: { key: string | number; want: string }[]; issue: ConfigIssue }
+  >();
+  // One value, one issue: "≤ 1" and "< 1", or "> 0" and "a multiple of 32", say the same thing twice.
+  const valued = new Set<string>();
   for (const issue of error.issues) {
     const rel = issue.path.map((p) => (typeof p === "symbol" ? String(p) : p));
     const path = [...base, ...rel];
@@ -216,16 +252,54 @@ export function zodIssues(error: z.ZodError, schema: z.ZodType, base: Path = [],
     }
     const at = input === undefined ? { found: issue.input !== undefined, value: issue.input } : lookup(input, rel);
     if (!at.found && path.length > 0 && (issue.code === "invalid_type" || issue.code === "invalid_value")) {
-      const parent = path.slice(0, -1), key = path[path.length - 1];
-      const ci = { path: parent, message: `${quote(parent)}: missing key "${key}"; expected ${expectation(issue)}` };
-      missing.push({ parent, key, issue: ci });
-      out.push(ci);
+      const parent = path.slice(0, -1), id = JSON.stringify(parent);
+      let group = missing.get(id);
+      if (!group) {
+        group = { parent, keys: [], issue: { path: parent, message: "" } };
+        missing.set(id, group);
+        out.push(group.issue);
+      }
+      group.keys.push({ key: path[path.length - 1], want: expectation(issue) });
       continue;
     }
+    if (valued.has(JSON.stringify(path))) continue;
+    valued.add(JSON.stringify(path));
     out.push({ path, message: `${quote(path)}: ${describe(issue, at.value)}` });
   }
-  const dropped = new Set(missing.filter((m) => meant.has(JSON.stringify([...m.parent, m.key]))).map((m) => m.issue));
+  const dropped = new Set<ConfigIssue>();
+  for (const { parent, keys, issue } of missing.values()) {
+    const left = keys.filter((k) => !meant.has(JSON.stringify([...parent, k.key])));
+    if (!left.length) dropped.add(issue);
+    else if (left.length === 1) {
+      issue.message = `${quote(parent)}: missing key "${left[0].key}"; expected ${left[0].want}`;
+    } else {
+      const same = left.every((k) => k.want === left[0].want);
+      const list = left.map((k) => `"${k.key}"${same ? "" : ` (${k.want})`}`).join(", ");
+      issue.message = `${quote(parent)}: missing keys ${list}${same ? `; expected ${left[0].want} each` : ""}`;
+    }
+  }
   return out.filter((i) => !dropped.has(i));
+}
+
+/**
+ * Issues as `file:line:col: message` lines, each cause said once: a repeated line is dropped, and issues about one
+ * written value reached by several paths (a YAML anchor used through aliases, `params: *unet`) are one line that
+ * names every path.
+ */
+export function formatIssues(issues: readonly ConfigIssue[], where: (path: Path, atKey?: boolean) => string): string[] {
+  const lines: { at: string; head?: string; also: string[]; rest: string }[] = [];
+  for (const i of issues) {
+    const at = where(i.path, i.key);
+    const m = /^("[^"]*"): (.*)$/.exec(i.message);
+    const [head, rest] = m ? [m[1], m[2]] : [undefined, i.message];
+    const same = lines.find((l) => l.at === at && l.rest === rest);
+    if (!same) lines.push({ at, head, also: [], rest });
+    else if (head !== undefined && head !== same.head && !same.also.includes(head)) same.also.push(head);
+  }
+  return lines.map((l) => {
+    const also = l.also.length ? ` (and ${l.also.join(", ")}: the same value)` : "";
+    return `${l.at}: ${l.head === undefined ? "" : `${l.head}${also}: `}${l.rest}`;
+  });
 }
 
 const TYPE_NAMES: Record<string, string> = {
@@ -347,6 +421,85 @@ function unclosedOpener(text: string, end: number, want: string): number {
 }
 
 /**
+ * Maps config paths to `file:line:col` in `doc` (see `LoadedConfig.where`); paths an override set map to its words.
+ */
+function positions(file: string, doc: Document, lc: LineCounter, setAt: Map<string, string>): Where {
+  const pos = (offset: number) => {
+    const p = lc.linePos(offset);
+    return `${file}:${p.line}:${p.col}`;
+  };
+  return (path: Path, atKey = false): string => {
+    // The nodes along `path`, through aliases to their anchors: a value written once and used twice is at one place.
+    const trail: { key?: { range?: number[] }; value: { range?: number[] } | null }[] = [];
+    let node: unknown = doc.contents;
+    for (const k of path) {
+      if (isAlias(node)) node = node.resolve(doc);
+      const pair = isMap(node) ? node.items.find((it) => isScalar(it.key) && String(it.key.value) === String(k)) : null;
+      const item = isSeq(node) && typeof k === "number" ? node.items[k] : undefined;
+      if (pair) trail.push({ key: pair.key as { range?: number[] }, value: pair.value as { range?: number[] } | null });
+      else if (item) trail.push({ value: item as { range?: number[] } });
+      else break;
+      node = pair ? pair.value : item;
+    }
+    for (let n = path.length; n > 0; n--) {
+      const key = path.slice(0, n).join(".");
+      if (setAt.has(key)) return setAt.get(key)!;
+      if (n > trail.length) continue;
+      const { key: k, value } = trail[n - 1];
+      // The value itself when asked for it, unless it is a mapping: its key line reads better.
+      if ((!k || (n === path.length && !atKey && !isMap(value))) && value?.range) return pos(value.range[0]);
+      if (k?.range) return pos(k.range[0]);
+    }
+    const range = (doc.contents as { range?: number[] } | null)?.range;
+    return range ? pos(range[0]) : `${file}:1:1`;
+  };
+}
+
+/** Applies `--set` overrides to the document, noting in `setAt` the words that name each in errors. */
+function applyOverrides(
+  doc: Document,
+  overrides: readonly (string | { set: string; from: string })[],
+  setAt: Map<string, string>,
+  where: Where,
+): void {
+  for (const o of overrides) {
+    const [set, from] = typeof o === "string" ? [o, `--set ${o}`] : [o.set, o.from];
+    const eq = set.indexOf("=");
+    if (eq <= 0) throw new ConfigError([`${from}: expected path=value (e.g. run.steps=10)`]);
+    const path = set.slice(0, eq).split(".");
+    if (path.some((k) => k === "")) {
+      throw new ConfigError([`${from}: "${set.slice(0, eq)}" is not a dotted path of keys`]);
+    }
+    try {
+      const value = parseSetValue(set.slice(eq + 1));
+      // `null` removes the key, as in an `extends` layer (e.g. --set stages.preview=null drops a stage). Where the
+      // file extends another, the key may come from the base: an explicit null makes the merge remove it there.
+      if (value === null && !doc.has("extends")) doc.deleteIn(path);
+      else doc.setIn(path, doc.createNode(value));
+    } catch {
+      const above = path.findIndex((_, i) => !isMap(doc.getIn(path.slice(0, i + 1), true)) && i < path.length - 1);
+      const prefix = path.slice(0, above + 1);
+      // Where the file has a non-mapping that should be one (`run: 42`), the file is what is wrong; the override
+      // only found it. Where it should not (`--set run.steps.x=1`), the override's path is.
+      const fileWrong = prefix.length && !setAt.has(prefix.join(".")) && wantsMapping(ConfigSchema, prefix);
+      const node = fileWrong ? doc.getIn(prefix, true) : undefined;
+      if (node !== undefined) {
+        const written = isScalar(node) ? node.value : (node as { toJSON(): unknown }).toJSON();
+        throw new ConfigError([
+          `${where(prefix)}: ${quote(prefix)}: expected a mapping, got ${show(written)} (${from} sets "${
+            path.join(".")
+          }" in it)`,
+        ]);
+      }
+      throw new ConfigError([
+        `${from}: "${prefix.join(".")}" is not a mapping, so "${path.join(".")}" cannot be set`,
+      ]);
+    }
+    setAt.set(path.join("."), from);
+  }
+}
+
+/**
  * Reads and validates a config file. `overrides` are `path=value` strings (`--set run.steps=10`); each may instead
  * come with the words to name it by in errors (`{ set: "run.steps=10", from: "--steps 10" }`).
  * Throws `ConfigError` with one line per problem.
@@ -368,65 +521,15 @@ export function loadConfig(
     ]);
   }
   const setAt = new Map<string, string>();
-  for (const o of overrides) {
-    const [set, from] = typeof o === "string" ? [o, `--set ${o}`] : [o.set, o.from];
-    const eq = set.indexOf("=");
-    if (eq <= 0) throw new ConfigError([`${from}: expected path=value (e.g. run.steps=10)`]);
-    const path = set.slice(0, eq).split(".");
-    if (path.some((k) => k === "")) {
-      throw new ConfigError([`${from}: "${set.slice(0, eq)}" is not a dotted path of keys`]);
-    }
-    try {
-      const value = parseSetValue(set.slice(eq + 1));
-      // `null` removes the key, as in an `extends` layer (e.g. --set stages.preview=null drops a stage). Where the
-      // file extends another, the key may come from the base: an explicit null makes the merge remove it there.
-      if (value === null && !doc.has("extends")) doc.deleteIn(path);
-      else doc.setIn(path, doc.createNode(value));
-    } catch {
-      const above = path.findIndex((_, i) => !isMap(doc.getIn(path.slice(0, i + 1), true)) && i < path.length - 1);
-      throw new ConfigError([
-        `${from}: "${path.slice(0, above + 1).join(".")}" is not a mapping, so "${path.join(".")}" cannot be set`,
-      ]);
-    }
-    setAt.set(path.join("."), from);
-  }
-  const pos = (offset: number) => {
-    const p = lc.linePos(offset);
-    return `${file}:${p.line}:${p.col}`;
-  };
-  const where = (path: Path, atKey = false): string => {
-    for (let n = path.length; n > 0; n--) {
-      const key = path.slice(0, n).join(".");
-      if (setAt.has(key)) return setAt.get(key)!;
-      const parent = n === 1 ? doc.contents : doc.getIn(path.slice(0, n - 1), true);
-      const k = path[n - 1];
-      if (isMap(parent)) {
-        const pair = (parent as YAMLMap).items.find((it) => isScalar(it.key) && String(it.key.value) === String(k));
-        if (!pair) continue;
-        const value = pair.value as { range?: number[] } | null;
-        // The value itself when asked for it, unless it is a mapping: its key line reads better.
-        if (n === path.length && !atKey && value?.range && !isMap(value)) return pos(value.range[0]);
-        const kr = (pair.key as { range?: number[] }).range;
-        if (kr) return pos(kr[0]);
-      } else if (isSeq(parent) && typeof k === "number") {
-        const item = parent.items[k] as { range?: number[] } | undefined;
-        if (item?.range) return pos(item.range[0]);
-      }
-    }
-    const range = (doc.contents as { range?: number[] } | null)?.range;
-    return range ? pos(range[0]) : `${file}:1:1`;
-  };
+  const where = positions(file, doc, lc, setAt);
+  applyOverrides(doc, overrides, setAt, where);
   let raw = doc.toJSON();
   let whereAll = where;
   if (raw && typeof raw === "object" && "extends" in raw) {
     ({ raw, where: whereAll } = extendBase(file, raw, where, chain));
   }
   const parsed = ConfigSchema.safeParse(raw);
-  if (!parsed.success) {
-    throw new ConfigError(
-      zodIssues(parsed.error, ConfigSchema, [], raw).map((i) => `${whereAll(i.path, i.key)}: ${i.message}`),
-    );
-  }
+  if (!parsed.success) throw new ConfigError(formatIssues(zodIssues(parsed.error, ConfigSchema, [], raw), whereAll));
   const config = parsed.data;
   config.run.name ??= file.replace(/^.*\//, "").replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9_-]/g, "_");
   config.run.out ??= `out/${config.run.name}`;
@@ -465,7 +568,10 @@ function extendBase(file: string, raw: Record<string, unknown>, where: Where, ch
   const base = loadRawLayer(baseFile, text, [...chain, file]);
   const { extends: _e, ...own } = raw;
   const merged = mergeLayers(rebaseInitPaths(base.raw, baseFile, file), own) as Record<string, unknown>;
-  const whereMerged: Where = (path, atKey) => (hasPath(own, path) ? where(path, atKey) : base.where(path, atKey));
+  // The layer that has more of the path: a key this file adds (a stage's params) is found here even when the
+  // problem is a key missing below it.
+  const whereMerged: Where = (path, atKey) =>
+    (depthIn(own, path) >= depthIn(base.raw, path) ? where : base.where)(path, atKey);
   return { raw: merged, where: whereMerged };
 }
 
@@ -535,11 +641,12 @@ function withoutNulls(v: unknown): unknown {
   return Object.fromEntries(Object.entries(v).filter(([, x]) => x !== null).map(([k, x]) => [k, withoutNulls(x)]));
 }
 
-function hasPath(o: unknown, path: Path): boolean {
+/** How many of `path`'s keys, from the first, exist in `o`. */
+function depthIn(o: unknown, path: Path): number {
   let cur = o;
-  for (const k of path) {
-    if (cur === null || typeof cur !== "object" || !(String(k) in (cur as object))) return false;
-    cur = (cur as Record<string, unknown>)[String(k)];
+  for (let n = 0; n < path.length; n++) {
+    if (cur === null || typeof cur !== "object" || !(String(path[n]) in (cur as object))) return n;
+    cur = (cur as Record<string, unknown>)[String(path[n])];
   }
-  return true;
+  return path.length;
 }

@@ -88,8 +88,8 @@ function cumprodOneMinus(betas: ArrayLike<number>): Float64Array {
 export const ScheduleParams = z.strictObject({
   /** β schedule: "linear" (Ho et al.), "scaled_linear" (Stable Diffusion), "cosine" (Nichol & Dhariwal). */
   kind: z.enum(["linear", "scaled_linear", "cosine"]).default("scaled_linear"),
-  /** Number of training timesteps. */
-  T: z.number().int().min(2).default(1000),
+  /** Number of training timesteps (at most 100,000: a schedule holds a few arrays of T numbers). */
+  T: z.number().int().min(2).max(100_000).default(1000),
   /** First β; default 1e-4 for linear, 0.00085 for scaled_linear; not used by cosine. */
   betaStart: z.number().positive().max(1).optional(),
   /** Last β; default 0.02 for linear, 0.012 for scaled_linear; not used by cosine. */
