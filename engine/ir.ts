@@ -11,39 +11,34 @@
 /** Element types. Floats are float32 on real executors and float64 on the reference. */
 export type DType = "f32" | "i32" | "bool";
 
-/** Unary elementwise primitives. */
-export const UNARY_OPS = [
-  "neg",
-  "exp",
-  "log",
-  "sqrt",
-  "reciprocal",
-  "sin",
-  "cos",
-  "tanh",
-  "sigmoid",
-  "erf",
-  "abs",
-  "sign",
-] as const;
 /** A unary elementwise primitive. */
-export type UnaryOp = typeof UNARY_OPS[number];
+export type UnaryOp =
+  | "neg"
+  | "exp"
+  | "log"
+  | "sqrt"
+  | "reciprocal"
+  | "sin"
+  | "cos"
+  | "tanh"
+  | "sigmoid"
+  | "erf"
+  | "abs"
+  | "sign";
 
-/** Binary elementwise primitives, with numpy broadcasting. */
-export const BINARY_OPS = ["add", "sub", "mul", "div", "pow", "maximum", "minimum"] as const;
-/** A binary elementwise primitive. */
-export type BinaryOp = typeof BINARY_OPS[number];
+/** A binary elementwise primitive, with numpy broadcasting. */
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "pow" | "maximum" | "minimum";
 
-/** Comparisons, giving bool, with numpy broadcasting. */
-export const COMPARE_OPS = ["less", "greater", "equal"] as const;
-/** A comparison primitive. */
-export type CompareOp = typeof COMPARE_OPS[number];
+/** A comparison, giving bool, with numpy broadcasting. */
+export type CompareOp = "less" | "greater" | "equal";
 
 /** Attributes of a 2-D convolution (NCHW input, OIHW weight). */
 export interface ConvAttrs {
+  /** Kernel step, [along H, along W]. */
   stride: [number, number];
-  /** [top, left, bottom, right] */
+  /** Zero padding in pixels, [top, left, bottom, right]. */
   pad: [number, number, number, number];
+  /** Channel groups, each convolved on its own (1: a plain convolution; input channels: depthwise). */
   groups: number;
 }
 
@@ -70,11 +65,17 @@ export type Node =
   | NodeBase<"normalize", { eps: number }>
   | NodeBase<"stop_gradient", Record<string, never>>;
 
-interface NodeBase<O extends string, A> {
+/** The fields of every node; `Node` pairs each primitive `O` with its attributes `A`. */
+export interface NodeBase<O extends string, A> {
+  /** The primitive this node applies. */
   op: O;
+  /** Ids of the operands, each an earlier index into `Graph.nodes`. */
   inputs: number[];
+  /** The primitive's attributes; `{}` for most. */
   attrs: A;
+  /** Static shape of the result, fixed while tracing. */
   shape: number[];
+  /** Element type of the result. */
   dtype: DType;
 }
 
@@ -87,11 +88,14 @@ export type Op = Node["op"];
  * { op: O }>`, which is `never` for primitives that share a variant (`NodeBase<UnaryOp, …>` is no `{ op: "neg" }`).
  */
 export type NodeOf<O extends Op> = NarrowNode<Node, O>;
-type NarrowNode<N, O> = N extends { op: infer P } ? O extends P ? N & { op: O } : never : never;
+/** The variants of the union `N` whose `op` admits `O`, each with `op` narrowed to `O` (what `NodeOf` applies). */
+export type NarrowNode<N, O> = N extends { op: infer P } ? O extends P ? N & { op: O } : never : never;
 
 /** A traced program: nodes in topological order, and named outputs. */
 export interface Graph {
+  /** Every node; a node's id is its index here. */
   nodes: Node[];
+  /** The named results, each the id of the node that computes it. */
   outputs: { name: string; node: number }[];
 }
 

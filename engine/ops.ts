@@ -140,10 +140,13 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   return push(tr, { op: "matmul", inputs: [a.id, b.id], attrs: {}, shape: [...batch, m, n], dtype: "f32" });
 }
 
-/** Options of `conv2d`. `pad` is one number, `[ph, pw]`, or `[top, left, bottom, right]`. */
+/** Options of `conv2d`. */
 export interface ConvOptions {
+  /** Kernel step: one for both axes or `[sh, sw]`; default 1. */
   stride?: number | [number, number];
+  /** Zero padding in pixels: one for all sides, `[ph, pw]`, or `[top, left, bottom, right]`; default 0. */
   pad?: number | [number, number] | [number, number, number, number];
+  /** Channel groups, each convolved on its own (input channels: depthwise); default 1. */
   groups?: number;
 }
 

@@ -15,8 +15,11 @@ import type { Tensor, TensorLike } from "./tensor.ts";
 export interface AdamWConfig {
   /** Learning rate: a number, or a traced scalar for schedules. */
   lr: TensorLike;
+  /** Decay of the first moment; default 0.9 (0: the step uses the raw gradient, as the ADD discriminator's does). */
   beta1?: number;
+  /** Decay of the second moment; default 0.999. */
   beta2?: number;
+  /** Added to √v̂ so the step stays finite where the gradient has been zero; default 1e-8. */
   eps?: number;
   /** Decoupled weight decay: p ← p − lr·wd·p, applied beside (not through) the Adam moments. */
   weightDecay?: number;
@@ -24,8 +27,11 @@ export interface AdamWConfig {
 
 /** The new parameter and moments of one AdamW step. */
 export interface AdamWResult {
+  /** The updated parameter. */
   p: Tensor;
+  /** The first moment to feed back as `m` next step. */
   m: Tensor;
+  /** The second moment to feed back as `v` next step. */
   v: Tensor;
 }
 
@@ -48,8 +54,11 @@ export function adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: Tensor, 
 
 /** SGD settings. */
 export interface SgdConfig {
+  /** Learning rate: a number, or a traced scalar for schedules. */
   lr: TensorLike;
+  /** Heavy-ball coefficient; default 0, which needs no buffer. */
   momentum?: number;
+  /** L2 penalty added to the gradient (coupled, unlike AdamW's); default 0. */
   weightDecay?: number;
 }
 

@@ -9,7 +9,9 @@ import { fail, type Tensor } from "./tensor.ts";
 
 /** Where each parameter lives in a flat buffer. Order is the order of `shapes` given to `layoutOf`. */
 export interface Layout {
+  /** One per parameter: its name, its shape, and where it starts and how many elements it spans in the buffer. */
   entries: { path: string; shape: number[]; offset: number; size: number }[];
+  /** Length of the flat buffer in elements. */
   total: number;
 }
 

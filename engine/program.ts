@@ -17,6 +17,7 @@ import { type DType, type Graph, graphInputs } from "./ir.ts";
 export class ResidentStore {
   readonly #buffers = new Map<string, Buffer>();
 
+  /** An empty store; every buffer it will hold lives on `executor`. */
   constructor(readonly executor: Executor) {}
 
   /** Uploads `data` under `key` (a flat f32 vector unless `shape`/`dtype` say otherwise), replacing any entry. */
@@ -31,6 +32,7 @@ export class ResidentStore {
     this.#buffers.set(key, buf);
   }
 
+  /** Whether an entry exists under `key`. */
   has(key: string): boolean {
     return this.#buffers.has(key);
   }
@@ -47,6 +49,7 @@ export class ResidentStore {
     return this.executor.read(this.buffer(key));
   }
 
+  /** The keys of every entry, in the order they were first stored. */
   keys(): string[] {
     return [...this.#buffers.keys()];
   }

@@ -66,7 +66,9 @@ export function philox4x32(counter: ArrayLike<number>, key: ArrayLike<number>, r
  * JSON numbers cannot hold 64 bits.
  */
 export interface RngState {
+  /** The Philox key, a decimal u64. */
   seed: string;
+  /** Blocks consumed so far, a decimal u64. */
   counter: string;
 }
 
@@ -93,7 +95,11 @@ export class Rng {
   #hi = 0;
   readonly #buf = new Uint32Array(4);
 
-  /** @param seed 64-bit key: a non-negative safe integer or a bigint below 2^64. */
+  /**
+   * A root generator at the start of the stream of `seed`.
+   *
+   * @param seed 64-bit key: a non-negative safe integer or a bigint below 2^64.
+   */
   constructor(seed: number | bigint) {
     const s = toU64(seed, "seed");
     this.#k0 = Number(s & 0xffffffffn);

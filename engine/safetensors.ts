@@ -11,7 +11,24 @@
  * @module
  */
 
-// The typed array holding each dtype's raw little-endian bytes; F16/BF16 bits live in a Uint16Array.
+/** The element types of the format. F8 variants are not supported: nothing in this engine produces them. */
+export type SafetensorsDType =
+  | "F64"
+  | "F32"
+  | "F16"
+  | "BF16"
+  | "I64"
+  | "I32"
+  | "I16"
+  | "I8"
+  | "U64"
+  | "U32"
+  | "U16"
+  | "U8"
+  | "BOOL";
+
+// The typed array holding each dtype's raw little-endian bytes; F16/BF16 bits live in a Uint16Array. `satisfies`
+// keeps each entry's own constructor type and fails deno check when this table and the dtype list differ.
 const RAW = {
   F64: Float64Array,
   F32: Float32Array,
@@ -26,10 +43,7 @@ const RAW = {
   U16: Uint16Array,
   U8: Uint8Array,
   BOOL: Uint8Array,
-};
-
-/** The element types of the format. F8 variants are not supported: nothing in this engine produces them. */
-export type SafetensorsDType = keyof typeof RAW;
+} satisfies Record<SafetensorsDType, unknown>;
 
 /** True if `s` names a supported dtype (own keys only, so "toString" is not a dtype). */
 export function isSafetensorsDType(s: unknown): s is SafetensorsDType {
@@ -59,27 +73,40 @@ export type TensorData =
  * no half-precision arithmetic, the integer types keep their own typed array, BOOL is a Uint8Array of 0/1.
  */
 export interface SafeTensor {
+  /** The type stored in the file, which may be narrower than `data` (F16 and BF16). */
   dtype: SafetensorsDType;
+  /** Row-major shape; `[]` for a scalar. */
   shape: number[];
+  /** The elements in row-major order. */
   data: TensorData;
 }
 
 /** A tensor to encode; `dtype` defaults to the natural type of `data` (Float32Array -> F32, ...). */
 export interface TensorInput {
+  /** The elements in row-major order; their count must match `shape`. */
   data: TensorData;
+  /** Row-major shape; `[]` for a scalar. */
   shape: number[];
+  /** The type to store; default from `data`'s array. Float data may also be stored as F64, F32, F16 or BF16. */
   dtype?: SafetensorsDType;
 }
 
 /** A decoded file: tensors by name and the `__metadata__` strings (empty when absent). */
 export interface SafetensorsFile {
+  /** Every tensor of the file by name. */
   tensors: Record<string, SafeTensor>;
+  /** The header's `__metadata__` strings. */
   metadata: Record<string, string>;
 }
 
 /** Thrown for every malformed file or invalid input; the message names the source and the problem. */
 export class SafetensorsError extends Error {
-  /** @param source file path or label of the bytes; @param problem what is wrong. */
+  /**
+   * An error about the file or bytes `source`.
+   *
+   * @param source file path or label of the bytes
+   * @param problem what is wrong
+   */
   constructor(readonly source: string, problem: string) {
     super(`safetensors ${source}: ${problem}`);
     this.name = "SafetensorsError";

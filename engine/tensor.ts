@@ -8,6 +8,7 @@ import { type DType, type Graph, type Node, simplify } from "./ir.ts";
 
 /** A shape mismatch or other misuse found while tracing; the message names the op, the shapes and the caller. */
 export class TraceError extends Error {
+  /** Set so printed errors and stack traces say TraceError rather than Error. */
   override name = "TraceError";
 }
 
@@ -29,6 +30,7 @@ export function fail(op: string, what: string): never {
 
 /** A growing graph. Tensors refer to it; `build` turns it into an immutable `Graph`. */
 export class Trace {
+  /** The nodes so far, in the order pushed; a tensor's `id` indexes this. */
   readonly nodes: Node[] = [];
   private readonly inputNames = new Set<string>();
   private readonly scalarCache = new Map<string, Tensor>();
@@ -82,6 +84,7 @@ export class Trace {
 
 /** A value in a trace. Immutable; ops return new tensors. Methods are the common ops, see `ops.ts` for all. */
 export class Tensor {
+  /** The tensor of node `id` of `trace`; ops and `Trace` make these, user code rarely does. */
   constructor(readonly trace: Trace, readonly id: number) {}
 
   /** The node that computes this tensor. */

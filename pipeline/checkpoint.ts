@@ -20,8 +20,11 @@ import type { StateArray } from "./stage_state.ts";
 
 /** What a checkpoint's `state.json` holds. */
 export interface CheckpointState {
+  /** Steps completed when it was taken; a resume continues with step + 1. */
   step: number;
+  /** The run's seed; a resume with another one warns. */
   seed: number;
+  /** Name of the executor that trained it (`cpu`, `wasm`, `webgpu`, `reference`); a resume on another one warns. */
   executor: string;
   /** The root generator; every stream is derived from it by name and step (see pipeline/run.ts). */
   rng: { seed: string; counter: string };
@@ -72,7 +75,9 @@ export function saveSnapshot(out: string, s: RunSnapshot, keep: number): Promise
 
 /** A complete checkpoint on disk. */
 export interface CheckpointRef {
+  /** Its folder, `<out>/checkpoints/step-NNNNNNNN`. */
   dir: string;
+  /** The step its folder is named after. */
   step: number;
 }
 

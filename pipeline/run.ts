@@ -34,6 +34,7 @@ export { RunError };
 
 /** Options of `runPipeline`. */
 export interface RunOptions {
+  /** Continue from the latest checkpoint in the output folder; without it a folder with checkpoints is refused. */
   resume?: boolean;
   /** Start afresh in an output folder that has checkpoints, deleting them. */
   fresh?: boolean;

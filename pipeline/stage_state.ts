@@ -12,6 +12,7 @@ export type StateArray = Float32Array | Int32Array;
 
 /** One stage's view of its state. */
 export interface StageState {
+  /** The array last `set` under `key` (or restored by a resume); undefined before that. */
   get(key: string): StateArray | undefined;
   /** Stores `value` (not copied: do not change it afterwards); the next checkpoint saves it. */
   set(key: string, value: StateArray): void;
@@ -21,6 +22,7 @@ export interface StageState {
 export interface StageMemory {
   /** The value `make` gives, made once per run (per stage and key); never saved. */
   memo<T>(key: string, make: () => Promise<T>): Promise<T>;
+  /** Arrays that checkpoints save and a resume restores. */
   state: StageState;
 }
 

@@ -13,7 +13,9 @@ export type HostArray = Float32Array | Float64Array | Int32Array | Uint8Array;
 
 /** A tensor living on an executor. Opaque apart from its shape and dtype. */
 export interface Buffer {
+  /** Static shape, row-major. */
   readonly shape: readonly number[];
+  /** Element type. */
   readonly dtype: DType;
 }
 
