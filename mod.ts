@@ -30,7 +30,7 @@
  */
 
 // The engine: tracing, primitives and their math, derivatives, optimizers, packing, randomness, formats, executors.
-export type { DType, Graph, Node, Op } from "./engine/ir.ts";
+export type { BinaryOp, CompareOp, ConvAttrs, DType, Graph, Node, NodeBase, Op, UnaryOp } from "./engine/ir.ts";
 export {
   flattenTree,
   isTensor,

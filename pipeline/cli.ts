@@ -10,7 +10,8 @@ import { Command, CommanderError, Option } from "commander";
 import { ConfigError, loadConfig } from "./config.ts";
 import { fmtBytes, type Plan, planPipeline } from "./plan.ts";
 import { RunError, runPipeline } from "./run.ts";
-import { Scheduler } from "./scheduler.ts";
+import { describeCadence } from "./cadence.ts";
+import { tracePhase } from "./trace_phase.ts";
 import { fmtSpec } from "./stage.ts";
 
 /** Runs the CLI on `argv` (without the program name); returns the exit code. */
@@ -80,11 +81,9 @@ export async function runCli(
         }
         try {
           const loaded = loadConfig(file, text, sets);
-          const { executor, seed, steps } = loaded.config.run;
+          const { steps } = loaded.config.run;
           // Tracing while planning makes what tracing throws a config error, before a run writes anything.
-          const plan = planPipeline(loaded, {
-            tracer: (p) => new Scheduler(p, { name: executor } as never, seed, steps),
-          });
+          const plan = planPipeline(loaded, { tracer: (p, phase) => tracePhase(p, phase, steps) });
           for (const w of plan.warnings) err(w);
           if (o.dryRun) {
             printPlan(loaded.config.run, plan, print);
@@ -140,9 +139,8 @@ function printPlan(
   print("plan, each step:");
   let i = 1;
   for (const h of plan.hosts) print(`  ${i++}. host: ${h}`);
-  const sched = new Scheduler(plan, { name: run.executor } as never, run.seed, run.steps);
   for (const p of plan.phases) {
-    const nodes = plan.traced?.[p.optimizer] ?? sched.tracePhase(p).graph.nodes.length;
+    const nodes = plan.traced?.[p.optimizer] ?? tracePhase(plan, p, run.steps).graph.nodes.length;
     const every = p.every === 1 ? "every step" : `every ${p.every} steps`;
     print(
       `  ${i++}. compiled graph "${p.optimizer}" on ${run.executor} (${every}): stages ${p.stages.join(" → ")}; ` +
@@ -151,8 +149,7 @@ function printPlan(
   }
   for (const e of plan.effects) {
     const s = plan.stages[e];
-    const when = s.at ? `at ${s.at}` : s.every === 1 ? "every step" : `every ${s.every} steps`;
-    print(`  ${i++}. effect: ${e} [${s.def.kind}] ${when}${s.def.alsoLast && !s.at ? " and at the end" : ""}`);
+    print(`  ${i++}. effect: ${e} [${s.def.kind}] ${describeCadence(s.cadence)}`);
   }
   const m = plan.memory;
   const models = Object.values(m.models).reduce((a, x) => a + x.bytes, 0);

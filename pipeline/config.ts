@@ -74,6 +74,9 @@ export const RunSchema = z.strictObject({
   cache: z.string().min(1).default(".cache"),
 });
 
+/** A moment a stage fires at. */
+const AT = z.union([z.enum(["start", "end"]), z.number().int().positive()]);
+
 /** A model declaration: a registered kind, its params, and optionally a safetensors file to start from. */
 export const ModelSchema = z.strictObject({
   kind: z.string(),
@@ -94,10 +97,13 @@ export const StageSchema = z.strictObject({
   /** Input port → "stage.port". */
   inputs: z.record(z.string(), REF).default({}),
   params: z.record(z.string(), z.unknown()).default({}),
-  /** Run every N steps (default 1). */
+  /** Effects: fire every N steps (with neither `every` nor `at`: the kind's default, usually every step). */
   every: z.number().int().positive().optional(),
-  /** Run once, at the start or at the end, instead of every N steps. */
-  at: z.enum(["start", "end"]).optional(),
+  /**
+   * Effects: fire at these moments — `start` (the first step an invocation runs), `end` (the run's last step), or step
+   * numbers; one or a list, beside `every` when both are given (pipeline/cadence.ts).
+   */
+  at: z.union([AT, z.array(AT).min(1)], { error: '"start", "end", a step number or a list of them' }).optional(),
 });
 
 /** The whole config. */

@@ -21,6 +21,7 @@ import {
   StageTypeError,
   type TraceContext,
 } from "./stage.ts";
+import { type Cadence, resolveCadence } from "./cadence.ts";
 import { ConfigError } from "./config.ts";
 /** A stage after validation. */
 export interface PlannedStage {
@@ -32,8 +33,10 @@ export interface PlannedStage {
   inputs: Record<string, { stage: string; port: string }>;
   inputTypes: Record<string, PortSpec>;
   outputs: Record<string, PortSpec>;
+  /** Steps between runs of an optimizer's phase (1 for other stages). */
   every: number;
-  at?: "start" | "end";
+  /** When an effect fires (pipeline/cadence.ts). */
+  cadence: Cadence;
 }
 
 /**
@@ -88,10 +91,11 @@ export interface MemoryEstimate {
   machine: number;
 }
 
-/** Traces update phases: the scheduler does (`new Scheduler(plan, …)`), given the plan being checked. */
-export type PhaseTracer = (plan: Plan) => {
-  tracePhase(phase: Phase): { graph: Graph; stateIn: Record<string, string>; feeds: Record<string, string> };
-};
+/** Traces one update phase of the plan being checked (the command line passes `tracePhase` of trace_phase.ts). */
+export type PhaseTracer = (
+  plan: Plan,
+  phase: Phase,
+) => { graph: Graph; stateIn: Record<string, string>; feeds: Record<string, string> };
 
 /** Options of `planPipeline`. */
 export interface PlanOptions {
@@ -292,7 +296,8 @@ function checkStages(config: LoadedConfig["config"], issues: Issues): Record<str
     };
     def.models?.(params).forEach(used("model", noModel, Object.keys(config.models)));
     def.datasets?.(params).forEach(used("dataset", noDataset, Object.keys(config.data)));
-    stages[name] = { name, def, params, inputs, inputTypes: {}, outputs: {}, every: s.every ?? 1, at: s.at };
+    const cadence = resolveCadence(s, def.cadence);
+    stages[name] = { name, def, params, inputs, inputTypes: {}, outputs: {}, every: s.every ?? 1, cadence };
   }
   noStage.report(
     issues,
@@ -314,8 +319,17 @@ function checkCadence(
   def: StageDef<any>,
   issues: Issues,
 ) {
-  if (s.every !== undefined && s.at !== undefined) {
-    issues.add(["stages", name, "at"], `stage "${name}": set either "every" or "at", not both`);
+  if (def.role === "optimizer" && s.at !== undefined) {
+    issues.add(
+      ["stages", name, "at"],
+      `stage "${name}" (${s.kind}) is an optimizer: its phase runs every N steps (\`every\`), not \`at\` moments`,
+    );
+  }
+  if (def.role === "host" && (s.every !== undefined || s.at !== undefined)) {
+    issues.add(
+      ["stages", name, s.every !== undefined ? "every" : "at"],
+      `stage "${name}" (${s.kind}) is a host stage: it runs every step, before the phases that read it`,
+    );
   }
   if (def.role === "traced" && (s.every !== undefined || s.at !== undefined)) {
     issues.add(
@@ -665,17 +679,17 @@ function traceCheck(plan: Plan, tracer: PhaseTracer, issues: Issues): TracedPhas
     };
     return { ...s, def: { ...s.def, trace: wrapped } };
   };
-  const sched = tracer({
+  const wrapped: Plan = {
     ...plan,
     stages: Object.fromEntries(Object.entries(plan.stages).map(([n, s]) => [n, wrap(s)])),
-  });
+  };
   const out: TracedPhase[] = [];
   const reported = new Set<string>();
   for (const phase of plan.phases) {
     spans = new Map();
     let t;
     try {
-      t = sched.tracePhase(phase);
+      t = tracer(wrapped, phase);
     } catch (e) {
       const [stage, msg] = e instanceof StageTraceFailure
         ? [e.stage, `stage "${e.stage}" (${plan.stages[e.stage].def.kind}): ${oneLine(e.error)}`]

@@ -9,7 +9,7 @@ import { readSafetensors, toFloat32 } from "../engine/safetensors.ts";
 import type { CheckpointRef, CheckpointState } from "./checkpoint.ts";
 import { RunError } from "./errors.ts";
 import type { Plan } from "./plan.ts";
-import { optimizerSlots } from "./scheduler.ts";
+import { optimizerSlots } from "./trace_phase.ts";
 import { storeKey } from "./store_keys.ts";
 import { RunMemory, type StateArray } from "./stage_state.ts";
 

@@ -21,6 +21,7 @@ import {
   saveSnapshot,
 } from "./checkpoint.ts";
 import type { LoadedConfig } from "./config.ts";
+import { isDue } from "./cadence.ts";
 import { RunError } from "./errors.ts";
 import { readInitFile } from "./init_weights.ts";
 import type { Plan } from "./plan.ts";
@@ -275,12 +276,7 @@ class Run {
     const last = this.cfg.steps;
     for (const name of this.plan.effects) {
       const st = this.plan.stages[name];
-      const due = st.at === "end"
-        ? step === last
-        : st.at === "start"
-        ? step === this.start + 1
-        : step % st.every === 0 || (step === last && st.def.alsoLast === true);
-      if (!due) continue;
+      if (!isDue(st.cadence, step, this.start + 1, last)) continue;
       await this.timed(name, () => st.def.effect!(this.effectContext(name, step), st.params, inputsOf(st, host)));
     }
   }
@@ -324,7 +320,7 @@ class Run {
       ...this.context(stage, step),
       metrics: this.metrics,
       last: step === this.cfg.steps,
-      every: st.at ? 1 : st.every,
+      every: st.cadence.every ?? 1,
       updateEma: (model, decay) => this.sched.updateEma(model, decay),
       snapshot: () => this.snapshot(step),
     };

@@ -16,6 +16,7 @@ import type { Executor, HostArray } from "../engine/executors/executor.ts";
 import type { DType } from "../engine/ir.ts";
 import type { Rng } from "../engine/rng.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import type { KindCadence } from "./cadence.ts";
 import type { RunSnapshot } from "./checkpoint.ts";
 import type { StageState } from "./stage_state.ts";
 
@@ -178,7 +179,7 @@ export interface EffectContext extends HostContext {
   snapshot(): Promise<RunSnapshot>;
   /** True when this is the last step of the run. */
   last: boolean;
-  /** The stage's cadence in steps (its `every`; 1 for `at: start`/`at: end`). */
+  /** The stage's cadence in steps: its `every`, 1 when it fires only at moments (`at`). */
   every: number;
 }
 
@@ -207,8 +208,11 @@ export interface StageDef<P = unknown> {
   trace?(ctx: TraceContext, params: P, inputs: Record<string, Tensor>): Record<string, Tensor>;
   /** `optimizer` role: its traced update of the models it names. */
   optimizer?: OptimizerRule<P>;
-  /** `effect` role: also fire on the last step whatever the cadence (checkpoints, final samples). */
-  alsoLast?: boolean;
+  /**
+   * `effect` role: the kind's cadence when the config gives neither `every` nor `at` (default: every step), and
+   * moments it always fires at, such as a final checkpoint at the end (pipeline/cadence.ts).
+   */
+  cadence?: KindCadence;
   /** `effect` role: side effects at the stage's cadence. */
   effect?(ctx: EffectContext, params: P, inputs: Record<string, HostArray>): Promise<void>;
   /**

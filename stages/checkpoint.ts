@@ -26,7 +26,7 @@ export const checkpoint: StageDef<P> = {
   role: "effect",
   params: Params,
   inputs: [],
-  alsoLast: true,
+  cadence: { always: ["end"] },
   types: () => ({}),
   effect: save,
   // An interrupt right after this stage fired has nothing new to save.

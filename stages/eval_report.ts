@@ -5,8 +5,8 @@
  * discriminator's MobileNetV2), the FID on the discriminator's own network beside it, pixel FD, and ms/image on the
  * run's executor. Writes `<out>/report.json` and `<out>/report.md` (atomically) and logs the path.
  *
- * An evaluation takes minutes, so by default it runs only on the run's last step (`only_last`), whatever cadence the
- * config gives it; configure it with `at: end`.
+ * An evaluation takes minutes, so by default it runs only on the run's last step; an `every` in the config adds
+ * evaluations along the way (the last step is always evaluated).
  *
  * @module
  */
@@ -73,8 +73,6 @@ const Params = z.strictObject({
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
   /** Text encoder folder or hub id, as in `text_encode`. */
   text_encoder: z.string().default("models/text_encoder"),
-  /** Evaluate only on the run's last step (an evaluation takes minutes); false: at every firing of the cadence. */
-  only_last: z.boolean().default(true),
   /**
    * The shipped JSON file (relative to the project root) of the teacher's rows. The teacher is frozen, so its rows
    * depend only on its weights and these settings: they are reused when a stored key (a SHA-256 of the weights and
@@ -84,7 +82,7 @@ const Params = z.strictObject({
   teacher_cache: z.string().optional(),
   /**
    * File stem of the outputs: `<out>/<name>.json` and `<name>.md` (the latest evaluation), and `<name>_history.jsonl`,
-   * one line per evaluation with its step and every row's FID-proxy and top-1, to follow a run (`only_last: false`).
+   * one line per evaluation with its step and every row's FID-proxy and top-1, to follow a run (with an `every`).
    */
   name: z.string().regex(/^[A-Za-z0-9_.-]+$/, "a file stem: letters, digits, _ . -").default("report"),
 });
@@ -104,7 +102,7 @@ export const evalReport: StageDef<P> = {
   role: "effect",
   params: Params,
   inputs: [],
-  alsoLast: true,
+  cadence: { default: { at: ["end"] }, always: ["end"] },
   models: (p) => [p.student, p.teacher],
   types: ({ params, models }) => {
     const size = emoji.params.parse({ ...params.dataset, split: "heldout" }).size;
@@ -132,7 +130,6 @@ export const evalReport: StageDef<P> = {
     return {};
   },
   effect: async (ctx, p) => {
-    if (p.only_last && !ctx.last) return;
     const teacher = unetOf(ctx.models, p.teacher, "teacher")!, student = unetOf(ctx.models, p.student, "student")!;
     const enc = await loadCaptionEncoder(p.text_encoder);
     for (const [name, u] of [[p.teacher, teacher], [p.student, student]] as const) {

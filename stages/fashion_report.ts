@@ -6,8 +6,8 @@
  * own config reports on the teacher alone. Writes `<out>/<name>.json` and `<name>.md` atomically and logs the path
  * and a line per row.
  *
- * An evaluation takes minutes (1,000 images a row by default), so by default it runs only on the run's last step
- * (`only_last`); configure it with `at: end`.
+ * An evaluation takes minutes (1,000 images a row by default), so by default it runs only on the run's last step;
+ * an `every` in the config adds evaluations along the way (the last step is always evaluated).
  *
  * @module
  */
@@ -55,8 +55,6 @@ const Params = z.strictObject({
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
   /** Text encoder folder or `use-lite`, as in `text_encode`. */
   text_encoder: z.string().default("models/text_encoder"),
-  /** Evaluate only on the run's last step; false: at every firing of the cadence. */
-  only_last: z.boolean().default(true),
   /**
    * The shipped JSON file (relative to the project root) of teacher rows, each keyed by a SHA-256 of the teacher's
    * weights, the judge's weights and every setting the row depends on: a row is reused when its key is there or in
@@ -88,7 +86,7 @@ export const fashionReport: StageDef<P> = {
   role: "effect",
   params: Params,
   inputs: [],
-  alsoLast: true,
+  cadence: { default: { at: ["end"] }, always: ["end"] },
   models: (p) => [p.teacher, p.student].filter((m): m is string => m !== null),
   types: ({ params, models }) => {
     if (!roles(params).some(([, name, steps]) => name !== null && steps > 0)) {
@@ -110,7 +108,6 @@ export const fashionReport: StageDef<P> = {
     return {};
   },
   effect: async (ctx, p) => {
-    if (p.only_last && !ctx.last) return;
     const encoder = await loadCaptionEncoder(p.text_encoder), schedule = makeSchedule(p.schedule);
     const judge = await loadFashionJudge(), judgeKey = await weightsKey({}, judge.weights);
     const generators: UNetGenerator[] = [], keys = new Map<string, string>();

@@ -68,7 +68,7 @@ export const metrics: StageDef<z.output<typeof Params>> = {
   role: "effect",
   params: Params,
   inputs: [],
-  alsoLast: true,
+  cadence: { always: ["end"] },
   types: () => ({}),
   effect: async (ctx, p) => {
     let text = "";

@@ -39,7 +39,7 @@ export const sample: StageDef<z.output<typeof Params>> = {
   role: "effect",
   params: Params,
   inputs: [],
-  alsoLast: true,
+  cadence: { always: ["end"] },
   models: (p) => [p.model],
   types: ({ params, models }) => {
     const info = models[params.model];

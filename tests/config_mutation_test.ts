@@ -19,7 +19,7 @@ import "../stages/mod.ts";
 import { runCli } from "../pipeline/cli.ts";
 import { ConfigError, loadConfig } from "../pipeline/config.ts";
 import { type Plan, planPipeline } from "../pipeline/plan.ts";
-import { Scheduler } from "../pipeline/scheduler.ts";
+import { tracePhase } from "../pipeline/trace_phase.ts";
 import { philox4x32 } from "../engine/rng.ts";
 
 const ROOT = decodeURIComponent(new URL("..", import.meta.url).pathname);
@@ -316,7 +316,7 @@ Deno.test("memory: a model or a batch that cannot fit is one line with the estim
     return true;
   });
   // The traced graph's peak is what a traced plan is checked against: a byte less than it is an error.
-  const tracer = (p: Plan) => new Scheduler(p, { name: "cpu" } as never, 0, 10);
+  const tracer = (p: Plan, phase: Plan["phases"][number]) => tracePhase(p, phase, 10);
   const traced = planPipeline(loaded, { tracer, machineMemory: 1e12 }).memory;
   assert.equal(traced.basis, "traced");
   assert.ok(traced.step > 0 && traced.total === traced.step + 1153 * 12, JSON.stringify(traced));
