@@ -14,11 +14,21 @@ import { describeCadence } from "./cadence.ts";
 import { tracePhase } from "./trace_phase.ts";
 import { fmtSpec } from "./stage.ts";
 
+/** The command line's options, as commander parses them. */
+interface CliOptions {
+  steps?: string;
+  out?: string;
+  executor?: string;
+  set: string[];
+  resume?: boolean;
+  fresh?: boolean;
+  dryRun?: boolean;
+}
+
+type Print = (s: string) => void;
+
 /** Runs the CLI on `argv` (without the program name); returns the exit code. */
-export async function runCli(
-  argv: readonly string[],
-  print: (s: string) => void = (s) => console.log(s),
-): Promise<number> {
+export async function runCli(argv: readonly string[], print: Print = (s) => console.log(s)): Promise<number> {
   const err = (s: string) => console.error(s);
   let code = 0;
   const program = new Command()
@@ -47,70 +57,9 @@ export async function runCli(
     .option("--resume", "continue from the latest checkpoint in the output folder")
     .option("--fresh", "start over in an output folder that already has checkpoints (deletes them)")
     .option("--dry-run", "validate, print the DAG and the execution plan, and exit")
-    .action(
-      async (
-        file: string,
-        o: {
-          steps?: string;
-          out?: string;
-          executor?: string;
-          set: string[];
-          resume?: boolean;
-          fresh?: boolean;
-          dryRun?: boolean;
-        },
-      ) => {
-        // Named in errors as the user typed them: "--steps abc", not the "--set run.steps=abc" it becomes.
-        const sets: (string | { set: string; from: string })[] = [...o.set];
-        if (o.steps !== undefined) sets.push({ set: `run.steps=${o.steps}`, from: `--steps ${o.steps}` });
-        if (o.out !== undefined) sets.push({ set: `run.out=${JSON.stringify(o.out)}`, from: `--out ${o.out}` });
-        if (o.executor !== undefined) {
-          sets.push({ set: `run.executor=${o.executor}`, from: `--executor ${o.executor}` });
-        }
-        let text: string;
-        try {
-          text = await Deno.readTextFile(file);
-        } catch (e) {
-          err(
-            `${file}: cannot read the config (${
-              e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message
-            })`,
-          );
-          code = 2;
-          return;
-        }
-        try {
-          const loaded = loadConfig(file, text, sets);
-          const { steps } = loaded.config.run;
-          // Tracing while planning makes what tracing throws a config error, before a run writes anything.
-          const plan = planPipeline(loaded, { tracer: (p, phase) => tracePhase(p, phase, steps) });
-          for (const w of plan.warnings) err(w);
-          if (o.dryRun) {
-            printPlan(loaded.config.run, plan, print);
-            return;
-          }
-          code = await runPipeline(loaded, plan, { resume: o.resume, fresh: o.fresh, print });
-        } catch (e) {
-          if (e instanceof ConfigError) {
-            for (const line of e.lines) err(line);
-            code = 2;
-          } else if (e instanceof RunError) {
-            err(e.message);
-            code = e.code;
-          } else if (e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable) {
-            const msg = (e as Error).message.split("\n")[0];
-            // The hint fits only files outside the task's --allow-read=. --allow-write=.; other denials say their own.
-            const hint = /(read|write) access to/.test(msg)
-              ? " (the task may only read and write inside the project; use --out inside it)"
-              : "";
-            err(`permission denied: ${msg}${hint}`);
-            code = 2;
-          } else {
-            throw e;
-          }
-        }
-      },
-    );
+    .action(async (file: string, o: CliOptions) => {
+      code = await runConfigFile(file, o, print, err);
+    });
   try {
     await program.parseAsync([...argv], { from: "user" });
   } catch (e) {
@@ -118,6 +67,54 @@ export async function runCli(
     throw e;
   }
   return code;
+}
+
+/** Reads, plans and runs (or prints, with `--dry-run`) one config; the exit code. Bad input is one line, exit 2. */
+async function runConfigFile(file: string, o: CliOptions, print: Print, err: Print): Promise<number> {
+  // Named in errors as the user typed them: "--steps abc", not the "--set run.steps=abc" it becomes.
+  const sets: (string | { set: string; from: string })[] = [...o.set];
+  if (o.steps !== undefined) sets.push({ set: `run.steps=${o.steps}`, from: `--steps ${o.steps}` });
+  if (o.out !== undefined) sets.push({ set: `run.out=${JSON.stringify(o.out)}`, from: `--out ${o.out}` });
+  if (o.executor !== undefined) sets.push({ set: `run.executor=${o.executor}`, from: `--executor ${o.executor}` });
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message;
+    err(`${file}: cannot read the config (${why})`);
+    return 2;
+  }
+  try {
+    const loaded = loadConfig(file, text, sets);
+    const { steps } = loaded.config.run;
+    // Tracing while planning makes what tracing throws a config error, before a run writes anything.
+    const plan = planPipeline(loaded, { tracer: (p, phase) => tracePhase(p, phase, steps) });
+    for (const w of plan.warnings) err(w);
+    if (o.dryRun) {
+      printPlan(loaded.config.run, plan, print);
+      return 0;
+    }
+    return await runPipeline(loaded, plan, { resume: o.resume, fresh: o.fresh, print });
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      for (const line of e.lines) err(line);
+      return 2;
+    }
+    if (e instanceof RunError) {
+      err(e.message);
+      return e.code;
+    }
+    if (e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable) {
+      const msg = (e as Error).message.split("\n")[0];
+      // The hint fits only files outside the task's --allow-read=. --allow-write=.; other denials say their own.
+      const hint = /(read|write) access to/.test(msg)
+        ? " (the task may only read and write inside the project; use --out inside it)"
+        : "";
+      err(`permission denied: ${msg}${hint}`);
+      return 2;
+    }
+    throw e;
+  }
 }
 
 /** Prints the DAG and the execution plan. */

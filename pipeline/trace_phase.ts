@@ -54,104 +54,129 @@ export function optimizerSlots(plan: Plan, optimizer: string): string[] {
  * planning and `--dry-run` only trace).
  */
 export function tracePhase(plan: Plan, phase: Phase, runSteps?: number): TracedPhase {
-  const layouts = modelLayouts(plan);
-  const tr = new Trace();
-  const stateIn: Record<string, string> = {}, stateOut: Record<string, string> = {};
-  const feeds: Record<string, string> = {}, metrics: Record<string, string> = {};
-  const randoms: RandomInput[] = [];
-  const step = tr.input("step", []);
-  const params: Record<string, Record<string, Tensor>> = {};
-  const flats: Record<string, Tensor> = {};
-  for (const m of [...phase.updates, ...phase.reads]) {
-    const key = storeKey.model(m);
-    flats[m] = tr.input(key, [layouts[m].total]);
-    stateIn[key] = key;
-    params[m] = unpack(flats[m], layouts[m]);
+  const t = new PhaseTrace(plan, phase);
+  for (const name of phase.stages) t.stage(name);
+  t.update(runSteps);
+  return t.result();
+}
+
+/** One phase being traced: the graph so far and the names binding it to the run. */
+class PhaseTrace {
+  readonly tr = new Trace();
+  readonly layouts: Record<string, Layout>;
+  readonly stateIn: Record<string, string> = {};
+  readonly stateOut: Record<string, string> = {};
+  readonly feeds: Record<string, string> = {};
+  readonly metrics: Record<string, string> = {};
+  readonly randoms: RandomInput[] = [];
+  readonly outputs: Record<string, Tensor> = {};
+  /** Stage outputs and fed host values by "stage.port". */
+  readonly values = new Map<string, Tensor>();
+  readonly step: Tensor;
+  /** Each model's parameters, flat (as stored) and unpacked by path. */
+  readonly flats: Record<string, Tensor> = {};
+  readonly params: Record<string, Record<string, Tensor>> = {};
+
+  constructor(readonly plan: Plan, readonly phase: Phase) {
+    this.layouts = modelLayouts(plan);
+    this.step = this.tr.input("step", []);
+    for (const m of [...phase.updates, ...phase.reads]) {
+      const key = storeKey.model(m);
+      this.flats[m] = this.tr.input(key, [this.layouts[m].total]);
+      this.stateIn[key] = key;
+      this.params[m] = unpack(this.flats[m], this.layouts[m]);
+    }
   }
-  const values = new Map<string, Tensor>();
-  const outputs: Record<string, Tensor> = {};
-  for (const name of phase.stages) {
-    const st = plan.stages[name];
+
+  /** Traces stage `name` on its inputs: earlier stages' outputs, or host values fed to the graph. */
+  stage(name: string): void {
+    const st = this.plan.stages[name];
     const inputs: Record<string, Tensor> = {};
     for (const [port, ref] of Object.entries(st.inputs)) {
       const id = `${ref.stage}.${ref.port}`;
-      let v = values.get(id);
+      let v = this.values.get(id);
       if (!v) {
-        const spec = plan.stages[ref.stage].outputs[ref.port];
-        v = tr.input(`feed.${id}`, spec.shape, spec.dtype);
-        feeds[`feed.${id}`] = id;
-        values.set(id, v);
+        const spec = this.plan.stages[ref.stage].outputs[ref.port];
+        v = this.tr.input(`feed.${id}`, spec.shape, spec.dtype);
+        this.feeds[`feed.${id}`] = id;
+        this.values.set(id, v);
       }
       inputs[port] = v;
     }
+    const outs = st.def.trace!(this.context(name), st.params, inputs);
+    for (const [port, t] of Object.entries(outs)) this.values.set(`${name}.${port}`, t);
+  }
+
+  /** What stage `name` sees while it is traced. */
+  context(name: string): TraceContext {
     const random = (kind: "normal" | "uniform", tag: string, shape: number[]): Tensor => {
       const inputName = `rand.${name}.${tag}`;
-      randoms.push({ name: inputName, stage: name, tag, kind, size: shape.reduce((a, b) => a * b, 1) });
-      return tr.input(inputName, shape);
+      this.randoms.push({ name: inputName, stage: name, tag, kind, size: shape.reduce((a, b) => a * b, 1) });
+      return this.tr.input(inputName, shape);
     };
-    const ctx: TraceContext = {
+    const declared = (m: string) => {
+      if (!this.params[m]) throw new Error(`stage "${name}" uses model "${m}" it did not declare`);
+      return this.params[m];
+    };
+    return {
       stage: name,
-      step,
-      model: (m) => {
-        if (!params[m]) throw new Error(`stage "${name}" uses model "${m}" it did not declare`);
-        return nest(params[m]) as Record<string, Tensor>;
-      },
+      step: this.step,
+      model: (m) => nest(declared(m)) as Record<string, Tensor>,
       apply: (m, ins) => {
-        const info = plan.models[m];
-        if (!params[m]) throw new Error(`stage "${name}" uses model "${m}" it did not declare`);
-        return modelKinds().get(info.kind)!.apply(info.params, params[m], ins);
+        const info = this.plan.models[m];
+        return modelKinds().get(info.kind)!.apply(info.params, declared(m), ins);
       },
       normal: (tag, shape) => random("normal", tag, shape),
       uniform: (tag, shape) => random("uniform", tag, shape),
-      metric: (mname, v) => {
-        const out = `metric.${name}.${mname}`;
-        outputs[out] = v;
-        metrics[out] = `${name}.${mname}`;
-      },
+      metric: (mname, v) => this.metric(`${name}.${mname}`, v),
     };
-    const outs = st.def.trace!(ctx, st.params, inputs);
-    for (const [port, t] of Object.entries(outs)) values.set(`${name}.${port}`, t);
   }
-  const opt = plan.stages[phase.optimizer];
-  const lossRef = opt.inputs.loss;
-  const loss = values.get(`${lossRef.stage}.${lossRef.port}`)!;
-  outputs[`metric.${phase.optimizer}.loss`] = loss;
-  metrics[`metric.${phase.optimizer}.loss`] = `${phase.optimizer}.loss`;
-  const gs = phase.updates.map((m) => pack(grad(loss, params[m]), layouts[m]));
-  const rule = opt.def.optimizer!;
-  const slots = phase.updates.map((m, i) => {
-    const state: Record<string, Tensor> = {};
-    for (const slot of optimizerSlots(plan, phase.optimizer)) {
-      const key = storeKey.moment(phase.optimizer, m, slot);
-      state[slot] = tr.input(key, [layouts[m].total]);
-      stateIn[key] = key;
-    }
-    return { param: flats[m], grad: gs[i], state };
-  });
-  // The phase's n-th update is at step n·every (step is an exact f32 integer, so the division is exact).
-  const count = phase.every === 1 ? step : div(step, phase.every);
-  const updated = rule.update(
-    {
-      count,
-      runUpdates: runSteps ? Math.floor(runSteps / phase.every) : undefined,
-      metric: (name, v) => {
-        outputs[`metric.${phase.optimizer}.${name}`] = v;
-        metrics[`metric.${phase.optimizer}.${name}`] = `${phase.optimizer}.${name}`;
+
+  metric(name: string, v: Tensor): void {
+    this.outputs[`metric.${name}`] = v;
+    this.metrics[`metric.${name}`] = name;
+  }
+
+  /** The gradient of the optimizer's loss and its rule's update of each model and its state slots. */
+  update(runSteps?: number): void {
+    const { plan, phase, layouts } = this, opt = plan.stages[phase.optimizer];
+    const loss = this.values.get(`${opt.inputs.loss.stage}.${opt.inputs.loss.port}`)!;
+    this.metric(`${phase.optimizer}.loss`, loss);
+    const gs = phase.updates.map((m) => pack(grad(loss, this.params[m]), layouts[m]));
+    const slotNames = optimizerSlots(plan, phase.optimizer);
+    const slots = phase.updates.map((m, i) => {
+      const state: Record<string, Tensor> = {};
+      for (const slot of slotNames) {
+        const key = storeKey.moment(phase.optimizer, m, slot);
+        state[slot] = this.tr.input(key, [layouts[m].total]);
+        this.stateIn[key] = key;
+      }
+      return { param: this.flats[m], grad: gs[i], state };
+    });
+    // The phase's n-th update is at step n·every (step is an exact f32 integer, so the division is exact).
+    const count = phase.every === 1 ? this.step : div(this.step, phase.every);
+    const updated = opt.def.optimizer!.update(
+      {
+        count,
+        runUpdates: runSteps ? Math.floor(runSteps / phase.every) : undefined,
+        metric: (name, v) => this.metric(`${phase.optimizer}.${name}`, v),
       },
-    },
-    opt.params,
-    slots,
-  );
-  phase.updates.forEach((m, i) => {
-    const keys: [string, Tensor][] = [[storeKey.model(m), updated[i].param]];
-    for (const slot of optimizerSlots(plan, phase.optimizer)) {
-      keys.push([storeKey.moment(phase.optimizer, m, slot), updated[i].state[slot]]);
-    }
-    for (const [key, t] of keys) {
-      if (!t) throw new Error(`optimizer "${phase.optimizer}" returned no "${key}"`);
-      outputs[`out.${key}`] = t;
-      stateOut[`out.${key}`] = key;
-    }
-  });
-  return { phase, graph: tr.build(outputs), stateIn, stateOut, feeds, randoms, metrics };
+      opt.params,
+      slots,
+    );
+    phase.updates.forEach((m, i) => {
+      const keys: [string, Tensor][] = [[storeKey.model(m), updated[i].param]];
+      for (const slot of slotNames) keys.push([storeKey.moment(phase.optimizer, m, slot), updated[i].state[slot]]);
+      for (const [key, t] of keys) {
+        if (!t) throw new Error(`optimizer "${phase.optimizer}" returned no "${key}"`);
+        this.outputs[`out.${key}`] = t;
+        this.stateOut[`out.${key}`] = key;
+      }
+    });
+  }
+
+  result(): TracedPhase {
+    const { phase, stateIn, stateOut, feeds, randoms, metrics } = this;
+    return { phase, graph: this.tr.build(this.outputs), stateIn, stateOut, feeds, randoms, metrics };
+  }
 }
