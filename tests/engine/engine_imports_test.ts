@@ -7,16 +7,16 @@ import { cycles, cycleThrough, importGraph, importsOf } from "../../bench/import
 
 Deno.test("import reader: value, type-only and dynamic imports; comments ignored", () => {
   const src = [
-    `import type { A } from "../a.ts";`,
-    `import { type B, type C } from "../b.ts";`,
-    `import { type D, e } from "../d.ts";`,
-    `import * as H from "../h.ts";`,
-    `export * from "../re.ts";`,
-    `export type { X } from "../x.ts";`,
-    `// import { no } from "../comment.ts";`,
-    `const url = "https://example.com"; import { z } from "../z.ts";`,
-    `const m = await import("../dyn.ts");`,
-    `import {\n  multi,\n} from "../ml.ts";`,
+    `import type { A } from "./a.ts";`,
+    `import { type B, type C } from "./b.ts";`,
+    `import { type D, e } from "./d.ts";`,
+    `import * as H from "./h.ts";`,
+    `export * from "./re.ts";`,
+    `export type { X } from "./x.ts";`,
+    `// import { no } from "./comment.ts";`,
+    `const url = "https://example.com"; import { z } from "./z.ts";`,
+    `const m = await import("./dyn.ts");`,
+    `import {\n  multi,\n} from "./ml.ts";`,
   ].join("\n");
   assert.deepEqual(importsOf(src), [
     { spec: "./a.ts", kind: "type" },
@@ -35,8 +35,8 @@ Deno.test("cycle finder: a factory importing its products lazily, which import i
   const dir = await Deno.makeTempDir();
   try {
     await Deno.mkdir(`${dir}/x`);
-    await Deno.writeTextFile(`${dir}/x/auto.ts`, `export const f = () => import("../node.ts");\n`);
-    await Deno.writeTextFile(`${dir}/x/node.ts`, `import { h } from "../auto.ts";\nimport "../../leaf.ts";\n`);
+    await Deno.writeTextFile(`${dir}/x/auto.ts`, `export const f = () => import("./node.ts");\n`);
+    await Deno.writeTextFile(`${dir}/x/node.ts`, `import { h } from "./auto.ts";\nimport "../leaf.ts";\n`);
     await Deno.writeTextFile(`${dir}/leaf.ts`, `export const leaf = 1;\n`);
     const graph = await importGraph(dir);
     const found = cycles(graph);
