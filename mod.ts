@@ -146,14 +146,21 @@ export type {
   AnyDataset,
   AnyModel,
   AnyStage,
+  At,
+  Cadence,
   Dataset,
   DatasetDef,
   DatasetInfo,
   EffectContext,
   HostContext,
+  KindCadence,
   ModelDef,
   ModelInfo,
   OptimizerRule,
+  ParamError,
+  ParamIssue,
+  ParamResult,
+  ParamSchema,
   PortSpec,
   StageDef,
   StageRole,
@@ -176,9 +183,9 @@ export {
 export type { StageMemory, StageState, StateArray } from "./pipeline/stage_state.ts";
 export { registerBuiltins } from "./stages/builtins.ts";
 export { ConfigError, loadConfig } from "./pipeline/config.ts";
-export type { LoadedConfig } from "./pipeline/config.ts";
+export type { Config, DatasetConfig, LoadedConfig, ModelConfig, RunConfig, StageConfig } from "./pipeline/config.ts";
 export { planPipeline } from "./pipeline/plan.ts";
-export type { Plan } from "./pipeline/plan.ts";
+export type { MemoryEstimate, Phase, PhaseTracer, Plan, PlannedStage, PlanOptions } from "./pipeline/plan.ts";
 export { RunError, runPipeline } from "./pipeline/run.ts";
 export type { RunOptions } from "./pipeline/run.ts";
 export { checkpointFiles, latestCheckpoint, listCheckpoints, saveSnapshot } from "./pipeline/checkpoint.ts";

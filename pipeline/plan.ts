@@ -1,155 +1,36 @@
 /**
  * Validation and planning, all before step 1: stage, model and dataset kinds and params, port references, cycles,
  * port types and shapes, roles, then the execution plan — which traced stages compile into which update phase — and
- * an estimate of the run's memory against the machine's. With a tracer (the command line passes the scheduler's),
- * every update phase is traced too, so that what tracing would throw is a config error naming the stage.
+ * an estimate of the run's memory against the machine's (plan_memory.ts). With a tracer (the command line passes
+ * trace_phase.ts's, which the scheduler compiles from too), every update phase is traced as well (plan_trace.ts), so
+ * that what tracing would throw is a config error naming the stage.
  *
  * @module
  */
-import { z } from "zod";
-import type { DType, Graph, Node } from "../engine/ir.ts";
-import { type ConfigIssue, formatIssues, type LoadedConfig, suggest, zodIssues } from "./config.ts";
+import type { z } from "zod";
+import type { LoadedConfig } from "./config.ts";
+import { type ConfigIssue, type Path, suggest, zodIssues } from "./config_issues.ts";
+import { resolveCadence } from "./cadence.ts";
+import { Issues, Missing, oneLine, quoteList } from "./plan_issues.ts";
+import { checkMemory, machineMemory, modelMemory, portStep } from "./plan_memory.ts";
+import { type PhaseFootprint, traceCheck } from "./plan_trace.ts";
+import type { Phase, Plan, PlannedStage, PlanOptions } from "./plan_types.ts";
 import {
   type DatasetInfo,
   datasetKinds,
-  fmtSpec,
-  type ModelInfo,
   modelKinds,
-  type PortSpec,
+  type ParamSchema,
   type StageDef,
   stageKinds,
   StageTypeError,
-  type TraceContext,
 } from "./stage.ts";
-import { type Cadence, resolveCadence } from "./cadence.ts";
-import { ConfigError } from "./config.ts";
-/** A stage after validation. */
-export interface PlannedStage {
-  name: string;
-  // deno-lint-ignore no-explicit-any
-  def: StageDef<any>;
-  params: unknown;
-  /** Input port → producing stage and port. */
-  inputs: Record<string, { stage: string; port: string }>;
-  inputTypes: Record<string, PortSpec>;
-  outputs: Record<string, PortSpec>;
-  /** Steps between runs of an optimizer's phase (1 for other stages). */
-  every: number;
-  /** When an effect fires (pipeline/cadence.ts). */
-  cadence: Cadence;
-}
 
-/**
- * One compiled graph: the traced stages feeding one optimizer, run every `every` steps. A step runs the phases in the
- * declaration order of their optimizers.
- */
-export interface Phase {
-  optimizer: string;
-  /** Traced stages in topological order. */
-  stages: string[];
-  /** Models whose parameters this phase updates. */
-  updates: string[];
-  /** Models this phase only reads. */
-  reads: string[];
-  every: number;
-}
-
-/** The validated pipeline and its execution plan. */
-export interface Plan {
-  order: string[];
-  stages: Record<string, PlannedStage>;
-  models: Record<string, ModelInfo & { init?: string }>;
-  datasets: Record<string, DatasetInfo>;
-  phases: Phase[];
-  /** Host stages in topological order: they run on the host before each step's phases and feed them. */
-  hosts: string[];
-  effects: string[];
-  warnings: string[];
-  /** The memory estimate the plan was checked against (see `MemoryEstimate`). */
-  memory: MemoryEstimate;
-  /** Node count of each traced update phase, by optimizer, when planning traced them. */
-  traced?: Record<string, number>;
-}
-
-/**
- * What planning expects the run to hold at once, in bytes. A simple estimate from shapes, made before anything is
- * allocated:
- *
- * - `models`: each model's parameters × 4 bytes × copies: its values, plus one per state slot of the optimizer that
- *   updates it (AdamW's m and v). EMAs, checkpoints and datasets are not counted.
- * - `step`: one step's tensors. From port types (`basis: "ports"`): every stage output plus one gradient per updated
- *   parameter. From the traced graphs (`basis: "traced"`): the largest update phase's peak of live values, each value
- *   held from the node that makes it to its last use and the phase's inputs (the batch, noise) held throughout — what
- *   an executor that frees dead values needs.
- */
-export interface MemoryEstimate {
-  models: Record<string, { params: number; copies: number; bytes: number; updated: boolean; state?: string[] }>;
-  step: number;
-  basis: "ports" | "traced";
-  total: number;
-  /** This machine's memory (`Deno.systemMemoryInfo().total`); Infinity where it may not be read. */
-  machine: number;
-}
-
-/** Traces one update phase of the plan being checked (the command line passes `tracePhase` of trace_phase.ts). */
-export type PhaseTracer = (
-  plan: Plan,
-  phase: Phase,
-) => { graph: Graph; stateIn: Record<string, string>; feeds: Record<string, string> };
-
-/** Options of `planPipeline`. */
-export interface PlanOptions {
-  /** Trace every update phase while planning (see the module doc). Without it planning stops at port types. */
-  tracer?: PhaseTracer;
-  /** The machine's memory in bytes, instead of the system's (tests). */
-  machineMemory?: number;
-}
-
-type Path = (string | number)[];
+export { fmtBytes } from "./plan_memory.ts";
+export { oneLine } from "./plan_issues.ts";
+export type { MemoryEstimate, Phase, PhaseTracer, Plan, PlannedStage, PlanOptions } from "./plan_types.ts";
 
 const isOptional = (p: string) => p.endsWith("?");
 const bare = (p: string) => p.replace(/\?$/, "");
-
-/** Issues found so far; planning stops after a pass with any, since later passes would only repeat their cause. */
-class Issues {
-  readonly list: ConfigIssue[] = [];
-  constructor(private readonly loaded: LoadedConfig) {}
-  add(path: Path, message: string, key = false): void {
-    this.list.push({ path, message, key });
-  }
-  throwIfAny(): void {
-    if (this.list.length) throw new ConfigError(formatIssues(this.list, this.loaded.where));
-  }
-}
-
-/**
- * References to a stage, model or dataset that is not there, grouped by the missing name: one missing thing is one
- * error however often it is named, at its first reference.
- */
-class Missing {
-  private readonly refs = new Map<string, { path: Path; from: string[]; one: string }>();
-  /** A reference to `name` at `path` by stage `from`; `one` is the error when it is the only one. */
-  note(name: string, path: Path, from: string, one: string): void {
-    const r = this.refs.get(name);
-    if (r) r.from.push(from);
-    else this.refs.set(name, { path, from: [from], one });
-  }
-  /** One error per missing name: `many` words a group, given the stages that refer to it. */
-  report(issues: Issues, many: (name: string, from: string) => string): void {
-    for (const [name, r] of this.refs) {
-      issues.add(r.path, r.from.length === 1 ? r.one : many(name, [...new Set(r.from)].join(", ")));
-    }
-  }
-}
-
-/** A thrown value as one line: its first line, without the engine's "(at file:line:col)" of the throwing code. */
-export function oneLine(e: unknown): string {
-  const err = e instanceof Error ? e : new Error(String(e));
-  const msg = (err.message.split("\n")[0] || "(no message)").replace(/ \(at [^()]*\)$/, "");
-  return err.name === "Error" || err.name === "TraceError" || err.name === "StageTypeError"
-    ? msg
-    : `${err.name}: ${msg}`;
-}
 
 /** Validates a loaded config against the registries and plans its execution. Throws `ConfigError`. */
 export function planPipeline(loaded: LoadedConfig, opts: PlanOptions = {}): Plan {
@@ -201,7 +82,7 @@ export function planPipeline(loaded: LoadedConfig, opts: PlanOptions = {}): Plan
     const traced = traceCheck(plan, opts.tracer, issues);
     issues.throwIfAny();
     plan.traced = Object.fromEntries(traced.map((t) => [t.optimizer, t.nodes]));
-    const largest = traced.reduce<TracedPhase | undefined>((a, t) => (a && a.peak >= t.peak ? a : t), undefined);
+    const largest = traced.reduce<PhaseFootprint | undefined>((a, t) => (a && a.peak >= t.peak ? a : t), undefined);
     if (largest) checkMemory(plan, { bytes: largest.peak, basis: "traced", culprit: largest.culprit }, issues);
     issues.throwIfAny();
   }
@@ -209,10 +90,12 @@ export function planPipeline(loaded: LoadedConfig, opts: PlanOptions = {}): Plan
 }
 
 /** Parses `value` with a kind's param schema; undefined (and issues at `base`) when it does not fit. */
-function parseParams<T>(schema: z.ZodType<T>, value: unknown, base: Path, issues: Issues): T | undefined {
+function parseParams<T>(schema: ParamSchema<T>, value: unknown, base: Path, issues: Issues): T | undefined {
   const r = schema.safeParse(value ?? {});
   if (r.success) return r.data;
-  issues.list.push(...zodIssues(r.error, schema, base, value ?? {}));
+  // Kinds' schemas are zod's (see `ParamSchema`): their issues have the codes, and the schema the shape, that
+  // zodIssues reads.
+  issues.list.push(...zodIssues(r.error as z.ZodError, schema as unknown as z.ZodType, base, value ?? {}));
   return undefined;
 }
 
@@ -309,8 +192,6 @@ function checkStages(config: LoadedConfig["config"], issues: Issues): Record<str
   noDataset.report(issues, declared("dataset", Object.keys(config.data)));
   return stages;
 }
-
-const quoteList = (xs: string[]) => xs.map((x) => `"${x}"`).join(", ");
 
 function checkCadence(
   name: string,
@@ -516,236 +397,4 @@ function planPhases(
     });
   }
   return phases;
-}
-
-const DTYPE_BYTES: Record<DType, number> = { f32: 4, i32: 4, bool: 1 };
-const elements = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
-const bytesOf = (s: { dtype: DType; shape: readonly number[] }) => DTYPE_BYTES[s.dtype] * elements(s.shape);
-
-/** The system's total memory; Infinity (no check) where the run may not read it, rather than prompting for it. */
-function machineMemory(): number {
-  try {
-    if (Deno.permissions.querySync({ name: "sys", kind: "systemMemoryInfo" }).state !== "granted") return Infinity;
-    return Deno.systemMemoryInfo().total;
-  } catch {
-    return Infinity;
-  }
-}
-
-/** `1.5 GB`: decimal units, as the machine's memory is quoted. */
-export function fmtBytes(n: number): string {
-  if (n >= 1e18) return `${n.toExponential(1)} bytes`;
-  const units = ["bytes", "kB", "MB", "GB", "TB", "PB"];
-  let u = 0;
-  while (n >= 1000 && u < units.length - 1) n /= 1000, u++;
-  return u === 0 ? `${n} bytes` : `${n.toFixed(n < 10 ? 1 : 0)} ${units[u]}`;
-}
-
-function modelMemory(
-  models: Plan["models"],
-  phases: Phase[],
-  stages: Record<string, PlannedStage>,
-): MemoryEstimate["models"] {
-  // The optimizer's state slots per model, as its rule names them (AdamW: m and v); `init` of size 0 allocates none.
-  const slots = new Map<string, string[]>();
-  for (const p of phases) {
-    const st = stages[p.optimizer];
-    const names = Object.keys(st.def.optimizer?.init(st.params, 0) ?? {});
-    for (const m of p.updates) slots.set(m, names);
-  }
-  const out: MemoryEstimate["models"] = {};
-  for (const [name, m] of Object.entries(models)) {
-    const params = Object.values(m.shapes).reduce((a, s) => a + elements(s), 0);
-    const state = slots.get(name);
-    const copies = 1 + (state?.length ?? 0);
-    out[name] = { params, copies, bytes: params * 4 * copies, state, updated: state !== undefined };
-  }
-  return out;
-}
-
-/** A step estimate, with the stage to blame when it does not fit (see `blame`). */
-interface StepEstimate {
-  bytes: number;
-  basis: MemoryEstimate["basis"];
-  culprit?: Culprit;
-}
-
-/** A tensor of a step, for blame: its type, what it is, and the stage that makes it. */
-interface Value {
-  spec: PortSpec;
-  what: string;
-  stage: string;
-}
-
-interface Culprit {
-  stage: string;
-  /** The step's largest tensor, and where its largest dimension first appears (`stage`). */
-  largest: Value;
-  dim: number;
-}
-
-/**
- * The stage to point at when a step does not fit: the first (in data-flow order) to make a tensor with the largest
- * dimension of the step's largest tensor. A batch too large is blamed on the data stage it starts at, not on the
- * later stages whose tensors it makes heavier; an image side too large, on the stage whose model it blows up.
- */
-function blame(values: Value[]): Culprit | undefined {
-  if (!values.length) return undefined;
-  const largest = values.reduce((a, b) => (bytesOf(b.spec) > bytesOf(a.spec) ? b : a));
-  const dim = Math.max(0, ...largest.spec.shape);
-  return { stage: values.find((v) => v.spec.shape.includes(dim))!.stage, largest, dim };
-}
-
-/** One step's tensors from port types: every stage output, plus a gradient per updated parameter. */
-function portStep(plan: Plan): StepEstimate {
-  const values = plan.order.flatMap((n) =>
-    Object.entries(plan.stages[n].outputs).map(([port, spec]) => ({ spec, what: `"${n}.${port}"`, stage: n }))
-  );
-  let bytes = values.reduce((a, v) => a + bytesOf(v.spec), 0);
-  for (const m of Object.values(plan.memory.models)) if (m.updated) bytes += m.params * 4;
-  return { bytes, basis: "ports", culprit: blame(values) };
-}
-
-/**
- * Records `step` as the plan's estimate and checks it with the models against the machine's memory: a model that
- * alone does not fit is an error at the model's params; a run that does not fit, at the stage `blame` picks.
- */
-function checkMemory(plan: Plan, step: StepEstimate, issues: Issues): void {
-  const mem = plan.memory;
-  const models = Object.values(mem.models).reduce((a, m) => a + m.bytes, 0);
-  Object.assign(mem, { step: step.bytes, basis: step.basis, total: models + step.bytes });
-  const machine = `this machine's ${fmtBytes(mem.machine)} of memory`;
-  let tooBig = false;
-  for (const [name, m] of Object.entries(mem.models)) {
-    if (m.bytes <= mem.machine) continue;
-    const copies = m.copies === 1 ? "" : ` × ${m.copies}: its values and the optimizer's ${quoteList(m.state!)}`;
-    issues.add(
-      ["models", name, "params"],
-      `model "${name}" (${plan.models[name].kind}) needs about ${fmtBytes(m.bytes)} for its parameters, more than ` +
-        `${machine} (${m.params.toLocaleString("en-US")} parameters × 4 bytes${copies})`,
-    );
-    tooBig = true;
-  }
-  if (tooBig || mem.total <= mem.machine) return;
-  const c = step.culprit;
-  const { spec, what, stage } = c?.largest ?? {};
-  const largest = !c
-    ? ""
-    : stage === c.stage
-    ? `; its largest tensor is ${what} ${fmtSpec(spec!)}`
-    : `; the largest tensor is ${what} ${fmtSpec(spec!)} in stage "${stage}", whose size ${c.dim} starts here`;
-  issues.add(
-    c ? ["stages", c.stage] : ["models"],
-    `${c ? `stage "${c.stage}": ` : ""}the run needs about ${fmtBytes(mem.total)} (models ${fmtBytes(models)}, ` +
-      `one step's tensors ${fmtBytes(step.bytes)}), more than ${machine}${largest}`,
-  );
-}
-
-/** What tracing one update phase found. */
-interface TracedPhase {
-  optimizer: string;
-  nodes: number;
-  /** Peak bytes of live values (see `MemoryEstimate`). */
-  peak: number;
-  culprit?: Culprit;
-}
-
-/** Thrown out of a stage's wrapped `trace`, so that planning knows which stage threw. */
-class StageTraceFailure extends Error {
-  constructor(readonly stage: string, readonly error: unknown) {
-    super(`stage "${stage}" threw while tracing`);
-  }
-}
-
-/**
- * Traces every update phase with `tracer`, each traced stage wrapped so that what it throws becomes one error at the
- * stage (anything thrown outside the stages — the gradient, the update — at the phase's optimizer). Records which raw
- * trace nodes each stage made, to say which stage's tensors weigh most.
- */
-function traceCheck(plan: Plan, tracer: PhaseTracer, issues: Issues): TracedPhase[] {
-  let spans = new Map<string, Node[]>();
-  const wrap = (s: PlannedStage): PlannedStage => {
-    const trace = s.def.trace;
-    if (!trace) return s;
-    const wrapped = (ctx: TraceContext, params: unknown, inputs: Parameters<typeof trace>[2]) => {
-      const nodes = ctx.step.trace.nodes, from = nodes.length;
-      try {
-        const out = trace(ctx, params, inputs);
-        spans.set(s.name, nodes.slice(from));
-        return out;
-      } catch (e) {
-        throw new StageTraceFailure(s.name, e);
-      }
-    };
-    return { ...s, def: { ...s.def, trace: wrapped } };
-  };
-  const wrapped: Plan = {
-    ...plan,
-    stages: Object.fromEntries(Object.entries(plan.stages).map(([n, s]) => [n, wrap(s)])),
-  };
-  const out: TracedPhase[] = [];
-  const reported = new Set<string>();
-  for (const phase of plan.phases) {
-    spans = new Map();
-    let t;
-    try {
-      t = tracer(wrapped, phase);
-    } catch (e) {
-      const [stage, msg] = e instanceof StageTraceFailure
-        ? [e.stage, `stage "${e.stage}" (${plan.stages[e.stage].def.kind}): ${oneLine(e.error)}`]
-        : [phase.optimizer, `optimizer "${phase.optimizer}": tracing its update phase failed: ${oneLine(e)}`];
-      // A stage shared by two phases throws the same in both.
-      if (!reported.has(msg)) issues.add(["stages", stage], msg);
-      reported.add(msg);
-      continue;
-    }
-    out.push({
-      optimizer: phase.optimizer,
-      nodes: t.graph.nodes.length,
-      peak: peakLive(t.graph, new Set(Object.keys(t.stateIn))),
-      culprit: heaviest(plan, t.graph, t.feeds, spans),
-    });
-  }
-  return out;
-}
-
-/**
- * Peak bytes of a graph's live values when each is freed after its last use, nodes run in order. Inputs named in
- * `resident` (model parameters, optimizer state) are left out, being counted with the models; other inputs (the
- * batch, noise) are live throughout.
- */
-function peakLive(g: Graph, resident: Set<string>): number {
-  const n = g.nodes.length;
-  const last = new Int32Array(n).map((_, i) => i);
-  g.nodes.forEach((node, i) => node.inputs.forEach((j) => (last[j] = Math.max(last[j], i))));
-  for (const o of g.outputs) last[o.node] = n;
-  const freed = new Float64Array(n + 1);
-  let live = 0, peak = 0;
-  g.nodes.forEach((node, i) => {
-    if (node.op === "input") {
-      if (!resident.has(node.attrs.name)) live += bytesOf(node);
-      return;
-    }
-    freed[last[i]] += bytesOf(node);
-  });
-  g.nodes.forEach((node, i) => {
-    if (node.op !== "input") live += bytesOf(node);
-    peak = Math.max(peak, live);
-    live -= freed[i];
-  });
-  return peak;
-}
-
-/** A traced phase's tensors for blame, in data-flow order: the host outputs it is fed, then each stage's nodes. */
-function heaviest(plan: Plan, g: Graph, feeds: Record<string, string>, spans: Map<string, Node[]>) {
-  const fed: Value[] = [];
-  for (const node of g.nodes) {
-    const ref = node.op === "input" ? feeds[node.attrs.name] : undefined;
-    if (ref !== undefined) fed.push({ spec: node, what: `"${ref}"`, stage: ref.split(".")[0] });
-  }
-  fed.sort((a, b) => plan.order.indexOf(a.stage) - plan.order.indexOf(b.stage));
-  const made = [...spans].flatMap(([stage, nodes]) =>
-    nodes.filter((x) => x.op !== "const").map((x) => ({ spec: x, what: `a ${x.op}`, stage }))
-  );
-  return blame([...fed, ...made]);
 }

@@ -11,23 +11,27 @@
  *
  * @module
  */
-import type { z } from "zod";
 import type { Executor, HostArray } from "../engine/executors/executor.ts";
 import type { DType } from "../engine/ir.ts";
 import type { Rng } from "../engine/rng.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import type { KindCadence } from "./cadence.ts";
+import type { At, Cadence, KindCadence } from "./cadence.ts";
 import type { RunSnapshot } from "./checkpoint.ts";
 import type { StageState } from "./stage_state.ts";
 
+export type { At, Cadence, KindCadence };
+
 /** The type of a port: dtype and static shape ([] for a scalar). */
 export interface PortSpec {
+  /** Element type. */
   dtype: DType;
+  /** Size of each axis. */
   shape: number[];
 }
 
 /** What a stage sees while its outputs are typed (before step 1). */
 export interface TypeContext<P> {
+  /** The stage's params, defaults applied. */
   params: P;
   /** Types of the connected inputs. */
   inputs: Record<string, PortSpec>;
@@ -39,8 +43,11 @@ export interface TypeContext<P> {
 
 /** A declared model, as stages see it while typing and tracing. */
 export interface ModelInfo {
+  /** The name the config declares it under. */
   name: string;
+  /** Its model kind. */
   kind: string;
+  /** Its params, parsed by the kind's schema. */
   params: unknown;
   /** Parameter path → shape. */
   shapes: Record<string, number[]>;
@@ -48,13 +55,17 @@ export interface ModelInfo {
 
 /** A declared dataset. */
 export interface DatasetInfo {
+  /** The name the config declares it under. */
   name: string;
+  /** Its dataset kind. */
   kind: string;
+  /** Its params, parsed by the kind's schema. */
   params: unknown;
 }
 
 /** Thrown by a stage's `types` when its inputs or params do not fit; reported at the stage's config position. */
 export class StageTypeError extends Error {
+  /** Planning reports errors of this name as their message alone, at the stage. */
   override name = "StageTypeError";
   /** Config path below the stage (e.g. ["inputs", "x"]) where the problem is, for the file:line:col. */
   constructor(message: string, readonly at: (string | number)[] = []) {
@@ -121,7 +132,9 @@ export interface UpdateContext {
 
 /** One model's share of an update: its packed flat parameters, their gradient, and the optimizer's state for it. */
 export interface UpdateSlot {
+  /** The model's packed parameters before the step. */
   param: Tensor;
+  /** The loss's gradient with respect to `param`. */
   grad: Tensor;
   /** The model's state slots, as `init` named them. */
   state: Record<string, Tensor>;
@@ -133,12 +146,15 @@ export interface UpdateSlot {
  * `update` traces one step for all the phase's models at once (a global-norm clip needs them together).
  */
 export interface OptimizerRule<P> {
+  /** The state of one model of `size` packed parameters, by slot name (empty for a stateless rule). */
   init(params: P, size: number): Record<string, Float32Array>;
+  /** One step's new parameters and state for each of `models`, in their order. */
   update(ctx: UpdateContext, params: P, models: UpdateSlot[]): { param: Tensor; state: Record<string, Tensor> }[];
 }
 
 /** What a host stage gets each step. */
 export interface HostContext {
+  /** Name of the stage being run. */
   stage: string;
   /** The run's seed. */
   seed: number;
@@ -183,17 +199,52 @@ export interface EffectContext extends HostContext {
   every: number;
 }
 
+/**
+ * A kind's parameter schema: turns the params a config gives into `P` with defaults applied, or says why they do not
+ * fit. Kinds pass a zod 4 schema, whose issues planning words as config errors; this is the part of zod's API that
+ * the pipeline and its callers use, so that the public types do not name zod's own.
+ */
+export interface ParamSchema<P> {
+  /** The params with defaults applied; throws when `value` does not fit. */
+  parse(value: unknown): P;
+  /** The params with defaults applied, or the issues saying why `value` does not fit. */
+  safeParse(value: unknown): ParamResult<P>;
+}
+
+/** What `ParamSchema.safeParse` returns: the params, or the error saying why they do not fit. */
+export type ParamResult<P> =
+  | { success: true; data: P; error?: undefined }
+  | { success: false; data?: undefined; error: ParamError };
+
+/** Why params do not fit. */
+export interface ParamError {
+  /** Every reason, in one text. */
+  message: string;
+  /** Each reason, with where it is. */
+  issues: ParamIssue[];
+}
+
+/** One reason params do not fit. */
+export interface ParamIssue {
+  /** Keys and indices below the params, to the value at fault. */
+  path: PropertyKey[];
+  /** What was expected, in the schema's words. */
+  message: string;
+}
+
 /** The roles of stages; see the module doc. */
 export type StageRole = "host" | "traced" | "optimizer" | "effect";
 
 /** A stage kind. `P` is its parameter type after defaults. */
 export interface StageDef<P = unknown> {
+  /** The name configs give as `kind:` (lower_snake, dots allowed). */
   kind: string;
   /** One line shown in `--dry-run` and docs. */
   doc: string;
+  /** When and where the stage runs; see the module doc. */
   role: StageRole;
   /** Parameter schema with documented defaults; unknown keys must be rejected (use `z.strictObject`). */
-  params: z.ZodType<P>;
+  params: ParamSchema<P>;
   /** Names of input ports; those ending in `?` are optional; `["*"]` accepts any names (checked by `types`). */
   inputs: readonly string[];
   /** Output port types given params and input types; throw `StageTypeError` on a mismatch. */
@@ -224,9 +275,12 @@ export interface StageDef<P = unknown> {
 
 /** A model kind: parameter shapes, initialisation, and a traced forward pass. */
 export interface ModelDef<P = unknown> {
+  /** The name configs give as `kind:` (lower_snake, dots allowed). */
   kind: string;
+  /** One line shown in `--dry-run` and docs. */
   doc: string;
-  params: z.ZodType<P>;
+  /** Parameter schema with documented defaults; unknown keys must be rejected (use `z.strictObject`). */
+  params: ParamSchema<P>;
   /** Parameter path → shape. */
   shapes(params: P): Record<string, number[]>;
   /** Initial values (the scheduler may instead load them from a file). */
@@ -239,6 +293,7 @@ export interface ModelDef<P = unknown> {
 
 /** A loaded dataset: examples addressed by index, each a set of named fields. */
 export interface Dataset {
+  /** Number of examples. */
   size: number;
   /** Copies the examples at `indices` into one batch per field (leading axis = batch). */
   batch(indices: ArrayLike<number>): Record<string, HostArray>;
@@ -250,9 +305,12 @@ export interface Dataset {
 
 /** A dataset kind, which data-load stages read from. */
 export interface DatasetDef<P = unknown> {
+  /** The name configs give as `kind:` (lower_snake, dots allowed). */
   kind: string;
+  /** One line shown in `--dry-run` and docs. */
   doc: string;
-  params: z.ZodType<P>;
+  /** Parameter schema with documented defaults; unknown keys must be rejected (use `z.strictObject`). */
+  params: ParamSchema<P>;
   /** Fields of one example (without the batch axis). */
   fields(params: P): Record<string, PortSpec>;
   /** Loads (or generates) the examples. `seed` is the run's seed. */
