@@ -191,3 +191,4 @@ export type { RunOptions } from "./pipeline/run.ts";
 export { checkpointFiles, latestCheckpoint, listCheckpoints, saveSnapshot } from "./pipeline/checkpoint.ts";
 export type { CheckpointRef, CheckpointState, RunSnapshot } from "./pipeline/checkpoint.ts";
 export { runCli } from "./pipeline/cli.ts";
+export type { Print } from "./pipeline/cli.ts";

@@ -13,13 +13,17 @@ export type At = "start" | "end" | number;
 
 /** Every `every` steps (absent: never by count) and at each moment of `at`. */
 export interface Cadence {
+  /** Fire at every multiple of this many steps. */
   every?: number;
+  /** Fire at each of these moments too. */
   at?: readonly At[];
 }
 
 /** A kind's cadence: the one it has when the config gives neither `every` nor `at`, and moments it always adds. */
 export interface KindCadence {
+  /** The cadence when the config gives neither `every` nor `at` (absent: every step). */
   default?: Cadence;
+  /** Moments added whatever the config says, such as a final checkpoint at the end. */
   always?: readonly At[];
 }
 

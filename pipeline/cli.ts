@@ -25,7 +25,8 @@ interface CliOptions {
   dryRun?: boolean;
 }
 
-type Print = (s: string) => void;
+/** Prints one line. */
+export type Print = (s: string) => void;
 
 /** Runs the CLI on `argv` (without the program name); returns the exit code. */
 export async function runCli(argv: readonly string[], print: Print = (s) => console.log(s)): Promise<number> {

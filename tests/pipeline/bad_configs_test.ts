@@ -1,8 +1,8 @@
 /**
- * The bad-config corpus: every `tests/pipeline/bad_configs/*.yaml` is the toy config with one problem. Run through the real
- * command line, each must exit 2 before anything is written, and its first stderr line must be exactly the one its
- * `# expect:` line gives (`{file}` standing for its path), with no stack trace anywhere. A `# args:` line adds
- * command-line arguments. The toy config itself, run the same way, is the control: it writes its output folder.
+ * The bad-config corpus: every `tests/pipeline/bad_configs/*.yaml` is the toy config with one problem. Run through
+ * the real command line, each must exit 2 before anything is written, and its first stderr line must be exactly the
+ * one its `# expect:` line gives (`{file}` standing for its path), with no stack trace anywhere. A `# args:` line
+ * adds command-line arguments. The toy config itself, run the same way, is the control: it writes its output folder.
  */
 import assert from "node:assert/strict";
 
@@ -111,7 +111,7 @@ Deno.test("bad configs: every expected line is distinct and names a position or 
   const cases = readCases();
   const seen = new Map<string, string>();
   for (const c of cases) {
-    assert.match(c.expect, /^(tests\/bad_configs\/[\w-]+\.yaml:\d+:\d+|--[a-z]+ \S+): \S/, c.file);
+    assert.match(c.expect, /^(tests\/pipeline\/bad_configs\/[\w-]+\.yaml:\d+:\d+|--[a-z]+ \S+): \S/, c.file);
     assert.ok(!seen.has(c.expect), `${c.file} expects the same line as ${seen.get(c.expect)}`);
     seen.set(c.expect, c.file);
   }
