@@ -150,6 +150,7 @@ export type {
   Cadence,
   Dataset,
   DatasetDef,
+  DatasetEnv,
   DatasetInfo,
   EffectContext,
   HostContext,

@@ -29,7 +29,7 @@ import { fileURLToPath } from "node:url";
 import { decode } from "fast-png";
 import { z } from "zod";
 import { Rng } from "../engine/rng.ts";
-import type { DatasetDef, PortSpec } from "../pipeline/stage.ts";
+import type { DatasetDef, DatasetEnv, PortSpec } from "../pipeline/stage.ts";
 import { type Artist, type ArtistImages, artistImages, ARTISTS, codeKey } from "./emoji_artists.ts";
 import {
   type CaptionedDataset,
@@ -72,7 +72,10 @@ const Params = z.strictObject({
   /** Whose art: any of noto, openmoji, fluent, each at most once; absent means [noto]. */
   artists: z.array(z.enum(ARTISTS)).min(1).refine((a) => new Set(a).size === a.length, "an artist is listed twice")
     .optional(),
-  /** Folder for the SVG artists' rendered pixels (relative to the project), or false for none; absent: .cache/emoji. */
+  /**
+   * Folder for the SVG artists' rendered pixels (relative to the project), or false for none; absent: `emoji/` in the
+   * run's cache folder (`run.cache`), or the project's .cache/emoji outside a run.
+   */
   cache: z.union([z.string(), z.literal(false)]).optional(),
 });
 
@@ -248,11 +251,16 @@ export interface EmojiDataset extends CaptionedDataset {
 }
 
 /** Loads the emoji set for `p` (the seed is unused: the split is fixed). */
-export async function loadEmoji(p: EmojiParams): Promise<EmojiDataset> {
+export async function loadEmoji(p: EmojiParams, env?: DatasetEnv): Promise<EmojiDataset> {
   const artists: Artist[] = [...(p.artists ?? ["noto"])];
   const bg = parseColor(p.background, "emoji: params.background");
-  const cache = p.cache ?? ".cache/emoji";
-  const cacheDir = cache === false ? null : isAbsolute(cache) ? cache : join(PROJECT_ROOT, cache);
+  const cacheDir = p.cache === false
+    ? null
+    : p.cache === undefined
+    ? env ? join(env.cache, "emoji") : join(PROJECT_ROOT, ".cache/emoji")
+    : isAbsolute(p.cache)
+    ? p.cache
+    : join(PROJECT_ROOT, p.cache);
   const entries = await entriesOnce();
   const sets = await Promise.all(
     artists.map((a) =>
@@ -309,5 +317,5 @@ export const emoji: DatasetDef<EmojiParams> = {
     if (!isNotoOnly(p.artists)) f.artist = { dtype: "i32", shape: [] };
     return f;
   },
-  load: (p) => loadEmoji(p),
+  load: (p, _seed, env) => loadEmoji(p, env),
 };

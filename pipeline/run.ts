@@ -372,7 +372,7 @@ class Run {
     let d = this.#datasets.get(name);
     if (!d) {
       const info = this.plan.datasets[name];
-      d = datasetKinds().get(info.kind)!.load(info.params, this.cfg.seed);
+      d = datasetKinds().get(info.kind)!.load(info.params, this.cfg.seed, { cache: this.cfg.cache });
       this.#datasets.set(name, d);
     }
     return d;

@@ -303,6 +303,12 @@ export interface Dataset {
   captionOf?(i: number): string;
 }
 
+/** What a run gives a dataset kind as it loads. */
+export interface DatasetEnv {
+  /** The run's cache folder (`run.cache`), for what is costly to remake (rendered images). */
+  cache: string;
+}
+
 /** A dataset kind, which data-load stages read from. */
 export interface DatasetDef<P = unknown> {
   /** The name configs give as `kind:` (lower_snake, dots allowed). */
@@ -313,8 +319,8 @@ export interface DatasetDef<P = unknown> {
   params: ParamSchema<P>;
   /** Fields of one example (without the batch axis). */
   fields(params: P): Record<string, PortSpec>;
-  /** Loads (or generates) the examples. `seed` is the run's seed. */
-  load(params: P, seed: number): Promise<Dataset>;
+  /** Loads (or generates) the examples. `seed` is the run's seed; `env` what the run provides (absent outside one). */
+  load(params: P, seed: number, env?: DatasetEnv): Promise<Dataset>;
 }
 
 /** A stage kind of any parameter type (what the registry holds). */
