@@ -56,9 +56,28 @@ function positive(v: string | undefined, flag: string, min = 1): number | undefi
   return n;
 }
 
-/** Runs the evaluate CLI; returns the exit code. */
-export async function evaluateCli(argv: readonly string[]): Promise<number> {
-  const program = new Command()
+/** The flags as commander gives them (camel-cased; `--no-x` flags default to true). */
+interface Flags {
+  teacher: string;
+  student?: string;
+  teacherModel?: string;
+  studentModel?: string;
+  stepsTeacher: string;
+  stepsStudent: string;
+  guidance: string;
+  limit?: string;
+  trainImages?: string;
+  batch: string;
+  ema: boolean;
+  judge: string;
+  judgeSize?: string;
+  discFid: boolean;
+  out: string;
+  executor: string;
+}
+
+function program(): Command {
+  return new Command()
     .name("deno task evaluate")
     .description("Evaluation report (FID-proxy, text fidelity, ms/image) of a teacher and optionally a student UNet.")
     .exitOverride()
@@ -85,70 +104,86 @@ export async function evaluateCli(argv: readonly string[]): Promise<number> {
       new Option("--executor <name>", "executor").choices(["cpu", "wasm", "webgpu", "auto", "reference"]).default(
         "auto",
       ),
-    )
-    .action(async (o) => {
-      const stepsT = stepList(o.stepsTeacher, "--steps-teacher");
-      const stepsS = o.student ? stepList(o.stepsStudent, "--steps-student") : [];
-      const scales = String(o.guidance).split(",").map((x) => Number(x.trim()));
-      if (!scales.every((g) => g >= 1)) throw new Error(`--guidance ${o.guidance}: expected numbers ≥ 1, e.g. 1,3`);
-      const limit = positive(o.limit, "--limit", 2), trainImages = positive(o.trainImages, "--train-images", 2);
-      const batch = positive(o.batch, "--batch")!;
-      const judge = o.judge as JudgeName;
-      const judgeSize = positive(o.judgeSize, "--judge-size", judge === "inception_v3" ? INCEPTION_MIN_SIZE : 32);
-      if (stepsT.length + stepsS.length === 0) throw new Error("no steps to evaluate: --steps-teacher is empty");
-      const t = await loadUnetFolder(o.teacher, o.teacherModel, o.ema);
-      const s = o.student ? await loadUnetFolder(o.student, o.studentModel, o.ema) : null;
-      if (s && s.textEncoder !== t.textEncoder) {
-        throw new Error(
-          `--student uses text encoder "${s.textEncoder}", the teacher "${t.textEncoder}"; they must match`,
-        );
-      }
-      const enc = await loadCaptionEncoder(t.textEncoder);
-      const generators: Generator[] = [
-        ...stepsT.flatMap((steps) =>
-          scales.map((guidance) => ({
-            name: `teacher ${steps}-step` + (scales.length > 1 ? ` cfg ${guidance}` : ""),
-            u: t.u,
-            weights: t.weights,
-            schedule: makeSchedule(t.schedule as never),
-            settings: { sampler: "ddim" as const, steps, guidance, prediction: t.prediction },
-          }))
-        ),
-        ...(s
-          ? stepsS.map((steps) => ({
-            name: `student ${steps}-step`,
-            u: s.u,
-            weights: s.weights,
-            schedule: makeSchedule(s.schedule as never),
-            settings: { sampler: "add" as const, steps, guidance: 1, prediction: s.prediction },
-          }))
-          : []),
-      ];
-      const dataset = { size: t.u.size, ...(await emojiParamsOf(o.teacher)) };
-      const sets = await emojiCaptionSets(dataset, { limit, train_images: trainImages });
-      const ex = await createExecutor(o.executor as ExecutorName);
-      try {
-        const report = await evaluateGenerators({
-          executor: ex,
-          generators,
-          sets,
-          encoder: enc,
-          batch,
-          fid: { judge, size: judgeSize },
-          discFid: o.discFid ? {} : false,
-          log: (l) => console.log(l),
-        });
-        const paths = await writeReport(o.out, report, {
-          step: await stepOf(o.student ?? o.teacher),
-          teacher: t.file,
-          student: s ? s.file : null,
-        });
-        console.log(`wrote ${paths.md} and ${paths.json}`);
-      } finally {
-        await ex.close();
-      }
+    );
+}
+
+/** The numbers the flags give, checked before anything is loaded. */
+function parseFlags(o: Flags) {
+  const stepsT = stepList(o.stepsTeacher, "--steps-teacher");
+  const stepsS = o.student ? stepList(o.stepsStudent, "--steps-student") : [];
+  const scales = String(o.guidance).split(",").map((x) => Number(x.trim()));
+  if (!scales.every((g) => g >= 1)) throw new Error(`--guidance ${o.guidance}: expected numbers ≥ 1, e.g. 1,3`);
+  const limit = positive(o.limit, "--limit", 2), trainImages = positive(o.trainImages, "--train-images", 2);
+  const batch = positive(o.batch, "--batch")!;
+  const judge = o.judge as JudgeName;
+  const judgeSize = positive(o.judgeSize, "--judge-size", judge === "inception_v3" ? INCEPTION_MIN_SIZE : 32);
+  if (stepsT.length + stepsS.length === 0) throw new Error("no steps to evaluate: --steps-teacher is empty");
+  return { stepsT, stepsS, scales, limit, trainImages, batch, judge, judgeSize };
+}
+
+type Folder = Awaited<ReturnType<typeof loadUnetFolder>>;
+
+/** The teacher with DDIM (one generator per step count and guidance scale), then the student with the ADD sampler. */
+function generatorsOf(t: Folder, s: Folder | null, f: ReturnType<typeof parseFlags>): Generator[] {
+  return [
+    ...f.stepsT.flatMap((steps) =>
+      f.scales.map((guidance) => ({
+        name: `teacher ${steps}-step` + (f.scales.length > 1 ? ` cfg ${guidance}` : ""),
+        u: t.u,
+        weights: t.weights,
+        schedule: makeSchedule(t.schedule as never),
+        settings: { sampler: "ddim" as const, steps, guidance, prediction: t.prediction },
+      }))
+    ),
+    ...(s
+      ? f.stepsS.map((steps) => ({
+        name: `student ${steps}-step`,
+        u: s.u,
+        weights: s.weights,
+        schedule: makeSchedule(s.schedule as never),
+        settings: { sampler: "add" as const, steps, guidance: 1, prediction: s.prediction },
+      }))
+      : []),
+  ];
+}
+
+async function runEvaluate(o: Flags): Promise<void> {
+  const f = parseFlags(o);
+  const t = await loadUnetFolder(o.teacher, o.teacherModel, o.ema);
+  const s = o.student ? await loadUnetFolder(o.student, o.studentModel, o.ema) : null;
+  if (s && s.textEncoder !== t.textEncoder) {
+    throw new Error(`--student uses text encoder "${s.textEncoder}", the teacher "${t.textEncoder}"; they must match`);
+  }
+  const enc = await loadCaptionEncoder(t.textEncoder);
+  const generators = generatorsOf(t, s, f);
+  const dataset = { size: t.u.size, ...(await emojiParamsOf(o.teacher)) };
+  const sets = await emojiCaptionSets(dataset, { limit: f.limit, train_images: f.trainImages });
+  const ex = await createExecutor(o.executor as ExecutorName);
+  try {
+    const report = await evaluateGenerators({
+      executor: ex,
+      generators,
+      sets,
+      encoder: enc,
+      batch: f.batch,
+      fid: { judge: f.judge, size: f.judgeSize },
+      discFid: o.discFid ? {} : false,
+      log: (l) => console.log(l),
     });
-  return await runCommand(program, argv);
+    const paths = await writeReport(o.out, report, {
+      step: await stepOf(o.student ?? o.teacher),
+      teacher: t.file,
+      student: s ? s.file : null,
+    });
+    console.log(`wrote ${paths.md} and ${paths.json}`);
+  } finally {
+    await ex.close();
+  }
+}
+
+/** Runs the evaluate CLI; returns the exit code. */
+export async function evaluateCli(argv: readonly string[]): Promise<number> {
+  return await runCommand(program().action(runEvaluate), argv);
 }
 
 if (import.meta.main) Deno.exit(await evaluateCli(Deno.args));

@@ -26,15 +26,7 @@
 import type { Executor } from "../engine/executors/executor.ts";
 import { generate, type SampleSettings, type TextBatch, UNetRunner } from "../models/diffusion/generate.ts";
 import type { Schedule } from "../models/diffusion/schedules.ts";
-import {
-  asRgb,
-  chanceFidelity,
-  countNonFinite,
-  PIXEL_POOL,
-  pixelFeatures,
-  textFidelity,
-  toDisplayed,
-} from "./eval_metrics.ts";
+import { asRgb, chanceFidelity, countNonFinite, pixelFeatures, textFidelity, toDisplayed } from "./eval_metrics.ts";
 import {
   type FidOptions,
   frechetDistanceOfFeatures,
@@ -46,6 +38,7 @@ import {
 import type { UNetParams } from "../models/unet.ts";
 
 export { chanceFidelity, PIXEL_POOL, pixelFeatures, textFidelity, toDisplayed } from "./eval_metrics.ts";
+export { reportMarkdown } from "./eval_markdown.ts";
 
 /** Real images and their captions: the prompts and the reference of one evaluation set. */
 export interface CaptionSet {
@@ -230,13 +223,37 @@ export async function generateBatched(
 }
 
 /**
- * Evaluates every generator on every set (see the module doc). UNet runners are compiled once per (weights, batch
- * size) and kept while consecutive generators share the weights; the feature network is compiled once, for all real
- * and generated images together.
+ * UNet runners of the weights in use, by batch size: generators in a row on the same weights (a teacher at several
+ * step counts) compile once, and a change of weights frees the old runners first, so at most one set is alive.
+ * `release` when done. Shared with `fashion_eval.ts`.
  */
-export async function evaluateGenerators(o: EvaluateOptions): Promise<EvalReport> {
-  const { executor, sets, generators } = o;
-  const log = o.log ?? (() => {});
+export function unetRunners(executor: Executor) {
+  let key: [UNetParams, Record<string, Float32Array>] | null = null;
+  const runners = new Map<number, UNetRunner>();
+  const release = async () => {
+    for (const r of runners.values()) await r.dispose();
+    runners.clear();
+    key = null;
+  };
+  /** The `runner` of `generateBatched` for `g` (text of `textLength` tokens). */
+  const forGenerator = async (g: UNetGenerator, textLength: number) => {
+    if (key?.[0] !== g.u || key[1] !== g.weights) await release();
+    key = [g.u, g.weights];
+    return async (b: number) => {
+      let r = runners.get(b);
+      if (!r) {
+        r = await UNetRunner.create(executor, g.u, g.weights, b, textLength);
+        runners.set(b, r);
+      }
+      return r;
+    };
+  };
+  return { forGenerator, release };
+}
+
+// Throws on options evaluateGenerators cannot run; returns the batch and the sets' common image shape.
+function checkOptions(o: EvaluateOptions): { batch: number; channels: number; size: number } {
+  const { sets, generators } = o;
   const batch = o.batch ?? 16;
   if (!Number.isInteger(batch) || batch < 1) {
     throw new Error(`evaluate: batch must be a positive integer, got ${batch}`);
@@ -261,85 +278,92 @@ export async function evaluateGenerators(o: EvaluateOptions): Promise<EvalReport
       );
     }
   }
-  const anyUNet = generators.some(isUNet);
-  if (anyUNet && !o.encoder) throw new Error("evaluate: UNet generators need options.encoder");
+  if (generators.some(isUNet) && !o.encoder) throw new Error("evaluate: UNet generators need options.encoder");
+  return { batch, channels, size };
+}
 
-  // Text conditioning once per set (the encoder caches captions; this keeps encoding out of the timings).
-  const texts = new Map<string, { text: TextBatch; empty?: TextBatch }>();
-  if (anyUNet) {
-    const enc = o.encoder!, L = enc.dims.length;
-    const guided = generators.some((g) => isUNet(g) && g.settings.guidance > 1);
-    for (const s of sets) {
-      const text = { ...(await enc.encode(s.captions)), length: L };
-      const empty = guided ? { ...(await enc.encode(s.captions.map(() => ""))), length: L } : undefined;
-      texts.set(s.name, { text, empty });
-    }
+type SetTexts = Map<string, { text: TextBatch; empty?: TextBatch }>;
+
+// Text conditioning once per set (the encoder caches captions; this keeps encoding out of the timings).
+async function encodeSets(o: EvaluateOptions): Promise<SetTexts> {
+  const texts: SetTexts = new Map();
+  if (!o.generators.some(isUNet)) return texts;
+  const enc = o.encoder!, L = enc.dims.length;
+  const guided = o.generators.some((g) => isUNet(g) && g.settings.guidance > 1);
+  for (const s of o.sets) {
+    const text = { ...(await enc.encode(s.captions)), length: L };
+    const empty = guided ? { ...(await enc.encode(s.captions.map(() => ""))), length: L } : undefined;
+    texts.set(s.name, { text, empty });
   }
+  return texts;
+}
 
-  const per = channels * size * size;
-  const generated = new Map<string, Float32Array>(); // `${generator}/${set}` → images
+async function generateCustom(g: CustomGenerator, s: CaptionSet, per: number) {
+  const seeds = s.captions.map((_, i) => i);
+  const t0 = performance.now();
+  const out = await g.generate(s.captions, seeds, s);
+  const ms = performance.now() - t0;
+  if (out.length !== s.captions.length * per) {
+    throw new Error(`evaluate: generator "${g.name}" returned ${out.length} values for ${s.captions.length} images`);
+  }
+  return { images: Float32Array.from(out), ms };
+}
+
+/** Every generator's images on every set (`${generator}/${set}` → displayed images), and their generation times. */
+async function generateAll(o: EvaluateOptions, texts: SetTexts, batch: number, per: number) {
+  const log = o.log ?? (() => {});
+  const generated = new Map<string, Float32Array>();
   const nonFinite = new Map<string, number>();
-  const keep = (key: string, images: Float32Array) => {
-    nonFinite.set(key, countNonFinite(images, per));
-    generated.set(key, toDisplayed(images));
-  };
   const timing = new Map<string, { ms: number; images: number }>();
-  // Runners of the current weights by batch size; generators in a row on the same weights reuse them.
-  const cache = {
-    key: null as [UNetParams, Record<string, Float32Array>] | null,
-    runners: new Map<number, UNetRunner>(),
-  };
-  const release = async () => {
-    for (const r of cache.runners.values()) await r.dispose();
-    cache.runners.clear();
-    cache.key = null;
-  };
+  const runners = unetRunners(o.executor);
   try {
-    for (const g of generators) {
+    for (const g of o.generators) {
       let ms = 0, count = 0;
-      if (isUNet(g)) {
-        if (cache.key?.[0] !== g.u || cache.key[1] !== g.weights) await release();
-        cache.key = [g.u, g.weights];
-        const runner = async (b: number) => {
-          let r = cache.runners.get(b);
-          if (!r) {
-            r = await UNetRunner.create(executor, g.u, g.weights, b, o.encoder!.dims.length);
-            cache.runners.set(b, r);
-          }
-          return r;
-        };
-        for (const s of sets) {
-          const { text, empty } = texts.get(s.name)!;
-          const res = await generateBatched(g, s.captions.length, text, empty, batch, runner);
-          keep(`${g.name}/${s.name}`, res.images);
-          ms += res.ms, count += s.captions.length;
-        }
-      } else {
-        for (const s of sets) {
-          const seeds = s.captions.map((_, i) => i);
-          const t0 = performance.now();
-          const out = await g.generate(s.captions, seeds, s);
-          ms += performance.now() - t0, count += s.captions.length;
-          if (out.length !== s.captions.length * per) {
-            throw new Error(
-              `evaluate: generator "${g.name}" returned ${out.length} values for ${s.captions.length} images`,
-            );
-          }
-          keep(`${g.name}/${s.name}`, Float32Array.from(out));
-        }
+      const runner = isUNet(g) ? await runners.forGenerator(g, o.encoder!.dims.length) : null;
+      for (const s of o.sets) {
+        const t = texts.get(s.name);
+        const res = isUNet(g)
+          ? await generateBatched(g, s.captions.length, t!.text, t!.empty, batch, runner!)
+          : await generateCustom(g, s, per);
+        nonFinite.set(`${g.name}/${s.name}`, countNonFinite(res.images, per));
+        generated.set(`${g.name}/${s.name}`, toDisplayed(res.images));
+        ms += res.ms, count += s.captions.length;
       }
       timing.set(g.name, { ms, images: count });
       log(`eval: ${g.name}: ${count} images, ${(ms / count).toFixed(1)} ms/image`);
     }
   } finally {
-    await release();
+    await runners.release();
   }
+  return { generated, nonFinite, timing };
+}
 
-  const scored = await scoreAll(o, generated, size, channels);
-  const rows: GeneratorRow[] = generators.map((g) => {
-    const t = timing.get(g.name)!;
+function setInfo(s: CaptionSet): SetInfo {
+  const pool = s.retrieval?.captions ?? s.captions;
+  return {
+    name: s.name,
+    label: s.label ?? s.name,
+    images: s.captions.length,
+    captions: new Set(s.captions).size,
+    retrieval: pool.length,
+    chanceTop1: chanceFidelity(s.captions, pool, 1),
+    chanceTop5: chanceFidelity(s.captions, pool, 5),
+  };
+}
+
+/**
+ * Evaluates every generator on every set (see the module doc). UNet runners are compiled once per (weights, batch
+ * size) and kept while consecutive generators share the weights; the feature network is compiled once, for all real
+ * and generated images together.
+ */
+export async function evaluateGenerators(o: EvaluateOptions): Promise<EvalReport> {
+  const { batch, channels, size } = checkOptions(o);
+  const made = await generateAll(o, await encodeSets(o), batch, channels * size * size);
+  const scored = await scoreAll(o, made.generated, size, channels);
+  const rows: GeneratorRow[] = o.generators.map((g) => {
+    const t = made.timing.get(g.name)!;
     const scores = scored.rows.get(g.name)!;
-    for (const s of sets) scores[s.name].nonFinite = nonFinite.get(`${g.name}/${s.name}`)!;
+    for (const s of o.sets) scores[s.name].nonFinite = made.nonFinite.get(`${g.name}/${s.name}`)!;
     return {
       name: g.name,
       sampler: isUNet(g) ? g.settings.sampler : "custom",
@@ -350,23 +374,12 @@ export async function evaluateGenerators(o: EvaluateOptions): Promise<EvalReport
     };
   });
   return {
-    executor: executor.name,
+    executor: o.executor.name,
     date: new Date().toISOString(),
     featureDim: scored.judge.dim,
     judge: scored.judge,
     discNet: scored.discNet,
-    sets: sets.map((s) => {
-      const pool = s.retrieval?.captions ?? s.captions;
-      return {
-        name: s.name,
-        label: s.label ?? s.name,
-        images: s.captions.length,
-        captions: new Set(s.captions).size,
-        retrieval: pool.length,
-        chanceTop1: chanceFidelity(s.captions, pool, 1),
-        chanceTop5: chanceFidelity(s.captions, pool, 5),
-      };
-    }),
+    sets: o.sets.map(setInfo),
     floor: scored.floor,
     rows,
   };
@@ -457,122 +470,4 @@ async function scoreAll(o: EvaluateOptions, generated: Map<string, Float32Array>
     : null;
   const info = (n: JudgeName, size: number, dim: number): NetInfo => ({ net: n, label: JUDGE_LABELS[n], size, dim });
   return { rows, floor, judge: info(j.judge, j.size, jf.dim), discNet: df && d ? info(d.judge, d.size, df.dim) : null };
-}
-
-const fmt = (v: number, digits: number) => Number.isFinite(v) ? v.toFixed(digits) : String(v);
-// Fréchet distances: 2 decimals, 3 below 1 (the InceptionV3 judge's distances on these images are small).
-const fmtFd = (v: number) => fmt(v, Math.abs(v) < 1 ? 3 : 2);
-const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
-
-/** Short network names for column headers. */
-const SHORT: Readonly<Record<JudgeName, string>> = { inception_v3: "InceptionV3", mobilenet_v2: "MobileNetV2" };
-
-/**
- * The report as markdown: one row per generator; FID-proxy columns (the judge) for every set, the FID on the
- * discriminator's network when computed, pixel FD, then top-1/top-5 per set, then ms/image — each feature column
- * names its network; below it the real-vs-real floors, what each column measures, the chance levels, the executor,
- * the date and `meta` (e.g. step, models).
- */
-export function reportMarkdown(r: EvalReport, meta: Record<string, string | number | null> = {}): string {
-  const jn = SHORT[r.judge.net], dn = r.discNet ? SHORT[r.discNet.net] : null;
-  const head = [
-    "generator",
-    ...r.sets.map((s) => `${s.label} FID-proxy (${jn})`),
-    ...(dn ? r.sets.map((s) => `${s.label} FID on the discriminator's own network (${dn})`) : []),
-    ...r.sets.map((s) => `${s.label} pixel FD`),
-    ...r.sets.flatMap((s) => [`${s.label} top-1 (${jn})`, `${s.label} top-5 (${jn})`]),
-    "ms/image",
-  ];
-  const lines = [
-    "# Evaluation report",
-    "",
-    `| ${head.join(" | ")} |`,
-    `| ${head.map((_, i) => (i === 0 ? "---" : "---:")).join(" | ")} |`,
-    ...r.rows.map((row) => {
-      const cells = [
-        row.name,
-        ...r.sets.map((s) => fmtFd(row.sets[s.name].fid)),
-        ...(dn ? r.sets.map((s) => fmtFd(row.sets[s.name].discFid ?? NaN)) : []),
-        ...r.sets.map((s) => fmtFd(row.sets[s.name].pixelFd)),
-        ...r.sets.flatMap((s) => [pct(row.sets[s.name].top1), pct(row.sets[s.name].top5)]),
-        fmt(row.msPerImage, 1),
-      ];
-      return `| ${cells.join(" | ")} |`;
-    }),
-    "",
-  ];
-  for (const row of r.rows) {
-    const bad = r.sets.filter((s) => row.sets[s.name].nonFinite > 0);
-    if (bad.length) {
-      lines.push(
-        `**${row.name} produced NaN or infinite values** in ${
-          bad.map((s) => `${row.sets[s.name].nonFinite} ${s.label} images`).join(" and ")
-        }.`,
-        "",
-      );
-    }
-  }
-  if (r.floor) {
-    const la = r.sets.find((s) => s.name === r.floor!.a)!.label, lb = r.sets.find((s) => s.name === r.floor!.b)!.label;
-    lines.push(
-      `Real-vs-real floors (${la} real vs ${lb} real): FID-proxy ${fmtFd(r.floor.fid)}, ` +
-        (dn ? `FID on the discriminator's network ${fmtFd(r.floor.discFid ?? NaN)}, ` : "") +
-        `pixel FD ${fmtFd(r.floor.pixelFd)}`,
-      "",
-    );
-  }
-  lines.push(
-    ...columnNotes(r),
-    ...r.sets.map((s) =>
-      `- ${s.label}: ${s.images} images, ${s.captions} distinct captions, retrieved among ${s.retrieval} real ` +
-      `images; chance top-1 ${pct(s.chanceTop1)}, top-5 ${pct(s.chanceTop5)}`
-    ),
-    "",
-  );
-  lines.push(
-    `Generators: ${
-      r.rows.map((x) =>
-        `${x.name} = ${x.sampler}${x.steps === null ? "" : ` ${x.steps} step${x.steps === 1 ? "" : "s"}`}` +
-        (x.guidance !== null && x.guidance > 1 ? `, guidance ${x.guidance}` : "")
-      ).join("; ")
-    }.`,
-    "",
-    `- executor: ${r.executor}`,
-    `- date: ${r.date}`,
-    ...Object.entries(meta).map(([k, v]) => `- ${k}: ${v ?? "—"}`),
-    `- ms/image: generation wall time only (no compilation, text encoding or feature extraction)`,
-    "",
-  );
-  return lines.join("\n");
-}
-
-// What each column measures and on which network; ends with the lead-in of the chance-level list.
-function columnNotes(r: EvalReport): string[] {
-  const j = r.judge, d = r.discNet;
-  const net = (n: NetInfo) => `${n.label}, ${n.dim}-d pooled features, images upsampled 32² → ${n.size}² (bilinear)`;
-  const lines = [
-    `FID-proxy: Fréchet distance of the judge's features: ${net(j)}.` +
-    (j.net === "mobilenet_v2"
-      ? " This is the network ADD's discriminator and perceptual loss train against: a student can lower it by " +
-        "fooling that network."
-      : " Not the network the discriminator and the perceptual loss use."),
-    "",
-  ];
-  if (d) {
-    lines.push(
-      `FID on the discriminator's own network: the same distance on ${net(d)} — the network the student was ` +
-        "trained against (discriminator and perceptual loss), so a low value can come from fooling it; for " +
-        "comparison.",
-      "",
-    );
-  }
-  lines.push(
-    `Pixel FD: Fréchet distance of the images average-pooled to ${PIXEL_POOL}×${PIXEL_POOL} per channel, a check ` +
-      "that uses no network (ImageNet networks are nearly blind to colour).",
-    "",
-    "Text fidelity: share of generated images whose nearest (top-1) or 5 nearest (top-5) real images, in the " +
-      `judge's (${SHORT[j.net]}) pooled feature space, include one with the prompt's caption. Chance levels:`,
-    "",
-  );
-  return lines;
 }

@@ -20,9 +20,9 @@
 import type { Executor } from "../engine/executors/executor.ts";
 import { Rng } from "../engine/rng.ts";
 import { FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, loadFashionMnist } from "../datasets/fashion_mnist.ts";
-import { type TextBatch, UNetRunner } from "../models/diffusion/generate.ts";
+import type { TextBatch } from "../models/diffusion/generate.ts";
 import { countNonFinite, toDisplayed } from "./eval_metrics.ts";
-import { type CaptionEncoderLike, generateBatched, type UNetGenerator } from "./evaluate.ts";
+import { type CaptionEncoderLike, generateBatched, type UNetGenerator, unetRunners } from "./evaluate.ts";
 import {
   argmaxRows,
   classAccuracy,
@@ -33,7 +33,6 @@ import {
   loadFashionJudge,
 } from "../models/fashion_judge.ts";
 import { frechetDistanceOfFeatures } from "./fid.ts";
-import type { UNetParams } from "../models/unet.ts";
 
 /** How the report names the shipped judge. */
 export const FASHION_JUDGE_LABEL =
@@ -142,26 +141,21 @@ export async function fashionTrainFloor(perClass: number, channels: 1 | 3 = 3) {
   return { images: { data: b.image as Float32Array, shape: [idx.length, channels, 32, 32] }, labels: b.caption_id };
 }
 
-/** Evaluates every generator (see the module doc); the judge is compiled once and sees the real images once. */
-export async function evaluateFashion(o: FashionEvalOptions): Promise<FashionReport> {
-  const log = o.log ?? (() => {}), perClass = o.perClass ?? 100, batch = o.batch ?? 50;
-  for (const [k, v] of [["perClass", perClass], ["batch", batch]] as const) {
-    if (!Number.isInteger(v) || v < 1) throw new Error(`fashion eval: ${k} must be a positive integer, got ${v}`);
-  }
-  const names = o.generators.map((g) => g.name), dup = names.find((x, i) => names.indexOf(x) !== i);
-  if (dup !== undefined) throw new Error(`fashion eval: the name "${dup}" is used twice`);
-  const judge = o.judge ?? await loadFashionJudge(), ch = judge.params.channels, per = ch * 32 * 32;
-  for (const g of o.generators.filter(isUNet)) {
-    if (g.u.in_channels !== ch || g.u.size !== 32) {
-      throw new Error(
-        `fashion eval: "${g.name}" makes ${g.u.in_channels}×${g.u.size}² images, the judge takes ${ch}×32²`,
-      );
-    }
-  }
+/** Every generator's prompts, labels and seeds: image k has the prompt of class k mod 10 and seed k. */
+function fashionPrompts(perClass: number) {
   const classes = FASHION_MNIST_CLASSES.length, n = classes * perClass;
   const captions = Array.from({ length: n }, (_, k) => FASHION_MNIST_CLASSES[k % classes]);
   const labels = Int32Array.from({ length: n }, (_, k) => k % classes), seeds = [...labels.keys()];
+  return { n, captions, labels, seeds };
+}
 
+type Prompts = ReturnType<typeof fashionPrompts>;
+
+/** A generator's images (displayed, i.e. clamped and rounded), their generation time and non-finite count. */
+type Made = { images: Float32Array; ms: number; nonFinite: number };
+
+// The prompts' text conditioning (and the empty one, when a generator guides), encoded once for every UNet.
+async function encodePrompts(o: FashionEvalOptions, captions: readonly string[]) {
   let text: TextBatch | undefined, empty: TextBatch | undefined;
   if (o.generators.some(isUNet)) {
     if (!o.encoder) throw new Error("fashion eval: UNet generators need options.encoder");
@@ -171,42 +165,48 @@ export async function evaluateFashion(o: FashionEvalOptions): Promise<FashionRep
       empty = { ...(await o.encoder.encode(captions.map(() => ""))), length: L };
     }
   }
-  const made: { images: Float32Array; ms: number; nonFinite: number }[] = [];
-  // Runners of the current weights by batch size: a teacher at several step counts compiles once.
-  let key: [UNetParams, Record<string, Float32Array>] | null = null;
-  const runners = new Map<number, UNetRunner>();
-  const release = async () => {
-    for (const r of runners.values()) await r.dispose();
-    runners.clear();
-  };
+  return { text, empty };
+}
+
+async function generateCustom(g: FashionCustomGenerator, { n, captions, seeds }: Prompts, per: number) {
+  const t0 = performance.now(), out = await g.generate(captions, seeds);
+  const res = { images: Float32Array.from(out), ms: performance.now() - t0 };
+  if (out.length !== n * per) {
+    throw new Error(`fashion eval: "${g.name}" gave ${out.length} values for ${n} images`);
+  }
+  return res;
+}
+
+/** Every generator's images, in `o.generators` order. */
+async function generateAll(o: FashionEvalOptions, prompts: Prompts, batch: number, per: number): Promise<Made[]> {
+  const log = o.log ?? (() => {}), n = prompts.n;
+  const { text, empty } = await encodePrompts(o, prompts.captions);
+  const made: Made[] = [];
+  const runners = unetRunners(o.executor);
   try {
     for (const g of o.generators) {
-      let res: { images: Float32Array; ms: number };
-      if (isUNet(g)) {
-        if (key?.[0] !== g.u || key[1] !== g.weights) await release();
-        key = [g.u, g.weights];
-        const runner = async (b: number) => {
-          let r = runners.get(b);
-          if (!r) runners.set(b, r = await UNetRunner.create(o.executor, g.u, g.weights, b, text!.length));
-          return r;
-        };
-        res = await generateBatched(g, n, text!, empty, batch, runner);
-      } else {
-        const t0 = performance.now(), out = await g.generate(captions, seeds);
-        res = { images: Float32Array.from(out), ms: performance.now() - t0 };
-        if (out.length !== n * per) {
-          throw new Error(`fashion eval: "${g.name}" gave ${out.length} values for ${n} images`);
-        }
-      }
+      const res = isUNet(g)
+        ? await generateBatched(g, n, text!, empty, batch, await runners.forGenerator(g, text!.length))
+        : await generateCustom(g, prompts, per);
       made.push({ ...res, nonFinite: countNonFinite(res.images, per) });
       toDisplayed(res.images);
       log(`fashion eval: ${g.name}: ${n} images, ${(res.ms / n).toFixed(1)} ms/image`);
     }
   } finally {
-    await release();
+    await runners.release();
   }
+  return made;
+}
 
-  const floorSet = o.floor === false ? null : o.floor ?? await fashionTrainFloor(perClass, ch);
+/** The judge's scores of the floor and of every generator's images; the judge sees the real images once. */
+async function judgeAll(
+  o: FashionEvalOptions,
+  judge: FashionJudge,
+  made: readonly Made[],
+  labels: Int32Array,
+  floorSet: { images: ImageSet; labels: ArrayLike<number> } | null,
+) {
+  const ch = judge.params.channels, n = labels.length;
   const jr = await judgeRunner(o.executor, judge, 100);
   try {
     const real = await jr.run(o.real ?? (await fashionTestImages(ch)).images);
@@ -229,24 +229,47 @@ export async function evaluateFashion(o: FashionEvalOptions): Promise<FashionRep
         nonFinite: made[i].nonFinite,
       });
     }
-    return {
-      executor: o.executor.name,
-      date: new Date().toISOString(),
-      judge: o.judgeLabel ?? (o.judge ? "a fashion_cnn given by the caller" : FASHION_JUDGE_LABEL),
-      classes: [...FASHION_MNIST_CLASSES],
-      perClass,
-      realN: real.n,
-      reference: o.real ? "real images given by the caller" : "real test images",
-      featureDim: judge.params.hidden,
-      floor,
-      floorImages: floor === null ? null : o.floor ? "labelled real images given by the caller" : "training images, " +
-        "fixed and class-balanced: what a generator that reproduced its training data would score (the judge was " +
-        "trained on them, so its accuracy is above 92.15%)",
-      rows,
-    };
+    return { realN: real.n, floor, rows };
   } finally {
     await jr.close();
   }
+}
+
+/** Evaluates every generator (see the module doc); the judge is compiled once and sees the real images once. */
+export async function evaluateFashion(o: FashionEvalOptions): Promise<FashionReport> {
+  const perClass = o.perClass ?? 100, batch = o.batch ?? 50;
+  for (const [k, v] of [["perClass", perClass], ["batch", batch]] as const) {
+    if (!Number.isInteger(v) || v < 1) throw new Error(`fashion eval: ${k} must be a positive integer, got ${v}`);
+  }
+  const names = o.generators.map((g) => g.name), dup = names.find((x, i) => names.indexOf(x) !== i);
+  if (dup !== undefined) throw new Error(`fashion eval: the name "${dup}" is used twice`);
+  const judge = o.judge ?? await loadFashionJudge(), ch = judge.params.channels;
+  for (const g of o.generators.filter(isUNet)) {
+    if (g.u.in_channels !== ch || g.u.size !== 32) {
+      throw new Error(
+        `fashion eval: "${g.name}" makes ${g.u.in_channels}×${g.u.size}² images, the judge takes ${ch}×32²`,
+      );
+    }
+  }
+  const prompts = fashionPrompts(perClass);
+  const made = await generateAll(o, prompts, batch, ch * 32 * 32);
+  const floorSet = o.floor === false ? null : o.floor ?? await fashionTrainFloor(perClass, ch);
+  const { realN, floor, rows } = await judgeAll(o, judge, made, prompts.labels, floorSet);
+  return {
+    executor: o.executor.name,
+    date: new Date().toISOString(),
+    judge: o.judgeLabel ?? (o.judge ? "a fashion_cnn given by the caller" : FASHION_JUDGE_LABEL),
+    classes: [...FASHION_MNIST_CLASSES],
+    perClass,
+    realN,
+    reference: o.real ? "real images given by the caller" : "real test images",
+    featureDim: judge.params.hidden,
+    floor,
+    floorImages: floor === null ? null : o.floor ? "labelled real images given by the caller" : "training images, " +
+      "fixed and class-balanced: what a generator that reproduced its training data would score (the judge was " +
+      "trained on them, so its accuracy is above 92.15%)",
+    rows,
+  };
 }
 
 const pct = (v: number) => Number.isFinite(v) ? `${(100 * v).toFixed(1)}%` : String(v);

@@ -27,7 +27,14 @@ import { add, maximum, mean, mul } from "../engine/math.ts";
 import { conv, softmax } from "../engine/nn.ts";
 import { concat, conv2d, matmul, max, reshape, slice } from "../engine/ops.ts";
 import { fail, type Tensor, type Trace } from "../engine/tensor.ts";
-import { type KerasLayer, type NsfwjsArtifacts, readNsfwjsArtifacts, resize, weightGetter } from "./mobilenet_v2.ts";
+import {
+  type KerasLayer,
+  type NsfwjsArtifacts,
+  readNsfwjsArtifacts,
+  resize,
+  samePad,
+  weightGetter,
+} from "./mobilenet_v2.ts";
 
 /** The model folder inside the installed nsfwjs package, found the way nsfwjs's own loader finds it. */
 export function inceptionModelDir(): URL {
@@ -143,90 +150,120 @@ function foldBatchNorm(
   return bias;
 }
 
+type ConvStep = Extract<Step, { kind: "conv" }>;
+
+/** The topology as read so far, layer by layer. */
+interface Reading {
+  readonly layers: KerasLayer[];
+  readonly get: (name: string) => Float32Array;
+  readonly steps: Step[];
+  readonly head: Dense[];
+  readonly params: Record<string, Float32Array>;
+  readonly shapes: Record<string, number[]>;
+  /** Convs awaiting BN, their weights float64 so that folding rounds once. */
+  readonly pending: Map<string, { step: ConvStep; w: Float64Array }>;
+  readonly known: Set<string>;
+}
+
+const inputsOf = (l: KerasLayer): string[] => (l.inbound_nodes[0] ?? []).map((n) => n[0]);
+
+function oneInput(r: Reading, l: KerasLayer): string {
+  const s = inputsOf(l);
+  if (s.length !== 1 || !(r.known.has(s[0]) || r.pending.has(s[0]))) {
+    throw new Error(`inception_v3: layer ${l.name} should have one known input, has ${JSON.stringify(s)}`);
+  }
+  return s[0];
+}
+
+// A bias-free Conv2D: its step and OIHW weights, pending the BatchNorm after it.
+function readConv(r: Reading, l: KerasLayer): void {
+  const c = l.config;
+  if (c.activation !== "linear" || c.use_bias) throw new Error(`inception_v3: ${l.name} has a bias/activation`);
+  if (pair(l, "dilation_rate").some((d) => d !== 1)) throw new Error(`inception_v3: ${l.name} is dilated`);
+  if (c.padding !== "same" && c.padding !== "valid") throw new Error(`inception_v3: ${l.name} padding`);
+  const [s0, s1] = pair(l, "strides");
+  if (s0 !== s1) throw new Error(`inception_v3: ${l.name} strides ${s0},${s1} differ`);
+  const [kh, kw] = pair(l, "kernel_size"), cout = c.filters as number;
+  const { oihw, cin } = kerasToOihw(l.name, r.get(`${l.name}/kernel`), kh, kw, cout);
+  r.shapes[`${l.name}.w`] = [cout, cin, kh, kw];
+  r.shapes[`${l.name}.b`] = [cout];
+  const step: Step = {
+    kind: "conv",
+    param: l.name,
+    out: l.name,
+    input: oneInput(r, l),
+    kernel: [kh, kw],
+    stride: s0,
+    same: c.padding === "same",
+  };
+  r.steps.push(step);
+  r.pending.set(l.name, { step, w: oihw });
+}
+
+// A BatchNormalization layer, folded into the convolution it follows; the conv's output then goes by its name.
+function readBatchNorm(r: Reading, l: KerasLayer): void {
+  const c = l.config, from = oneInput(r, l), conv = r.pending.get(from);
+  if (!conv) throw new Error(`inception_v3: ${l.name} does not follow a convolution, cannot fold it`);
+  const users = r.layers.filter((u) => inputsOf(u).includes(from)).length;
+  if (users !== 1) throw new Error(`inception_v3: ${from} feeds ${users} layers, cannot fold ${l.name} into it`);
+  if (c.center !== true) throw new Error(`inception_v3: ${l.name} has no beta (center false)`);
+  const cout = r.shapes[`${from}.b`][0];
+  const g = c.scale === false ? new Float32Array(cout).fill(1) : r.get(`${l.name}/gamma`);
+  const stats = [r.get(`${l.name}/beta`), r.get(`${l.name}/moving_mean`), r.get(`${l.name}/moving_variance`)] as const;
+  const bias = foldBatchNorm(conv.w, g, ...stats, c.epsilon as number);
+  r.params[`${from}.w`] = Float32Array.from(conv.w);
+  r.params[`${from}.b`] = bias;
+  r.pending.delete(from);
+  conv.step.out = l.name;
+  r.known.add(l.name);
+}
+
 /** Turns the Keras topology into traced steps, BatchNorm folded in float64, and reads the Dense head after mixed10. */
 export function buildInceptionV3(art: NsfwjsArtifacts): InceptionV3 {
-  const get = weightGetter(art, "inception_v3");
-  const layers = art.modelTopology.model_config.config.layers;
-  const steps: Step[] = [], head: Dense[] = [];
-  const params: Record<string, Float32Array> = {}, shapes: Record<string, number[]> = {};
-  const pending = new Map<string, { step: Extract<Step, { kind: "conv" }>; w: Float64Array }>(); // convs awaiting BN
-  const known = new Set<string>();
-  let input: string | undefined, phase: "body" | "head" = "body";
-  const src = (l: KerasLayer): string[] => (l.inbound_nodes[0] ?? []).map((n) => n[0]);
-  const one = (l: KerasLayer): string => {
-    const s = src(l);
-    if (s.length !== 1 || !(known.has(s[0]) || pending.has(s[0]))) {
-      throw new Error(`inception_v3: layer ${l.name} should have one known input, has ${JSON.stringify(s)}`);
-    }
-    return s[0];
+  const r: Reading = {
+    layers: art.modelTopology.model_config.config.layers,
+    get: weightGetter(art, "inception_v3"),
+    steps: [],
+    head: [],
+    params: {},
+    shapes: {},
+    pending: new Map(),
+    known: new Set(),
   };
-  for (const l of layers) {
+  let input: string | undefined, phase: "body" | "head" = "body";
+  for (const l of r.layers) {
     const c = l.config;
     if (phase === "head") {
-      readHeadLayer(l, get, head, params, shapes);
+      readHeadLayer(l, r.get, r.head, r.params, r.shapes);
       continue;
     }
     switch (l.class_name) {
       case "InputLayer":
         input = l.name;
-        known.add(l.name);
+        r.known.add(l.name);
         break;
-      case "Conv2D": {
-        if (c.activation !== "linear" || c.use_bias) throw new Error(`inception_v3: ${l.name} has a bias/activation`);
-        if (pair(l, "dilation_rate").some((d) => d !== 1)) throw new Error(`inception_v3: ${l.name} is dilated`);
-        if (c.padding !== "same" && c.padding !== "valid") throw new Error(`inception_v3: ${l.name} padding`);
-        const [s0, s1] = pair(l, "strides");
-        if (s0 !== s1) throw new Error(`inception_v3: ${l.name} strides ${s0},${s1} differ`);
-        const [kh, kw] = pair(l, "kernel_size"), cout = c.filters as number;
-        const { oihw, cin } = kerasToOihw(l.name, get(`${l.name}/kernel`), kh, kw, cout);
-        shapes[`${l.name}.w`] = [cout, cin, kh, kw];
-        shapes[`${l.name}.b`] = [cout];
-        const step: Step = {
-          kind: "conv",
-          param: l.name,
-          out: l.name,
-          input: one(l),
-          kernel: [kh, kw],
-          stride: s0,
-          same: c.padding === "same",
-        };
-        steps.push(step);
-        pending.set(l.name, { step, w: oihw });
+      case "Conv2D":
+        readConv(r, l);
         break;
-      }
-      case "BatchNormalization": {
-        const from = one(l), conv = pending.get(from);
-        if (!conv) throw new Error(`inception_v3: ${l.name} does not follow a convolution, cannot fold it`);
-        const users = layers.filter((u) => src(u).includes(from)).length;
-        if (users !== 1) throw new Error(`inception_v3: ${from} feeds ${users} layers, cannot fold ${l.name} into it`);
-        if (c.center !== true) throw new Error(`inception_v3: ${l.name} has no beta (center false)`);
-        const cout = shapes[`${from}.b`][0];
-        const g = c.scale === false ? new Float32Array(cout).fill(1) : get(`${l.name}/gamma`);
-        const stats = [get(`${l.name}/beta`), get(`${l.name}/moving_mean`), get(`${l.name}/moving_variance`)] as const;
-        const bias = foldBatchNorm(conv.w, g, ...stats, c.epsilon as number);
-        params[`${from}.w`] = Float32Array.from(conv.w);
-        params[`${from}.b`] = bias;
-        pending.delete(from);
-        conv.step.out = l.name;
-        known.add(l.name);
+      case "BatchNormalization":
+        readBatchNorm(r, l);
         break;
-      }
       case "Activation":
         if (c.activation !== "relu") throw new Error(`inception_v3: ${l.name} activation ${c.activation}`);
-        steps.push({ kind: "relu", out: l.name, input: one(l) });
-        known.add(l.name);
+        r.steps.push({ kind: "relu", out: l.name, input: oneInput(r, l) });
+        r.known.add(l.name);
         break;
       case "MaxPooling2D":
       case "AveragePooling2D":
-        steps.push({ kind: poolKind(l), out: l.name, input: one(l) });
-        known.add(l.name);
+        r.steps.push({ kind: poolKind(l), out: l.name, input: oneInput(r, l) });
+        r.known.add(l.name);
         break;
       case "Concatenate": {
-        const s = src(l);
+        const s = inputsOf(l);
         if (c.axis !== 3 && c.axis !== -1) throw new Error(`inception_v3: ${l.name} concatenates on axis ${c.axis}`);
-        if (!s.every((n) => known.has(n))) throw new Error(`inception_v3: ${l.name} inputs ${s}`);
-        steps.push({ kind: "concat", out: l.name, inputs: s });
-        known.add(l.name);
+        if (!s.every((n) => r.known.has(n))) throw new Error(`inception_v3: ${l.name} inputs ${s}`);
+        r.steps.push({ kind: "concat", out: l.name, inputs: s });
+        r.known.add(l.name);
         if (l.name === INCEPTION_FEATURE_LAYER) phase = "head";
         break;
       }
@@ -237,10 +274,16 @@ export function buildInceptionV3(art: NsfwjsArtifacts): InceptionV3 {
   if (phase !== "head" || input === undefined) {
     throw new Error(`inception_v3: no input or no ${INCEPTION_FEATURE_LAYER}`);
   }
-  if (pending.size) throw new Error(`inception_v3: convolutions without BatchNorm: ${[...pending.keys()]}`);
-  if (head.length === 0) throw new Error(`inception_v3: no Dense head after ${INCEPTION_FEATURE_LAYER}`);
-  const layerNames = steps.map((s) => s.out);
-  return { kind: "inception_v3", params, shapes, layerNames, features: tracer(steps, head, shapes, input) };
+  if (r.pending.size) throw new Error(`inception_v3: convolutions without BatchNorm: ${[...r.pending.keys()]}`);
+  if (r.head.length === 0) throw new Error(`inception_v3: no Dense head after ${INCEPTION_FEATURE_LAYER}`);
+  const layerNames = r.steps.map((s) => s.out);
+  return {
+    kind: "inception_v3",
+    params: r.params,
+    shapes: r.shapes,
+    layerNames,
+    features: tracer(r.steps, r.head, r.shapes, input),
+  };
 }
 
 type Dense = { name: string; act: "relu" | "softmax" };
@@ -306,12 +349,6 @@ export function avgPool3Same(x: Tensor): Tensor {
   const inv = new Float32Array(h * w);
   for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) inv[i * w + j] = 1 / (cnt(h, i) * cnt(w, j));
   return mul(box, x.trace.constant(inv, [1, 1, h, w]));
-}
-
-// TF 'same' padding of one axis: total max((⌈n/s⌉ − 1)·s + k − n, 0), the extra cell at the end.
-function samePad(n: number, k: number, s: number): [number, number] {
-  const total = Math.max((Math.ceil(n / s) - 1) * s + k - n, 0);
-  return [Math.floor(total / 2), total - Math.floor(total / 2)];
 }
 
 function tracer(steps: Step[], head: Dense[], shapes: Record<string, number[]>, inputName: string) {

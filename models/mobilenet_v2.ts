@@ -123,6 +123,8 @@ export function decodeWeights(specs: readonly WeightSpec[], data: Uint8Array): M
   return out;
 }
 
+type Pad4 = [number, number, number, number];
+
 /** A convolution (BatchNorm folded in) or a residual add, in execution order. */
 type Step =
   | {
@@ -133,7 +135,7 @@ type Step =
     out: string;
     input: string;
     /** Zero padding from a preceding ZeroPadding2D, [top, left, bottom, right]. */
-    prePad: [number, number, number, number];
+    prePad: Pad4;
     same: boolean;
     stride: number;
     kernel: number;
@@ -141,6 +143,7 @@ type Step =
   }
   | { kind: "relu6"; out: string; input: string }
   | { kind: "add"; out: string; inputs: [string, string] };
+type ConvStep = Extract<Step, { kind: "conv" }>;
 
 /** The layer whose output is the feature map of the FID proxy; the classifier head after it is not built. */
 export const FEATURE_LAYER = "out_relu";
@@ -203,124 +206,164 @@ export function weightGetter(art: NsfwjsArtifacts, net: string): (name: string) 
   };
 }
 
+/** The topology as read so far, layer by layer. */
+interface Reading {
+  readonly layers: KerasLayer[];
+  readonly specs: readonly WeightSpec[];
+  readonly get: (name: string) => Float32Array;
+  readonly steps: Step[];
+  readonly params: Record<string, Float32Array>;
+  readonly shapes: Record<string, number[]>;
+  /** ZeroPadding2D outputs: a padding is merged into the convolution it feeds, not traced on its own. */
+  readonly pads: Map<string, { src: string; pad: Pad4 }>;
+  /** Conv outputs that BN has not yet been folded into. */
+  readonly raw: Map<string, ConvStep>;
+  /** Conv weights stay float64 until every BatchNorm is folded, so that folding rounds once. */
+  readonly convW: Map<string, Float64Array>;
+  readonly known: Set<string>;
+}
+
+const inputsOf = (l: KerasLayer): string[] => (l.inbound_nodes[0] ?? []).map((n) => n[0]);
+
+function oneInput(r: Reading, l: KerasLayer): string {
+  const s = inputsOf(l);
+  if (s.length !== 1 || !(r.known.has(s[0]) || r.pads.has(s[0]) || r.raw.has(s[0]))) {
+    throw new Error(`mobilenet_v2: layer ${l.name} should have one known input, has ${JSON.stringify(s)}`);
+  }
+  return s[0];
+}
+
+/**
+ * A Keras kernel [kh, kw, in, out] (or depthwise [kh, kw, in, multiplier 1]) as OIHW [out, in, kh, kw] (depthwise:
+ * [in, 1, kh, kw]), in float64.
+ */
+function kernelToOihw(k: Float32Array, kernel: number, cin: number, cm: number, dw: boolean): Float64Array {
+  const cout = dw ? cin : cm;
+  const oihw = new Float64Array(cout * (dw ? 1 : cin) * kernel * kernel);
+  for (let y = 0; y < kernel; y++) {
+    for (let x = 0; x < kernel; x++) {
+      for (let i = 0; i < cin; i++) {
+        for (let o = 0; o < cm; o++) {
+          const v = k[((y * kernel + x) * cin + i) * cm + o];
+          const dst = dw ? ((i * kernel + y) * kernel + x) : (((o * cin + i) * kernel + y) * kernel + x);
+          oihw[dst] = v;
+        }
+      }
+    }
+  }
+  return oihw;
+}
+
+// A Conv2D or DepthwiseConv2D layer: its step (absorbing a ZeroPadding2D before it), OIHW weights and bias.
+function readConv(r: Reading, l: KerasLayer): void {
+  const c = l.config, dw = l.class_name === "DepthwiseConv2D";
+  if (c.activation !== "linear") throw new Error(`mobilenet_v2: ${l.name} activation ${c.activation}`);
+  if (num(l, "dilation_rate") !== 1) throw new Error(`mobilenet_v2: ${l.name} is dilated`);
+  if (dw && num(l, "depth_multiplier") !== 1) throw new Error(`mobilenet_v2: ${l.name} depth_multiplier ≠ 1`);
+  if (c.padding !== "same" && c.padding !== "valid") {
+    throw new Error(`mobilenet_v2: ${l.name} padding ${JSON.stringify(c.padding)}, expected "same" or "valid"`);
+  }
+  let from = oneInput(r, l), prePad: Pad4 = [0, 0, 0, 0];
+  const padded = r.pads.get(from);
+  if (padded) ({ src: from, pad: prePad } = padded);
+  const kernel = num(l, "kernel_size");
+  const k = r.get(`${l.name}/${dw ? "depthwise_kernel" : "kernel"}`);
+  const spec = r.specs.find((s) => s.name === `${l.name}/${dw ? "depthwise_kernel" : "kernel"}`)!;
+  const [, , cin, cm] = spec.shape;
+  const cout = dw ? cin : cm;
+  r.convW.set(l.name, kernelToOihw(k, kernel, cin, cm, dw));
+  r.shapes[`${l.name}.w`] = [cout, dw ? 1 : cin, kernel, kernel];
+  r.shapes[`${l.name}.b`] = [cout];
+  r.params[`${l.name}.b`] = c.use_bias ? r.get(`${l.name}/bias`).slice() : new Float32Array(cout);
+  const step: Step = {
+    kind: "conv",
+    param: l.name,
+    out: l.name,
+    input: from,
+    prePad,
+    same: c.padding === "same",
+    stride: num(l, "strides"),
+    kernel,
+    groups: dw ? cin : 1,
+  };
+  r.steps.push(step);
+  r.raw.set(l.name, step);
+}
+
+// A BatchNormalization layer, folded into the convolution it follows; the conv's output then goes by its name.
+function readBatchNorm(r: Reading, l: KerasLayer): void {
+  const from = oneInput(r, l);
+  const step = r.raw.get(from);
+  if (!step) throw new Error(`mobilenet_v2: ${l.name} does not follow a convolution, cannot fold it`);
+  const users = r.layers.filter((u) => inputsOf(u).includes(from)).length;
+  if (users !== 1) throw new Error(`mobilenet_v2: ${from} feeds ${users} layers, cannot fold ${l.name} into it`);
+  const eps = l.config.epsilon as number;
+  const g = r.get(`${l.name}/gamma`), be = r.get(`${l.name}/beta`);
+  const mu = r.get(`${l.name}/moving_mean`), va = r.get(`${l.name}/moving_variance`);
+  const wt = r.convW.get(step.param)!, bias = r.params[`${step.param}.b`];
+  const per = wt.length / bias.length;
+  for (let o = 0; o < bias.length; o++) {
+    const s = g[o] / Math.sqrt(va[o] + eps);
+    for (let j = 0; j < per; j++) wt[o * per + j] *= s;
+    bias[o] = (bias[o] - mu[o]) * s + be[o];
+  }
+  r.raw.delete(from);
+  step.out = l.name;
+  r.known.add(l.name);
+}
+
 /**
  * Turns the Keras topology into conv/relu6/add steps with BatchNorm folded (float64) into the convs, up to and
  * including `FEATURE_LAYER`.
  */
 export function buildMobileNet(art: NsfwjsArtifacts): MobileNet {
-  const get = weightGetter(art, "mobilenet_v2");
-  const layers = art.modelTopology.model_config.config.layers;
-  const steps: Step[] = [];
-  const params: Record<string, Float32Array> = {}, shapes: Record<string, number[]> = {};
-  const pads = new Map<string, { src: string; pad: [number, number, number, number] }>();
-  const raw = new Map<string, Extract<Step, { kind: "conv" }>>(); // conv outputs that BN has not yet been folded into
-  const convW = new Map<string, Float64Array>();
-  const known = new Set<string>();
-  let input: string | undefined, done = false;
-  const src = (l: KerasLayer): string[] => (l.inbound_nodes[0] ?? []).map((n) => n[0]);
-  const one = (l: KerasLayer): string => {
-    const s = src(l);
-    if (s.length !== 1 || !(known.has(s[0]) || pads.has(s[0]) || raw.has(s[0]))) {
-      throw new Error(`mobilenet_v2: layer ${l.name} should have one known input, has ${JSON.stringify(s)}`);
-    }
-    return s[0];
+  const r: Reading = {
+    layers: art.modelTopology.model_config.config.layers,
+    specs: art.weightSpecs,
+    get: weightGetter(art, "mobilenet_v2"),
+    steps: [],
+    params: {},
+    shapes: {},
+    pads: new Map(),
+    raw: new Map(),
+    convW: new Map(),
+    known: new Set(),
   };
-  for (const l of layers) {
+  let input: string | undefined, done = false;
+  for (const l of r.layers) {
     if (done) break;
     const c = l.config;
     switch (l.class_name) {
       case "InputLayer":
         input = l.name;
-        known.add(l.name);
+        r.known.add(l.name);
         break;
       case "ZeroPadding2D": {
-        const [[t, b], [le, r]] = c.padding as number[][];
-        pads.set(l.name, { src: one(l), pad: [t, le, b, r] });
+        const [[t, b], [le, ri]] = c.padding as number[][];
+        r.pads.set(l.name, { src: oneInput(r, l), pad: [t, le, b, ri] });
         break;
       }
       case "Conv2D":
-      case "DepthwiseConv2D": {
-        const dw = l.class_name === "DepthwiseConv2D";
-        if (c.activation !== "linear") throw new Error(`mobilenet_v2: ${l.name} activation ${c.activation}`);
-        if (num(l, "dilation_rate") !== 1) throw new Error(`mobilenet_v2: ${l.name} is dilated`);
-        if (dw && num(l, "depth_multiplier") !== 1) throw new Error(`mobilenet_v2: ${l.name} depth_multiplier ≠ 1`);
-        if (c.padding !== "same" && c.padding !== "valid") {
-          throw new Error(`mobilenet_v2: ${l.name} padding ${JSON.stringify(c.padding)}, expected "same" or "valid"`);
-        }
-        let from = one(l), prePad: [number, number, number, number] = [0, 0, 0, 0];
-        const padded = pads.get(from);
-        if (padded) ({ src: from, pad: prePad } = padded);
-        const kernel = num(l, "kernel_size");
-        const k = get(`${l.name}/${dw ? "depthwise_kernel" : "kernel"}`); // Keras [kh, kw, in, out|multiplier]
-        const spec = art.weightSpecs.find((s) => s.name === `${l.name}/${dw ? "depthwise_kernel" : "kernel"}`)!;
-        const [, , cin, cm] = spec.shape;
-        const cout = dw ? cin : cm;
-        const oihw = new Float64Array(cout * (dw ? 1 : cin) * kernel * kernel);
-        for (let y = 0; y < kernel; y++) {
-          for (let x = 0; x < kernel; x++) {
-            for (let i = 0; i < cin; i++) {
-              for (let o = 0; o < cm; o++) {
-                const v = k[((y * kernel + x) * cin + i) * cm + o];
-                const dst = dw ? ((i * kernel + y) * kernel + x) : (((o * cin + i) * kernel + y) * kernel + x);
-                oihw[dst] = v;
-              }
-            }
-          }
-        }
-        convW.set(l.name, oihw);
-        shapes[`${l.name}.w`] = [cout, dw ? 1 : cin, kernel, kernel];
-        shapes[`${l.name}.b`] = [cout];
-        params[`${l.name}.b`] = c.use_bias ? get(`${l.name}/bias`).slice() : new Float32Array(cout);
-        const step: Step = {
-          kind: "conv",
-          param: l.name,
-          out: l.name,
-          input: from,
-          prePad,
-          same: c.padding === "same",
-          stride: num(l, "strides"),
-          kernel,
-          groups: dw ? cin : 1,
-        };
-        steps.push(step);
-        raw.set(l.name, step);
+      case "DepthwiseConv2D":
+        readConv(r, l);
         break;
-      }
-      case "BatchNormalization": {
-        const from = one(l);
-        const step = raw.get(from);
-        if (!step) throw new Error(`mobilenet_v2: ${l.name} does not follow a convolution, cannot fold it`);
-        const users = layers.filter((u) => src(u).includes(from)).length;
-        if (users !== 1) throw new Error(`mobilenet_v2: ${from} feeds ${users} layers, cannot fold ${l.name} into it`);
-        const eps = c.epsilon as number;
-        const g = get(`${l.name}/gamma`), be = get(`${l.name}/beta`);
-        const mu = get(`${l.name}/moving_mean`), va = get(`${l.name}/moving_variance`);
-        const wt = convW.get(step.param)!, bias = params[`${step.param}.b`];
-        const per = wt.length / bias.length;
-        for (let o = 0; o < bias.length; o++) {
-          const s = g[o] / Math.sqrt(va[o] + eps);
-          for (let j = 0; j < per; j++) wt[o * per + j] *= s;
-          bias[o] = (bias[o] - mu[o]) * s + be[o];
-        }
-        raw.delete(from);
-        step.out = l.name;
-        known.add(l.name);
+      case "BatchNormalization":
+        readBatchNorm(r, l);
         break;
-      }
       case "ReLU": {
         if (c.max_value !== 6 || (c.negative_slope ?? 0) !== 0 || (c.threshold ?? 0) !== 0) {
           throw new Error(`mobilenet_v2: ${l.name} is not ReLU6 (config ${JSON.stringify(c)})`);
         }
-        steps.push({ kind: "relu6", out: l.name, input: one(l) });
-        known.add(l.name);
+        r.steps.push({ kind: "relu6", out: l.name, input: oneInput(r, l) });
+        r.known.add(l.name);
         done = l.name === FEATURE_LAYER;
         break;
       }
       case "Add": {
-        const s = src(l);
-        if (s.length !== 2 || !s.every((n) => known.has(n))) throw new Error(`mobilenet_v2: ${l.name} inputs ${s}`);
-        steps.push({ kind: "add", out: l.name, inputs: [s[0], s[1]] });
-        known.add(l.name);
+        const s = inputsOf(l);
+        if (s.length !== 2 || !s.every((n) => r.known.has(n))) throw new Error(`mobilenet_v2: ${l.name} inputs ${s}`);
+        r.steps.push({ kind: "add", out: l.name, inputs: [s[0], s[1]] });
+        r.known.add(l.name);
         break;
       }
       default:
@@ -328,12 +371,25 @@ export function buildMobileNet(art: NsfwjsArtifacts): MobileNet {
     }
   }
   if (!done || input === undefined) throw new Error(`mobilenet_v2: topology has no input or no ${FEATURE_LAYER}`);
-  if (raw.size) throw new Error(`mobilenet_v2: convolutions without BatchNorm: ${[...raw.keys()]}`);
-  for (const [name, wt] of convW) params[`${name}.w`] = Float32Array.from(wt);
-  const layerNames = steps.map((s) => s.out);
-  const inputName = input;
+  if (r.raw.size) throw new Error(`mobilenet_v2: convolutions without BatchNorm: ${[...r.raw.keys()]}`);
+  for (const [name, wt] of r.convW) r.params[`${name}.w`] = Float32Array.from(wt);
+  const layerNames = r.steps.map((s) => s.out);
+  return { params: r.params, shapes: r.shapes, layerNames, features: tracer(r.steps, r.shapes, layerNames, input) };
+}
 
-  const features: MobileNet["features"] = (p, x, opts = {}) => {
+/** TF 'same' padding of one axis of length n: total max((⌈n/s⌉ − 1)·s + k − n, 0), the extra cell at the end. */
+export function samePad(n: number, k: number, s: number): [number, number] {
+  const total = Math.max((Math.ceil(n / s) - 1) * s + k - n, 0);
+  return [Math.floor(total / 2), total - Math.floor(total / 2)];
+}
+
+function tracer(
+  steps: readonly Step[],
+  shapes: Record<string, number[]>,
+  layerNames: readonly string[],
+  inputName: string,
+): MobileNet["features"] {
+  return (p, x, opts = {}) => {
     const size = opts.size ?? 96;
     const want = opts.levels ?? DEFAULT_LEVELS;
     for (const n of want) if (!layerNames.includes(n)) fail("mobilenet_v2.features", `unknown level "${n}"`);
@@ -351,13 +407,12 @@ export function buildMobileNet(art: NsfwjsArtifacts): MobileNet {
       else if (s.kind === "relu6") vals.set(s.out, minimum(maximum(vals.get(s.input)!, 0), 6));
       else {
         const h = vals.get(s.input)!;
-        const pad = [...s.prePad] as [number, number, number, number];
+        const pad = [...s.prePad] as Pad4;
         if (s.same) {
           for (const ax of [0, 1]) {
-            const n = h.shape[2 + ax] + s.prePad[ax] + s.prePad[ax + 2];
-            const total = Math.max((Math.ceil(n / s.stride) - 1) * s.stride + s.kernel - n, 0);
-            pad[ax] += Math.floor(total / 2);
-            pad[ax + 2] += total - Math.floor(total / 2);
+            const [lo, hi] = samePad(h.shape[2 + ax] + s.prePad[ax] + s.prePad[ax + 2], s.kernel, s.stride);
+            pad[ax] += lo;
+            pad[ax + 2] += hi;
           }
         }
         vals.set(s.out, conv(h, p[`${s.param}.w`], p[`${s.param}.b`], { stride: s.stride, pad, groups: s.groups }));
@@ -367,7 +422,6 @@ export function buildMobileNet(art: NsfwjsArtifacts): MobileNet {
     for (const n of want) levels[n] = vals.get(n)!;
     return { pooled: mean(vals.get(FEATURE_LAYER)!, [2, 3]), levels };
   };
-  return { params, shapes, layerNames, features };
 }
 
 /** Reads nsfwjs's MobileNetV2 from the installed package and builds it (about 0.1 s). */

@@ -1,5 +1,5 @@
 /**
- * `fashion_report`: the Fashion-MNIST evaluation of a run's UNets (`models/fashion_eval.ts`), judged by the project's
+ * `fashion_report`: the Fashion-MNIST evaluation of a run's UNets (`evaluation/fashion_eval.ts`), judged by the project's
  * classifier: class accuracy, per-class accuracy, the Fréchet distance of the classifier's features to the 10,000 test
  * images, and ms/image, for the teacher (DDIM, one row per step count × guidance scale) and the student (ADD sampler,
  * one row per step count), beside a floor row of real training images. Either model may be left out: the teacher's
@@ -14,11 +14,12 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
-import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
+import { makeSchedule, type Schedule, ScheduleParams } from "../models/diffusion/schedules.ts";
 import type { UNetGenerator } from "../evaluation/evaluate.ts";
 import {
   evaluateFashion,
   FASHION_JUDGE_LABEL,
+  type FashionReport,
   fashionReportMarkdown,
   type FashionRow,
 } from "../evaluation/fashion_eval.ts";
@@ -27,7 +28,7 @@ import { writeAtomic } from "../models/png_grid.ts";
 import { findRows, storeRows } from "../evaluation/teacher_rows.ts";
 import type { UNetParams } from "../models/unet.ts";
 import { weightsKey } from "../models/weights_key.ts";
-import { type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
+import { type EffectContext, type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
 
 const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -110,46 +111,7 @@ export const fashionReport: StageDef<P> = {
   effect: async (ctx, p) => {
     const encoder = await loadCaptionEncoder(p.text_encoder), schedule = makeSchedule(p.schedule);
     const judge = await loadFashionJudge(), judgeKey = await weightsKey({}, judge.weights);
-    const generators: UNetGenerator[] = [], keys = new Map<string, string>();
-    for (const [role, name, count] of roles(p)) {
-      if (name === null || count === 0) continue;
-      const u = unetOf(ctx.models, name, role)!, d = encoder.dims;
-      // Planning checked folders and use-lite; a hub id's widths are known only now.
-      if ((u.context_dim && u.context_dim !== d.width) || (u.pooled_dim && u.pooled_dim !== d.projection)) {
-        throw new Error(
-          `fashion_report: model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; ` +
-            `the text encoder "${p.text_encoder}" gives ${d.width}/${d.projection}`,
-        );
-      }
-      const weights = await ctx.readModel(name, { ema: p.ema });
-      const add = async (label: string, sampler: "ddim" | "add", steps: number, guidance: number) => {
-        const settings = { sampler, steps, guidance, prediction: p.prediction };
-        generators.push({ name: label, u, weights, schedule, settings });
-        if (role !== "teacher" || !p.teacher_cache) return;
-        // Everything but the weights a row depends on; the architecture too (heads change outputs, not shapes).
-        const deps = {
-          rows_version: 1,
-          unet: u,
-          settings,
-          per_class: p.per_class,
-          batch: p.batch,
-          schedule: p.schedule,
-          text_encoder: p.text_encoder,
-          judge: judgeKey,
-          executor: ctx.executor.name,
-        };
-        keys.set(label, await weightsKey(deps, weights));
-      };
-      if (role === "teacher") {
-        for (const steps of p.teacher_steps) {
-          for (const g of p.teacher_guidance) {
-            await add(`teacher ${steps}-step${g === 1 ? "" : ` cfg ${g}`}`, "ddim", steps, g);
-          }
-        }
-      } else {
-        for (const steps of p.student_steps) await add(`student ${steps}-step`, "add", steps, 1);
-      }
-    }
+    const { generators, keys } = await rowGenerators(ctx, p, encoder.dims, schedule, judgeKey);
     const file = p.teacher_cache ? join(PROJECT_ROOT, p.teacher_cache) : null;
     const stored = new Map<string, { date: string; executor: string; row: FashionRow }>();
     for (const [label, key] of keys) {
@@ -177,44 +139,113 @@ export const fashionReport: StageDef<P> = {
       const h = hit(g);
       return h ? { ...h.row, name: g.name, cached: `computed ${h.date} on ${h.executor}` } : fresh.get(g.name)!;
     });
-    const computed = todo.filter((g) => keys.has(g.name));
-    if (computed.length) {
-      const teacher = await weightsKey({}, computed[0].weights);
-      let where = "";
-      for (const g of computed) {
-        const row = fresh.get(g.name)!;
-        const { date, executor } = report;
-        const r = await storeRows(ctx.cache, {
-          key: keys.get(g.name)!,
-          for: p.teacher_cache!,
-          teacher,
-          date,
-          executor,
-          rows: [row],
-        });
-        where = "error" in r ? `not cached (${r.error})` : `stored in ${r.file.replace(/[^/]*$/, "")}`;
-      }
-      ctx.log(
-        `fashion_report: the teacher rows ${where} (\`deno task ship:teacher-rows\` copies them into ${p.teacher_cache})`,
-      );
-    }
-    const meta = {
-      step: ctx.step,
-      teacher: p.teacher,
-      student: p.student,
-      weights: p.ema ? "EMA where kept" : "raw",
-      batch: p.batch,
-    };
-    await Deno.mkdir(ctx.out, { recursive: true });
-    const json = `${ctx.out}/${p.name}.json`, md = `${ctx.out}/${p.name}.md`;
-    await writeAtomic(json, JSON.stringify({ ...meta, ...report }, null, 2) + "\n");
-    await writeAtomic(md, fashionReportMarkdown(report, meta));
-    const line = (name: string, x: { accuracy: number; fd: number }, ms: string) =>
-      ctx.log(`fashion_report: ${name}: accuracy ${(100 * x.accuracy).toFixed(1)}%, FD ${x.fd.toFixed(2)}${ms}`);
-    if (report.floor) line("real training images (floor)", report.floor, "");
-    for (const r of report.rows) {
-      line(r.name, r, `, ${r.msPerImage.toFixed(1)} ms/image${r.cached ? ` (stored, ${r.cached})` : ""}`);
-    }
-    ctx.log(`fashion_report: ${md} (and ${p.name}.json)`);
+    await storeTeacherRows(ctx, p, todo.filter((g) => keys.has(g.name)), keys, fresh, report);
+    await writeOutputs(ctx, p, report);
   },
 };
+
+/**
+ * The generators `p` asks for, in the report's row order, and with `teacher_cache` the key of each teacher row: a
+ * hash of the weights and of everything else the row depends on.
+ */
+async function rowGenerators(
+  ctx: EffectContext,
+  p: P,
+  d: { width: number; projection: number },
+  schedule: Schedule,
+  judgeKey: string,
+) {
+  const generators: UNetGenerator[] = [], keys = new Map<string, string>();
+  for (const [role, name, count] of roles(p)) {
+    if (name === null || count === 0) continue;
+    const u = unetOf(ctx.models, name, role)!;
+    // Planning checked folders and use-lite; a hub id's widths are known only now.
+    if ((u.context_dim && u.context_dim !== d.width) || (u.pooled_dim && u.pooled_dim !== d.projection)) {
+      throw new Error(
+        `fashion_report: model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; ` +
+          `the text encoder "${p.text_encoder}" gives ${d.width}/${d.projection}`,
+      );
+    }
+    const weights = await ctx.readModel(name, { ema: p.ema });
+    const add = async (label: string, sampler: "ddim" | "add", steps: number, guidance: number) => {
+      const settings = { sampler, steps, guidance, prediction: p.prediction };
+      generators.push({ name: label, u, weights, schedule, settings });
+      if (role !== "teacher" || !p.teacher_cache) return;
+      // Everything but the weights a row depends on; the architecture too (heads change outputs, not shapes).
+      const deps = {
+        rows_version: 1,
+        unet: u,
+        settings,
+        per_class: p.per_class,
+        batch: p.batch,
+        schedule: p.schedule,
+        text_encoder: p.text_encoder,
+        judge: judgeKey,
+        executor: ctx.executor.name,
+      };
+      keys.set(label, await weightsKey(deps, weights));
+    };
+    if (role === "teacher") {
+      for (const steps of p.teacher_steps) {
+        for (const g of p.teacher_guidance) {
+          await add(`teacher ${steps}-step${g === 1 ? "" : ` cfg ${g}`}`, "ddim", steps, g);
+        }
+      }
+    } else {
+      for (const steps of p.student_steps) await add(`student ${steps}-step`, "add", steps, 1);
+    }
+  }
+  return { generators, keys };
+}
+
+/** Stores the teacher rows computed now in the run's cache folder (never in the shipped file), and says where. */
+async function storeTeacherRows(
+  ctx: EffectContext,
+  p: P,
+  computed: readonly UNetGenerator[],
+  keys: ReadonlyMap<string, string>,
+  fresh: ReadonlyMap<string, FashionRow>,
+  report: FashionReport,
+): Promise<void> {
+  if (!computed.length) return;
+  const teacher = await weightsKey({}, computed[0].weights);
+  let where = "";
+  for (const g of computed) {
+    const row = fresh.get(g.name)!;
+    const { date, executor } = report;
+    const r = await storeRows(ctx.cache, {
+      key: keys.get(g.name)!,
+      for: p.teacher_cache!,
+      teacher,
+      date,
+      executor,
+      rows: [row],
+    });
+    where = "error" in r ? `not cached (${r.error})` : `stored in ${r.file.replace(/[^/]*$/, "")}`;
+  }
+  ctx.log(
+    `fashion_report: the teacher rows ${where} (\`deno task ship:teacher-rows\` copies them into ${p.teacher_cache})`,
+  );
+}
+
+/** Writes `<name>.json` and `<name>.md` atomically, and logs a line per row and the report's path. */
+async function writeOutputs(ctx: EffectContext, p: P, report: FashionReport): Promise<void> {
+  const meta = {
+    step: ctx.step,
+    teacher: p.teacher,
+    student: p.student,
+    weights: p.ema ? "EMA where kept" : "raw",
+    batch: p.batch,
+  };
+  await Deno.mkdir(ctx.out, { recursive: true });
+  const json = `${ctx.out}/${p.name}.json`, md = `${ctx.out}/${p.name}.md`;
+  await writeAtomic(json, JSON.stringify({ ...meta, ...report }, null, 2) + "\n");
+  await writeAtomic(md, fashionReportMarkdown(report, meta));
+  const line = (name: string, x: { accuracy: number; fd: number }, ms: string) =>
+    ctx.log(`fashion_report: ${name}: accuracy ${(100 * x.accuracy).toFixed(1)}%, FD ${x.fd.toFixed(2)}${ms}`);
+  if (report.floor) line("real training images (floor)", report.floor, "");
+  for (const r of report.rows) {
+    line(r.name, r, `, ${r.msPerImage.toFixed(1)} ms/image${r.cached ? ` (stored, ${r.cached})` : ""}`);
+  }
+  ctx.log(`fashion_report: ${md} (and ${p.name}.json)`);
+}
