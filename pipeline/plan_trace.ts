@@ -20,6 +20,15 @@ export interface PhaseFootprint {
 }
 
 /** Thrown out of a stage's wrapped `trace`, so that planning knows which stage threw. */
+/** `ADD_DEBUG=1` prints the stack of what a stage threw while traced, beside its one-line error. */
+const DEBUG = (() => {
+  try {
+    return Deno.env.get("ADD_DEBUG") === "1";
+  } catch {
+    return false; // no env permission: the one line only
+  }
+})();
+
 class StageTraceFailure extends Error {
   constructor(readonly stage: string, readonly error: unknown) {
     super(`stage "${stage}" threw while tracing`);
@@ -65,6 +74,11 @@ export function traceCheck(plan: Plan, tracer: PhaseTracer, issues: Issues): Pha
         : [phase.optimizer, `optimizer "${phase.optimizer}": tracing its update phase failed: ${oneLine(e)}`];
       // A stage shared by two phases throws the same in both.
       if (!reported.has(msg)) issues.add(["stages", stage], msg);
+      // One line is what a user needs; the author of a stage kind chasing a bug asks for the stack.
+      if (DEBUG && !reported.has(msg)) {
+        const err = e instanceof StageTraceFailure ? e.error : e;
+        console.error(err instanceof Error ? err.stack : String(err));
+      }
       reported.add(msg);
       continue;
     }

@@ -297,6 +297,33 @@ Deno.test("tracing: what a stage throws while its phase is traced is one line at
   ]);
 });
 
+Deno.test("tracing with ADD_DEBUG=1: the one line, and then the stack of what the stage threw", async () => {
+  const text = edit(PAPER, "channels: [24, 32, 96, 320]", "channels: [25, 32, 96, 320]");
+  const tmp = await Deno.makeTempDir({ prefix: "config_mutation_debug_" });
+  try {
+    await Deno.writeTextFile(`${tmp}/paper.yaml`, text);
+    const run = (debug: boolean) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", `${ROOT}main.ts`, `${tmp}/paper.yaml`, "--dry-run", "--out", `${tmp}/out`],
+        env: { NO_COLOR: "1", ...(debug ? { ADD_DEBUG: "1" } : {}) },
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+    const [plain, debug] = [await run(false), await run(true)];
+    const dec = (b: Uint8Array) => new TextDecoder().decode(b).split("\n").filter((l) => !l.includes(": warning: "));
+    const one = dec(plain.stderr).filter((l) => l.trim());
+    assert.equal(plain.code, 2);
+    assert.equal(one.length, 1, one.join("\n"));
+    assert.match(one[0], /stage "adversarial" \(add_discriminator\): conv2d: /);
+    const lines = dec(debug.stderr);
+    assert.equal(debug.code, 2);
+    assert.ok(lines.some((l) => /^\s+at .*ops\.ts:\d+:\d+/.test(l)), `no stack in:\n${lines.join("\n")}`);
+    assert.ok(lines.includes(one[0]), "the one line is still there");
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
 Deno.test("memory: a model or a batch that cannot fit is one line with the estimate, before anything is allocated", async () => {
   const batch = edit(TOY, "batch: 64", "batch: 1000000000000");
   const [line, ...rest] = await dryRunErrors("toy.yaml", batch);
