@@ -5,10 +5,10 @@
  *
  * @module
  */
-import { type Graph, size } from "../engine/ir.ts";
+import { type Node, size } from "../engine/ir.ts";
 
 /** 2·(multiply-adds) of every matmul and convolution node of `g`. */
-export function contractionFlops(g: Graph): number {
+export function contractionFlops(g: { readonly nodes: readonly Node[] }): number {
   let flops = 0;
   for (const n of g.nodes) {
     const shapeOf = (i: number) => g.nodes[n.inputs[i]].shape;
