@@ -164,12 +164,12 @@ export class CaptionEncoder {
 const encoders = new Map<string, Promise<CaptionEncoder>>();
 
 /**
- * Loads (once per process) the encoder for `model`: a local folder offline, `use-lite` (built first if missing), or a
- * hub id online. `dims` is required for a hub id.
+ * Loads (once per process) the encoder for `model`: a local folder offline, `use-lite` (built first if missing, in
+ * `cache`, a run's cache folder, else the project's `.cache/`), or a hub id online. `dims` is required for a hub id.
  */
-export function loadCaptionEncoder(model: string, dims?: EncoderDims): Promise<CaptionEncoder> {
+export function loadCaptionEncoder(model: string, dims?: EncoderDims, cache?: string): Promise<CaptionEncoder> {
   const useLite = model === USE_LITE_MODEL;
-  const folder = useLite ? useEncoderDir() : localModelFolder(model);
+  const folder = useLite ? useEncoderDir(cache) : localModelFolder(model);
   const key = folder ?? model;
   let enc = encoders.get(key);
   if (!enc) {

@@ -131,7 +131,7 @@ export const evalReport: StageDef<P> = {
   },
   effect: async (ctx, p) => {
     const teacher = unetOf(ctx.models, p.teacher, "teacher")!, student = unetOf(ctx.models, p.student, "student")!;
-    const enc = await loadCaptionEncoder(p.text_encoder);
+    const enc = await loadCaptionEncoder(p.text_encoder, undefined, ctx.cache);
     for (const [name, u] of [[p.teacher, teacher], [p.student, student]] as const) {
       if (
         (u.context_dim && u.context_dim !== enc.dims.width) || (u.pooled_dim && u.pooled_dim !== enc.dims.projection)

@@ -109,7 +109,7 @@ export const fashionReport: StageDef<P> = {
     return {};
   },
   effect: async (ctx, p) => {
-    const encoder = await loadCaptionEncoder(p.text_encoder), schedule = makeSchedule(p.schedule);
+    const encoder = await loadCaptionEncoder(p.text_encoder, undefined, ctx.cache), schedule = makeSchedule(p.schedule);
     const judge = await loadFashionJudge(), judgeKey = await weightsKey({}, judge.weights);
     const { generators, keys } = await rowGenerators(ctx, p, encoder.dims, schedule, judgeKey);
     const file = p.teacher_cache ? join(PROJECT_ROOT, p.teacher_cache) : null;

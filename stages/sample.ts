@@ -51,7 +51,7 @@ export const sample: StageDef<z.output<typeof Params>> = {
     if (info.kind !== "unet") throw new Error(`sample: model "${p.model}" is a ${info.kind}, not a unet`);
     const u = info.params as UNetParams;
     const weights = await ctx.readModel(p.model, { ema: p.ema });
-    const grid = await sampleGrid(ctx.executor, u, weights, p);
+    const grid = await sampleGrid(ctx.executor, u, weights, { ...p, cache: ctx.cache });
     const dir = `${ctx.out}/${p.folder}`;
     await Deno.mkdir(dir, { recursive: true });
     const name = `step-${String(ctx.step).padStart(8, "0")}`;

@@ -185,7 +185,7 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
 
   const weights = await ctx.readModel(p.model);
   const schedule = makeSchedule(p.schedule);
-  const enc = await loadCaptionEncoder(p.text_encoder);
+  const enc = await loadCaptionEncoder(p.text_encoder, undefined, ctx.cache);
   const text = await enc.encode(captions);
   const settings = {
     version: 1,
@@ -249,7 +249,7 @@ async function sampleTargets(
 ): Promise<Float32Array> {
   const { noise, captions, per } = bank;
   const schedule = makeSchedule(p.schedule);
-  const enc = await loadCaptionEncoder(p.text_encoder);
+  const enc = await loadCaptionEncoder(p.text_encoder, undefined, ctx.cache);
   const gb = Math.min(p.gen_batch, p.pairs);
   const runner = await UNetRunner.create(ctx.executor, u, weights, gb, enc.dims.length);
   const target = new Float32Array(p.pairs * per);

@@ -101,7 +101,7 @@ export const textEncode: StageDef<P> = {
       return captions[i];
     });
     const fed = p.dropout > 0 ? dropCaptions(texts, p.dropout, ctx.rng.fold("dropout"), "") : texts;
-    const enc = await loadCaptionEncoder(p.model, p.dims);
+    const enc = await loadCaptionEncoder(p.model, p.dims, ctx.cache);
     const { tokens, pooled } = await enc.encode(fed);
     if (!p.with_empty) return { tokens, pooled };
     const empty = await enc.encode(texts.map(() => ""));

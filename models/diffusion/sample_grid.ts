@@ -17,6 +17,8 @@ export interface GridSettings extends SampleSettings {
   seeds: number[];
   schedule: ScheduleOptions;
   text_encoder: string;
+  /** A run's cache folder, where `use-lite` is built (absent: the project's `.cache/`). */
+  cache?: string;
 }
 
 /** Generates the prompts × seeds grid with the given weights (also used by `deno task sample`). */
@@ -26,7 +28,7 @@ export async function sampleGrid(
   weights: Record<string, Float32Array>,
   p: GridSettings,
 ): Promise<{ png: Uint8Array; images: Float32Array[]; legend: Record<string, unknown> }> {
-  const enc = await loadCaptionEncoder(p.text_encoder);
+  const enc = await loadCaptionEncoder(p.text_encoder, undefined, p.cache);
   const captions = p.prompts.flatMap((c) => p.seeds.map(() => c));
   const seeds = p.prompts.flatMap(() => p.seeds);
   const text = { ...(await enc.encode(captions)), length: enc.dims.length };

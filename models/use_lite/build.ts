@@ -19,6 +19,7 @@
  *
  * @module
  */
+import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { lowerToOnnx } from "../../engine/onnx/lower.ts";
 import { readUseArtifacts, USE_PACKAGE, useWeights } from "./graph.ts";
@@ -50,9 +51,12 @@ const RESERVED_SCORE = -1e4;
 
 const PROJECT_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
-/** Where `ensureUseEncoder` keeps the folder: `.cache/text_encoder_use/` under the project root. */
-export function useEncoderDir(): string {
-  return `${PROJECT_ROOT}.cache/text_encoder_use`;
+/**
+ * Where `ensureUseEncoder` keeps the folder: `text_encoder_use/` in a run's cache folder (`run.cache`), or in the
+ * project's `.cache/` outside a run (the build task, the sample and evaluate commands).
+ */
+export function useEncoderDir(cache?: string): string {
+  return cache === undefined ? `${PROJECT_ROOT}.cache/text_encoder_use` : resolve(cache, "text_encoder_use");
 }
 
 /** Output sizes of a build (what config.json will say): ids per caption, hidden width, embedding width. */

@@ -331,6 +331,25 @@ Deno.test("text_encode stage with model use-lite: dims, dropout and with_empty",
   assert.ok((out.empty_tokens as Float32Array).every((x) => x === 0));
 });
 
+Deno.test(
+  "text_encode stage with model use-lite in a run: the encoder is built in the run's cache folder",
+  opts,
+  async () => {
+    const cache = await Deno.makeTempDir({ prefix: "use_cache_" });
+    try {
+      const ds: Dataset = { size: 1, batch: () => ({}), captions: ["red apple"] };
+      const ctx = hostContext("te", { cache, dataset: () => Promise.resolve(ds) });
+      const params = textEncode.params.parse({ dataset: "d", model: USE_LITE_MODEL });
+      const out = await textEncode.host!(ctx, params, { caption_id: Int32Array.of(0) });
+      assert.ok(isUseEncoderBuilt(`${cache}/text_encoder_use`), "built under the run's cache");
+      const shared = await loadCaptionEncoder(USE_LITE_MODEL);
+      assert.deepEqual(out.pooled, (await shared.encode(["red apple"])).pooled, "the same encoder as the project's");
+    } finally {
+      await Deno.remove(cache, { recursive: true });
+    }
+  },
+);
+
 Deno.test({
   name: "use_lite test folder: removed",
   ...opts,
