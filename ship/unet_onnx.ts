@@ -25,15 +25,26 @@ export function unetInputShapes(u: UNetParams, textLength: number): Record<strin
   return s;
 }
 
-/** The traced inference graph, weights as constants. */
-export function traceUnetInference(u: UNetParams, weights: Record<string, Float32Array>, textLength: number): Graph {
+/** Graph inputs standing for a weight are named with this prefix when the weights are traced as inputs. */
+const WEIGHT = "weight:";
+
+/**
+ * The traced inference graph: weights as constants (`"const"`), or as inputs named `weight:<path>` (`"input"`, for
+ * a lowering that writes them itself: the other constants, such as the timestep embedding's frequencies, stay).
+ */
+export function traceUnetInference(
+  u: UNetParams,
+  weights: Record<string, Float32Array>,
+  textLength: number,
+  weightsAs: "const" | "input" = "const",
+): Graph {
   const tr = new Trace(), shapes = unetInputShapes(u, textLength);
   const ins = Object.fromEntries(Object.entries(shapes).map(([k, s]) => [k, tr.input(k, s)]));
   const p = Object.fromEntries(
     Object.entries(unet.shapes(u)).map(([path, shape]) => {
       const w = weights[path];
       if (!w || w.length !== size(shape)) throw new Error(`unet weights: "${path}" missing or not [${shape}]`);
-      return [path, tr.constant(w, shape)];
+      return [path, weightsAs === "const" ? tr.constant(w, shape) : tr.input(WEIGHT + path, shape)];
     }),
   );
   return tr.build({ out: unetForward(u, p, ins.x, ins.t, ins.tokens, ins.pooled) });
@@ -61,9 +72,12 @@ export function toFloat16Bits(a: Float32Array): Uint16Array {
   return out;
 }
 
+/** ONNX's FLOAT16 element type, which the engine's own lowering never needs. */
+const FLOAT16 = 10 as DataTypeCode;
+
 /**
  * The inference graph as ONNX. fp32 is `lowerToOnnx` itself; fp16 differs only in the weights' initializers (float16
- * plus a Cast), so it walks the nodes with the same per-primitive `LOWERINGS`.
+ * plus a Cast), so it walks the nodes with the same per-primitive `LOWERINGS`, turning the weight inputs into them.
  */
 export function unetOnnx(
   u: UNetParams,
@@ -71,24 +85,23 @@ export function unetOnnx(
   textLength: number,
   opts: { fp16?: boolean } = {},
 ): Uint8Array {
-  const graph = traceUnetInference(u, weights, textLength);
   // One model for every executor: an inference UNet has none of the ops whose lowering differs by target.
-  if (!opts.fp16) return lowerToOnnx(graph, "wasm");
+  if (!opts.fp16) return lowerToOnnx(traceUnetInference(u, weights, textLength), "wasm");
+  const graph = traceUnetInference(u, weights, textLength, "input");
   const b = new Builder("_"), names: string[] = [], inputs: ValueInfoDef[] = [];
   const out = graph.outputs[0];
   graph.nodes.forEach((n, i) => {
-    if (n.op === "input") {
+    if (n.op === "input" && n.attrs.name.startsWith(WEIGHT)) {
+      const bits = toFloat16Bits(weights[n.attrs.name.slice(WEIGHT.length)]);
+      const half = b.init(FLOAT16, n.shape, new Uint8Array(bits.buffer));
+      names[i] = b.op("Cast", [half], [{ name: "to", i: DataType.FLOAT }]);
+    } else if (n.op === "input") {
       names[i] = n.attrs.name;
       inputs.push({ name: n.attrs.name, elemType: onnxType(n.dtype), dims: n.shape });
     } else if (n.op === "const") {
       const d = n.attrs.data;
-      if (d instanceof Float32Array && d.length > 1) {
-        const half = b.init(10 as DataTypeCode, n.shape, new Uint8Array(toFloat16Bits(d).buffer));
-        names[i] = b.op("Cast", [half], [{ name: "to", i: DataType.FLOAT }]);
-      } else {
-        const raw = d instanceof Uint8Array && n.dtype === "bool" ? d.map((v) => (v ? 1 : 0)) : typedRaw(d);
-        names[i] = b.init(onnxType(n.dtype), n.shape, raw);
-      }
+      const raw = n.dtype === "bool" ? Uint8Array.from(d, (v) => (v ? 1 : 0)) : typedRaw(d);
+      names[i] = b.init(onnxType(n.dtype), n.shape, raw);
     } else {
       const lower = (LOWERINGS as unknown as Record<string, (a: unknown) => string>)[n.op];
       const ins = n.inputs.map((j) => names[j]);

@@ -1,0 +1,144 @@
+// deno task export and generate end to end: a tiny ADD run (configs/add_tiny.yaml, 2 steps) and the shipped teacher
+// exported through the CLI, and the exported folders' images compared with the project's own sampler
+// (models/diffusion/sample_grid.ts, what `deno task sample --sampler add` draws) for the same seed.
+import assert from "node:assert/strict";
+import { pathToFileURL } from "node:url";
+import { decode } from "fast-png";
+import { createExecutor } from "../../engine/executors/auto.ts";
+import { sampleGrid } from "../../models/diffusion/sample_grid.ts";
+import { makeSchedule, studentTimesteps } from "../../models/diffusion/schedules.ts";
+import { gridToPng } from "../../models/png_grid.ts";
+import { loadUnetFolder } from "../../sample.ts";
+import { checkManifest } from "../../ship/manifest.ts";
+import { imageToPng, type ShipExecutor, ShippedGenerator } from "../../ship/generate_core.ts";
+import { cli, expectCode, MAIN, ROOT, tmp } from "../helpers/cli_run.ts";
+
+const EXPORT = `${ROOT}export.ts`, GENERATE = `${ROOT}generate.ts`;
+const QUIET = ["report", "progress_eval", "preview", "plot"].flatMap((s) => ["--set", `stages.${s}=null`]);
+
+let tinyRun: Promise<string> | null = null;
+/** The tiny ADD run's folder, trained once per test process. */
+function tiny(): Promise<string> {
+  return tinyRun ??= (async () => {
+    const out = `${await tmp("ship")}/tiny_run`;
+    const r = await cli([`${ROOT}configs/add_tiny.yaml`, "--steps", "2", "--out", out, ...QUIET], MAIN);
+    expectCode(r, 0, "the tiny run");
+    return out;
+  })();
+}
+
+async function exported(from: string, name: string, extra: string[] = []): Promise<string> {
+  const out = `${await tmp("ship")}/dist/${name}`;
+  expectCode(await cli([from, "--out", out, ...extra], EXPORT), 0, `export ${from}`);
+  return out;
+}
+
+const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+
+/** The exported folder's images against the project's sampler on the checkpoint, for steps × seeds; max |Δ| seen. */
+async function compare(checkpoint: string, dist: string, executor: ShipExecutor, tol: number): Promise<number> {
+  const f = await loadUnetFolder(checkpoint);
+  const ex = await createExecutor("cpu"), g = await ShippedGenerator.load(pathToFileURL(dist), executor);
+  let worst = 0;
+  try {
+    for (const steps of [1, 4]) {
+      for (const seed of [0, 3]) {
+        const want = (await sampleGrid(ex, f.u, f.weights, {
+          prompts: ["red apple"],
+          seeds: [seed],
+          steps,
+          guidance: 1,
+          sampler: "add",
+          schedule: f.schedule as never,
+          prediction: f.prediction,
+          text_encoder: f.textEncoder,
+        })).images[0];
+        const got = await g.generate({ prompt: "red apple", steps, seed }), d = maxDiff(got, want);
+        assert.ok(d <= tol, `${steps} steps, seed ${seed} on ${executor}: max |Δ| ${d} > ${tol}`);
+        worst = Math.max(worst, d);
+      }
+    }
+  } finally {
+    await g.dispose();
+    await ex.close();
+  }
+  return worst;
+}
+
+Deno.test({
+  name: "export of a tiny ADD run: the files, a manifest from the run's config, the encoder copied, a model card",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const run = await tiny(), dist = await exported(run, "tiny");
+    const names = [];
+    for await (const e of Deno.readDir(dist)) names.push(e.name);
+    assert.deepEqual(names.sort(), ["README.md", "manifest.json", "text_encoder", "unet.onnx"]);
+    const m = checkManifest(JSON.parse(await Deno.readTextFile(`${dist}/manifest.json`)));
+    assert.equal(m.name, "tiny");
+    assert.equal(m.sampler.prediction, "v");
+    for (const k of [1, 2, 3, 4]) assert.deepEqual(m.sampler.timesteps[k], Array.from(studentTimesteps(k, 1000)));
+    const ab = makeSchedule({ kind: "cosine", T: 1000, zeroTerminalSnr: true }).alphasCumprod;
+    assert.deepEqual(m.schedule.alphas_cumprod, Array.from(ab));
+    assert.equal(m.source.step, 2);
+    assert.match(String(m.source.weights), /step-00000002\/student\.ema\.safetensors$/);
+    assert.deepEqual(m.unet.inputs, { x: [1, 3, 32, 32], t: [1], tokens: [1, 32, 64], pooled: [1, 64] });
+    for (const f of ["tokenizer.json", "config.json", "onnx/text_model.onnx"]) {
+      assert.deepEqual(
+        await Deno.readFile(`${dist}/text_encoder/${f}`),
+        await Deno.readFile(`${ROOT}models/text_encoder/${f}`),
+      );
+    }
+    const card = await Deno.readTextFile(`${dist}/README.md`);
+    for (const want of [/step 2 of run `add_tiny`/, /Noto Emoji/, /wrote no report/, /1: 999; 2: 999, 499/]) {
+      assert.match(card, want);
+    }
+    // A second export onto the first replaces it whole.
+    expectCode(await cli([run, "--out", dist, "--fp16"], EXPORT), 0, "re-export");
+    assert.equal(checkManifest(JSON.parse(await Deno.readTextFile(`${dist}/manifest.json`))).unet.weights, "fp16");
+  },
+});
+
+Deno.test({
+  name: "generate from the tiny run's export equals the project's ADD sampler, 1 and 4 steps, on cpu and wasm",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const run = await tiny(), dist = await exported(run, "tiny_cmp");
+    const ckpt = `${run}/checkpoints/step-00000002`;
+    for (const executor of ["cpu", "wasm"] as const) await compare(ckpt, dist, executor, 1e-5);
+  },
+});
+
+Deno.test({
+  name: "the shipped teacher exported: generate equals the project's sampler to 1e-5; fp16 weights stay close",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const teacher = `${ROOT}models/teacher`;
+    const worst = await compare(teacher, await exported(teacher, "teacher"), "cpu", 1e-5);
+    const half = await compare(teacher, await exported(teacher, "teacher16", ["--fp16"]), "cpu", 0.01);
+    console.log(`teacher export: max |Δ| ${worst.toExponential(2)} (fp32), ${half.toExponential(2)} (fp16 weights)`);
+  },
+});
+
+Deno.test({
+  name: "the generate CLI writes the image generate_core draws, as the project's grid writer would draw it",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dist = await exported(`${ROOT}models/teacher`, "teacher_cli"), png = `${await tmp("ship")}/apple.png`;
+    const r = await cli(
+      ["--model", dist, "--prompt", "red apple", "--steps", "2", "--seed", "7", "--out", png],
+      GENERATE,
+    );
+    expectCode(r, 0, "generate");
+    const g = await ShippedGenerator.load(pathToFileURL(dist));
+    const img = await g.generate({ prompt: "red apple", steps: 2, seed: 7 });
+    await g.dispose();
+    const got = decode(await Deno.readFile(png)), want = decode(gridToPng([img], 3, 32, { pad: 0, scale: 1 }));
+    assert.equal(got.width, 32);
+    assert.deepEqual(got.data, want.data);
+    assert.deepEqual(decode(imageToPng(img, 3, 32, 2)).data, decode(gridToPng([img], 3, 32, { pad: 0 })).data);
+  },
+});
