@@ -89,19 +89,30 @@ export function manifestJson(m: Manifest): string {
   ) + "\n";
 }
 
-/** Checks `--out` before any work: absent, an empty folder, or an earlier export (replaced); its parent a folder. */
+/**
+ * Checks `--out` before any work: absent (below a folder), an empty folder, or an earlier export (replaced). Whether
+ * it can be written shows only when it is: `writeFolder` reports that the same way.
+ */
 async function checkOut(out: string): Promise<void> {
-  try {
-    const st = await Deno.stat(out);
-    if (!st.isDirectory) throw new Error(`--out ${out}: exists and is not a folder`);
+  const cannot = (why: string) => new Error(`--out ${out}: cannot write the export (${why})`);
+  const stat = (p: string) =>
+    Deno.stat(p).catch((e) => {
+      if (e instanceof Deno.errors.NotFound) return null;
+      throw cannot((e as Error).message.split("\n")[0]);
+    });
+  const st = await stat(out);
+  if (st && !st.isDirectory) throw cannot("it is a file");
+  if (st) {
     const names = [];
     for await (const e of Deno.readDir(out)) names.push(e.name);
     if (names.length && !names.includes("manifest.json")) {
       throw new Error(`--out ${out}: a folder with other files in it (not an earlier export); choose another`);
     }
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    return;
   }
+  let up = dirname(out), above = await stat(up);
+  while (!above && up !== dirname(up)) above = await stat(up = dirname(up));
+  if (above && !above.isDirectory) throw cannot(`${up} is a file`);
 }
 
 /** Makes `dir` and its missing parents; returns the ones it made, outermost first, so a failure can remove them. */
