@@ -90,9 +90,12 @@ export function modelCard(
   const out = [
     `# ${m.name}`,
     "",
-    "A text-to-image student distilled with Adversarial Diffusion Distillation by the `add` project, exported by " +
-    "`deno task export` with everything it needs to draw: the UNet as ONNX, the text encoder in transformers.js's " +
-    "layout, and the sampler's settings in `manifest.json`.",
+    (src.trainedTimesteps
+      ? "A text-to-image student distilled with Adversarial Diffusion Distillation by the `add` project"
+      : "A text-to-image UNet trained by the `add` project without a distillation stage (ADD's few-step sampler " +
+        "draws from it, but it was not trained for few steps)") +
+    ", exported by `deno task export` with everything it needs to draw: the UNet as ONNX, the text encoder in " +
+    "transformers.js's layout, and the sampler's settings in `manifest.json`.",
     "",
     "```sh",
     `deno task generate --model <this folder> --prompt "red apple" --steps ${m.sampler.default_steps} --seed 0 --out apple.png`,

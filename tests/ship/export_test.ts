@@ -11,7 +11,12 @@ import { gridToPng } from "../../models/png_grid.ts";
 import { loadUnetFolder } from "../../sample.ts";
 import { checkManifest } from "../../ship/manifest.ts";
 import { imageToPng, type ShipExecutor, ShippedGenerator } from "../../ship/generate_core.ts";
+import { exportStudent } from "../../ship/export.ts";
+import { encodeSafetensors } from "../../engine/safetensors.ts";
+import { unet } from "../../models/unet.ts";
 import { cli, expectCode, MAIN, ROOT, tmp } from "../helpers/cli_run.ts";
+import { TINY_UNET } from "../helpers/tiny_unet.ts";
+import { Rng } from "../../engine/rng.ts";
 
 const EXPORT = `${ROOT}export.ts`, GENERATE = `${ROOT}generate.ts`;
 const QUIET = ["report", "progress_eval", "preview", "plot"].flatMap((s) => ["--set", `stages.${s}=null`]);
@@ -36,7 +41,13 @@ async function exported(from: string, name: string, extra: string[] = []): Promi
 const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
 
 /** The exported folder's images against the project's sampler on the checkpoint, for steps × seeds; max |Δ| seen. */
-async function compare(checkpoint: string, dist: string, executor: ShipExecutor, tol: number): Promise<number> {
+async function compare(
+  checkpoint: string,
+  dist: string,
+  executor: ShipExecutor,
+  tol: number,
+  cache?: string,
+): Promise<number> {
   const f = await loadUnetFolder(checkpoint);
   const ex = await createExecutor("cpu"), g = await ShippedGenerator.load(pathToFileURL(dist), executor);
   let worst = 0;
@@ -52,6 +63,7 @@ async function compare(checkpoint: string, dist: string, executor: ShipExecutor,
           schedule: f.schedule as never,
           prediction: f.prediction,
           text_encoder: f.textEncoder,
+          cache,
         })).images[0];
         const got = await g.generate({ prompt: "red apple", steps, seed }), d = maxDiff(got, want);
         assert.ok(d <= tol, `${steps} steps, seed ${seed} on ${executor}: max |Δ| ${d} > ${tol}`);
@@ -140,5 +152,47 @@ Deno.test({
     assert.equal(got.width, 32);
     assert.deepEqual(got.data, want.data);
     assert.deepEqual(decode(imageToPng(img, 3, 32, 2)).data, decode(gridToPng([img], 3, 32, { pad: 0 })).data);
+  },
+});
+
+Deno.test({
+  name:
+    "a UNet on USE lite (a fixed batch of 16, AutoModel) exports with its encoder and reproduces the project's sampler",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const root = await tmp("ship_use"), ckpt = `${root}/ckpt`, cache = `${root}/cache`;
+    const params = { ...TINY_UNET, context_dim: 512, pooled_dim: 512 };
+    const u = unet.params.parse(params), rng = new Rng(8), w = unet.init(u, rng.fold("init"));
+    // Perturbed everywhere: the initialiser zeroes the output layers, which would make every image the same.
+    for (const [k, v] of Object.entries(w)) rng.fold(k).normal(v.length).forEach((z, i) => (v[i] += 0.1 * z));
+    await Deno.mkdir(ckpt);
+    const tensors = Object.fromEntries(Object.entries(unet.shapes(u)).map(([k, shape]) => [k, { data: w[k], shape }]));
+    await Deno.writeFile(`${ckpt}/net.safetensors`, encodeSafetensors(tensors));
+    const schedule = { kind: "cosine", T: 1000, zeroTerminalSnr: true };
+    await Deno.writeTextFile(
+      `${ckpt}/config.yaml`,
+      JSON.stringify({
+        version: 1,
+        run: { cache },
+        models: { net: { kind: "unet", params } },
+        data: { emoji: { kind: "emoji", params: { artists: ["noto", "openmoji"] } } },
+        stages: {
+          text: { kind: "text_encode", params: { dataset: "emoji", model: "use-lite" } },
+          noise: { kind: "diffusion_noise", params: { schedule, prediction: "v" } },
+        },
+      }),
+    );
+    const r = await exportStudent(ckpt, `${root}/dist/use`);
+    assert.deepEqual(r.manifest.text_encoder, {
+      folder: "text_encoder",
+      class: "auto",
+      length: 32,
+      width: 512,
+      projection: 512,
+      batch: 16,
+    });
+    assert.match(await Deno.readTextFile(`${r.out}/README.md`), /Universal Sentence Encoder lite[^]*CC BY-SA 4\.0/);
+    await compare(ckpt, r.out, "cpu", 1e-5, cache);
   },
 });
