@@ -112,13 +112,17 @@ Deno.test({
 });
 
 Deno.test({
-  name: "generate from the tiny run's export equals the project's ADD sampler, 1 and 4 steps, on cpu and wasm",
+  name: "generate from the tiny run's export equals the project's ADD sampler, 1 and 4 steps, on cpu, wasm and webgpu",
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
     const run = await tiny(), dist = await exported(run, "tiny_cmp");
     const ckpt = `${run}/checkpoints/step-00000002`;
-    for (const executor of ["cpu", "wasm"] as const) await compare(ckpt, dist, executor, 1e-5);
+    const gpu = !!(globalThis.navigator as { gpu?: unknown } | undefined)?.gpu;
+    if (!gpu) console.log("export_test: navigator.gpu is absent in this Deno, so webgpu is not compared");
+    for (const executor of ["cpu", "wasm", ...(gpu ? ["webgpu"] as const : [])] as const) {
+      await compare(ckpt, dist, executor, 1e-5);
+    }
   },
 });
 
