@@ -43,8 +43,9 @@ export async function generateCli(argv: readonly string[]): Promise<number> {
         const tmp = `${o.out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
         await Deno.writeFile(tmp, imageToPng(img, channels, size, scale));
         await Deno.rename(tmp, o.out);
+        const n = g.timesteps(steps).length;
         console.log(
-          `wrote ${o.out} (${g.manifest.name}, ${g.timesteps(steps).length} steps, seed ${seed}, ` +
+          `wrote ${o.out} (${g.manifest.name}, ${n} step${n === 1 ? "" : "s"}, seed ${seed}, ` +
             `${ms.toFixed(0)} ms on ${g.executor})`,
         );
       } finally {
