@@ -1,9 +1,9 @@
 /**
- * Generation from an exported student folder alone (`deno task export` writes one): the text encoder through
- * transformers.js, the UNet's ONNX graph on onnxruntime (onnxruntime-node for `cpu`, onnxruntime-web for `wasm` and
- * `webgpu`), and ADD's few-step sampler with the noise of ship/philox.ts, exactly as the project samples
- * (models/diffusion/samplers.ts `sampleAdd` after generate.ts's noise): x̂0 = student(xT, τ1), then for each further
- * τn, x = α x̂0 + σ ε and x̂0 = student(x, τn), the state in float64, the network in float32.
+ * Generation from an exported student folder alone (`deno task export` writes one): the tokenizer through
+ * transformers.js, the text encoder's and the UNet's ONNX graphs on onnxruntime (onnxruntime-node for `cpu`,
+ * onnxruntime-web for `wasm` and `webgpu`), and ADD's few-step sampler with the noise of ship/philox.ts, as the
+ * project samples (models/diffusion/samplers.ts `sampleAdd` after generate.ts's noise): x̂0 = student(xT, τ1), then
+ * for each further τn, x = α x̂0 + σ ε and x̂0 = student(x, τn), the state in float64, the networks in float32.
  *
  * It imports only onnxruntime, transformers.js, fast-png and the other two dependency-free modules of ship/, so a
  * browser page can use it as it is (with an import map for the bare names). `base` is the folder as a URL: a file:
@@ -35,19 +35,20 @@ export interface TextCondition {
 
 interface OrtTensor {
   readonly data: unknown;
+  readonly dims: readonly number[];
 }
 interface OrtSession {
+  readonly inputNames: readonly string[];
   run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
   release(): Promise<void>;
 }
 interface Ort {
-  Tensor: new (type: "float32", data: Float32Array, dims: readonly number[]) => OrtTensor;
+  Tensor: new (type: "float32" | "int64", data: Float32Array | BigInt64Array, dims: readonly number[]) => OrtTensor;
   InferenceSession: { create(model: Uint8Array, options: Record<string, unknown>): Promise<OrtSession> };
   env: { wasm: { numThreads?: number; wasmPaths?: unknown } };
 }
 
-type Tokenizer = (texts: string[], opts: Record<string, unknown>) => Record<string, unknown>;
-type TextModel = (inputs: Record<string, unknown>) => Promise<Record<string, { dims: number[]; data: Float32Array }>>;
+type Tokenizer = (texts: string[], opts: Record<string, unknown>) => Record<string, { data: BigInt64Array }>;
 
 /** Loads onnxruntime for an executor; wasm files come from the package's own folder when it is on disk. */
 async function loadOrt(executor: ShipExecutor): Promise<Ort> {
@@ -72,9 +73,23 @@ async function fetchBytes(url: URL): Promise<Uint8Array> {
   return new Uint8Array(await r.arrayBuffer());
 }
 
-/** What transformers.js is given for a folder: a filesystem path for file: URLs (it reads those itself), else the URL. */
+/** A URL as messages show it: a path for a file: URL. */
 function modelLocation(url: URL): string {
   return url.protocol === "file:" ? decodeURIComponent(url.pathname).replace(/\/$/, "") : url.href.replace(/\/$/, "");
+}
+
+/**
+ * The export's tokenizer, built by transformers.js from the folder's tokenizer.json and tokenizer_config.json (as its
+ * AutoTokenizer picks the class), read with `fetch` like every other file: its own loader reads file paths but not
+ * http URLs, and a page would have to change its global settings.
+ */
+async function loadTokenizer(dir: URL): Promise<Tokenizer> {
+  const tf = await import("@huggingface/transformers");
+  const json = async (name: string) => JSON.parse(new TextDecoder().decode(await fetchBytes(new URL(name, dir))));
+  const [tokenizerJson, config] = [await json("tokenizer.json"), await json("tokenizer_config.json")];
+  const name = String(config.tokenizer_class ?? "PreTrainedTokenizer").replace(/Fast$/, "");
+  const classes = tf as unknown as Record<string, new (j: unknown, c: unknown) => unknown>;
+  return new (classes[name] ?? tf.PreTrainedTokenizer)(tokenizerJson, config) as unknown as Tokenizer;
 }
 
 /** x0 from a model output at noise level (α, σ), in float64 (samplers.ts `convert`). */
@@ -94,8 +109,8 @@ export class ShippedGenerator {
     readonly executor: ShipExecutor,
     private readonly ort: Ort,
     private readonly session: OrtSession,
+    private readonly textModel: OrtSession,
     private readonly tokenizer: Tokenizer,
-    private readonly textModel: TextModel,
   ) {}
 
   /** Loads the folder at `base` (a URL; a trailing slash is added when missing) to run on `executor`. */
@@ -110,39 +125,37 @@ export class ShippedGenerator {
     }
     const m = checkManifest(raw, modelLocation(file));
     const ort = await loadOrt(executor);
-    const onnx = await fetchBytes(new URL(m.unet.file, root));
-    const ep = executor === "cpu" ? "cpu" : executor;
-    const session = await ort.InferenceSession.create(onnx, {
-      executionProviders: [ep],
-      graphOptimizationLevel: "all",
-    });
-    // Imported here: transformers.js is large and a caller may only want the manifest checks above.
-    const { AutoModel, AutoTokenizer, CLIPTextModelWithProjection } = await import("@huggingface/transformers");
-    const where = modelLocation(new URL(m.text_encoder.folder, root));
-    const tokenizer = await AutoTokenizer.from_pretrained(where, { local_files_only: true });
-    const cls = m.text_encoder.class === "clip" ? CLIPTextModelWithProjection : AutoModel;
-    // transformers.js's own default device: onnxruntime-node's cpu in Deno (as the project encodes), wasm in a page.
-    const model = await cls.from_pretrained(where, { local_files_only: true, dtype: "fp32" });
-    return new ShippedGenerator(
-      m,
-      executor,
-      ort,
-      session,
-      tokenizer as unknown as Tokenizer,
-      model as unknown as TextModel,
-    );
+    const create = (bytes: Uint8Array) =>
+      ort.InferenceSession.create(bytes, { executionProviders: [executor], graphOptimizationLevel: "all" });
+    const session = await create(await fetchBytes(new URL(m.unet.file, root)));
+    const enc = new URL(`${m.text_encoder.folder}/`, root);
+    const text = await create(await fetchBytes(new URL(m.text_encoder.onnx, enc)));
+    return new ShippedGenerator(m, executor, ort, session, text, await loadTokenizer(enc));
   }
 
-  /** The text encoder's output for one prompt (a fixed-batch encoder gets empty captions as filler). */
+  /**
+   * The text encoder's output for one prompt (a fixed-batch encoder gets empty captions as filler), fed what the
+   * session declares of the tokenizer's outputs, as transformers.js's models do.
+   */
   async encode(prompt: string): Promise<TextCondition> {
     const { length: l, width: d, projection: p, batch } = this.manifest.text_encoder;
     const fed = [prompt, ...new Array(Math.max(0, (batch ?? 1) - 1)).fill("")];
-    const out = await this.textModel(this.tokenizer(fed, { padding: "max_length", truncation: true, max_length: l }));
-    const h = out.last_hidden_state, e = out.text_embeds;
-    if (!h || !e || h.data.length < l * d || e.data.length < p) {
-      throw new Error(`text encoder: expected last_hidden_state [${fed.length},${l},${d}] and text_embeds [.., ${p}]`);
+    const ids = this.tokenizer(fed, { padding: "max_length", truncation: true, max_length: l });
+    const feeds: Record<string, OrtTensor> = {};
+    for (const name of this.textModel.inputNames) {
+      if (!ids[name]) throw new Error(`text encoder: the model wants "${name}", which the tokenizer does not give`);
+      feeds[name] = new this.ort.Tensor("int64", ids[name].data, [fed.length, l]);
     }
-    return { tokens: Float32Array.from(h.data.subarray(0, l * d)), pooled: Float32Array.from(e.data.subarray(0, p)) };
+    const out = await this.textModel.run(feeds);
+    const h = out.last_hidden_state, e = out.text_embeds;
+    const want = (t: OrtTensor | undefined, shape: number[]) => t?.dims.join() === shape.join();
+    if (!want(h, [fed.length, l, d]) || !want(e, [fed.length, p])) {
+      throw new Error(
+        `text encoder: expected last_hidden_state [${fed.length},${l},${d}] and text_embeds [${fed.length},${p}]`,
+      );
+    }
+    const rows = (t: OrtTensor, n: number) => Float32Array.from((t.data as Float32Array).subarray(0, n));
+    return { tokens: rows(h, l * d), pooled: rows(e, p) };
   }
 
   /** One UNet evaluation at integer timestep `t`. */
@@ -189,9 +202,10 @@ export class ShippedGenerator {
     return Float32Array.from(x0!);
   }
 
-  /** Frees the UNet session. */
+  /** Frees the UNet's and the text encoder's sessions. */
   async dispose(): Promise<void> {
     await this.session.release();
+    await this.textModel.release();
   }
 }
 

@@ -28,11 +28,13 @@ export interface Manifest {
     inputs: { x: number[]; t: number[]; tokens?: number[]; pooled?: number[] };
   };
   /**
-   * The text encoder's folder (transformers.js layout), how to load it (`clip`: CLIPTextModelWithProjection, else
-   * AutoModel), its sizes, and its fixed batch (null: any): a short batch is filled with empty captions.
+   * The text encoder's folder (transformers.js layout: `clip` loads as CLIPTextModelWithProjection, else AutoModel),
+   * its sizes, and its fixed batch (null: any): a short batch is filled with empty captions.
    */
   text_encoder: {
     folder: string;
+    /** Its ONNX file, relative to `folder`: inputs `input_ids` (and `attention_mask`) int64 [batch, length]. */
+    onnx: string;
     class: "clip" | "auto";
     length: number;
     width: number;
@@ -108,8 +110,10 @@ export function checkManifest(raw: unknown, file = "manifest.json"): Manifest {
   for (const k of ["tokens", "pooled"]) {
     if (inputs[k] !== undefined && !shape(inputs[k])) fail(file, `unet.inputs.${k}`, "must be a shape");
   }
-  if (typeof text.folder !== "string" || !["clip", "auto"].includes(text.class as string)) {
-    fail(file, "text_encoder", 'must give a folder and a class "clip" or "auto"');
+  if (
+    typeof text.folder !== "string" || typeof text.onnx !== "string" || !["clip", "auto"].includes(text.class as string)
+  ) {
+    fail(file, "text_encoder", 'must give a folder, its onnx file and a class "clip" or "auto"');
   }
   for (const k of ["length", "width", "projection"]) {
     if (!posInt(text[k])) fail(file, `text_encoder.${k}`, "must be > 0");

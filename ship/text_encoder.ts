@@ -32,16 +32,31 @@ export async function resolveEncoder(model: string, cache: string | undefined): 
   }
   const enc = await loadCaptionEncoder(model === USE_LITE_MODEL ? model : dir, undefined, cache);
   const type = JSON.parse(await Deno.readTextFile(join(dir, "config.json"))).model_type;
+  const clip = type === "clip_text_model" || type === "clip";
   return {
     dir,
     name: model,
     section: {
       folder: "text_encoder",
-      class: type === "clip_text_model" || type === "clip" ? "clip" : "auto",
+      onnx: await onnxFile(dir, clip),
+      class: clip ? "clip" : "auto",
       ...enc.dims,
       batch: enc.batch,
     },
   };
+}
+
+/** The folder's one ONNX model under onnx/ (or the one transformers.js would take for the class when there are several). */
+async function onnxFile(dir: string, clip: boolean): Promise<string> {
+  const names: string[] = [];
+  try {
+    for await (const e of Deno.readDir(join(dir, "onnx"))) if (e.isFile && e.name.endsWith(".onnx")) names.push(e.name);
+  } catch {
+    // No onnx/ folder: reported below.
+  }
+  const pick = names.length === 1 ? names[0] : names.find((n) => n === (clip ? "text_model.onnx" : "model.onnx"));
+  if (!pick) throw new Error(`${dir}/onnx: no ONNX model of the text encoder (found ${names.join(", ") || "none"})`);
+  return `onnx/${pick}`;
 }
 
 /** Copies a folder recursively (files and folders only; a link is refused rather than followed out of the tree). */

@@ -190,6 +190,7 @@ Deno.test({
     const r = await exportStudent(ckpt, `${root}/dist/use`);
     assert.deepEqual(r.manifest.text_encoder, {
       folder: "text_encoder",
+      onnx: "onnx/model.onnx",
       class: "auto",
       length: 32,
       width: 512,
