@@ -209,20 +209,38 @@ export class ShippedGenerator {
   }
 }
 
-/** One CHW image in [-1, 1] (1 or 3 channels) as RGB PNG bytes, each pixel repeated `scale` times each way. */
-export function imageToPng(img: Float32Array, channels: number, size: number, scale = 1): Uint8Array {
+/** One CHW image in [-1, 1] (1 or 3 channels) as 8-bit pixels, RGB or RGBA (opaque), each repeated `scale` times. */
+export function imageToPixels(img: Float32Array, channels: number, size: number, bands: 3 | 4, scale = 1): Uint8Array {
   if (img.length !== channels * size * size) {
-    throw new Error(`imageToPng: ${img.length} values, expected ${channels}×${size}×${size}`);
+    throw new Error(`image: ${img.length} values, expected ${channels}×${size}×${size}`);
   }
-  const side = size * scale, px = new Uint8Array(side * side * 3);
+  const side = size * scale, px = new Uint8Array(side * side * bands).fill(255);
   for (let y = 0; y < side; y++) {
     for (let x = 0; x < side; x++) {
       const at = Math.floor(y / scale) * size + Math.floor(x / scale);
       for (let c = 0; c < 3; c++) {
         const v = img[(channels === 1 ? 0 : c) * size * size + at];
-        px[(y * side + x) * 3 + c] = Math.max(0, Math.min(255, Math.round((v + 1) * 127.5)));
+        px[(y * side + x) * bands + c] = Math.max(0, Math.min(255, Math.round((v + 1) * 127.5)));
       }
     }
   }
-  return encode({ width: side, height: side, data: px, channels: 3, depth: 8 });
+  return px;
+}
+
+/** One CHW image in [-1, 1] as a canvas's RGBA pixels (a page draws them with `putImageData`). */
+export function imageToRgba(img: Float32Array, channels: number, size: number): Uint8ClampedArray<ArrayBuffer> {
+  const px = imageToPixels(img, channels, size, 4);
+  return new Uint8ClampedArray(px.buffer as ArrayBuffer, px.byteOffset, px.length);
+}
+
+/** One CHW image in [-1, 1] (1 or 3 channels) as RGB PNG bytes, each pixel repeated `scale` times each way. */
+export function imageToPng(img: Float32Array, channels: number, size: number, scale = 1): Uint8Array {
+  const side = size * scale;
+  return encode({
+    width: side,
+    height: side,
+    data: imageToPixels(img, channels, size, 3, scale),
+    channels: 3,
+    depth: 8,
+  });
 }
