@@ -8,3 +8,4 @@
 await import("./block_step.ts");
 await import("./teacher_step.ts");
 await import("./add_step.ts");
+await import("./ship_generate.ts");
