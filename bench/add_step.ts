@@ -26,6 +26,7 @@ import type { TraceContext } from "../pipeline/stage.ts";
 import { tracePhase } from "../pipeline/trace_phase.ts";
 import { contractionFlops } from "./flops.ts";
 import { gemmGflops } from "./gemm.ts";
+import { findTimeLine } from "./time_line.ts";
 
 const args = Deno.args;
 const flag = (name: string) => {
@@ -50,20 +51,11 @@ async function runSide(dir: string, out: string): Promise<{ total: number; phase
     stderr: "piped",
   }).output();
   const text = new TextDecoder().decode(r.stdout);
-  const line = text.split("\n").find((l) => l.startsWith("time: "));
-  if (!r.success || !line) {
+  const time = findTimeLine(text);
+  if (!r.success || !time) {
     throw new Error(`${dir}: the run failed:\n${text}\n${new TextDecoder().decode(r.stderr).slice(-2000)}`);
   }
-  // "time: 41.1 s for 30 steps — opt_g 78%, opt_d 17%, …" or "time: 8m 31s for …"
-  const m = /^time: (?:(\d+)m (\d+)s|([\d.]+) s) for (\d+) steps?(?: — (.*))?$/.exec(line);
-  if (!m) throw new Error(`cannot read "${line}"`);
-  const ms = (m[1] ? Number(m[1]) * 60 + Number(m[2]) : Number(m[3])) * 1000, steps = Number(m[4]);
-  const phases: Record<string, number> = {};
-  for (const part of (m[5] ?? "").split(", ")) {
-    const p = /^(\S+) (\d+)%$/.exec(part);
-    if (p) phases[p[1]] = (Number(p[2]) / 100) * ms / steps;
-  }
-  return { total: ms / steps, phases };
+  return time;
 }
 
 /** Contraction FLOPs of every phase, and the forward FLOPs of each traced stage (by its raw trace nodes). */

@@ -3,9 +3,10 @@ modules' functional forms, the same weights, batch, MSE loss and AdamW, timed th
 
 Usage: teacher_step_torch.py DIR STEPS WARMUP [THREADS]; DIR holds spec.json (the UNet settings and the packed
 layout), params.bin and the batch's .bin files (float32, little-endian). Prints one JSON line:
-{"ms": median, "losses": [...], "torch": version, "threads": n}.
+{"ms": median, "losses": [...], "torch": version, "threads": n, "device": name}. On the CPU unless ADD_TORCH_DEVICE
+names another device (bench/gpu/ sets `cuda`); `loss.item()` in each step waits for the device.
 """
-import json, math, sys, time
+import json, math, os, sys, time
 import torch
 import torch.nn.functional as F
 
@@ -64,7 +65,7 @@ def forward(u, p, x, t, tokens, pooled):
         return tok.transpose(1, 2).reshape(b, c, hh, ww)
 
     half = u["channels"][0] // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     arg = t[:, None] * freqs[None]
     temb = torch.cat([torch.sin(arg), torch.cos(arg)], 1)
     temb = F.linear(F.silu(F.linear(temb, p["time.l1.w"], p["time.l1.b"])), p["time.l2.w"], p["time.l2.b"])
@@ -107,15 +108,20 @@ def main():
     torch.set_num_threads(int(sys.argv[4]) if len(sys.argv) > 4 else 2)
     spec = json.load(open(f"{d}/spec.json"))
     u, bsz, ntok = spec["net"], spec["batch"], spec["tokens"]
-    flat = load(d, "params", [-1])
+    dev = torch.device(os.environ.get("ADD_TORCH_DEVICE", "cpu"))
+    # fp32 as the engine computes it: TF32 convolutions (cuDNN's default) would be a different, lower precision.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    flat = load(d, "params", [-1]).to(dev)
     p = {}
     for e in spec["layout"]:
         n = math.prod(e["shape"])
         p[e["path"]] = flat[e["offset"]:e["offset"] + n].reshape(e["shape"]).clone().requires_grad_(True)
     c, s = u["in_channels"], u["size"]
-    x, target = load(d, "x", [bsz, c, s, s]), load(d, "target", [bsz, c, s, s])
-    t = load(d, "t", [bsz])
-    tokens, pooled = load(d, "tokens", [bsz, ntok, u["context_dim"]]), load(d, "pooled", [bsz, u["pooled_dim"]])
+    x, target = load(d, "x", [bsz, c, s, s]).to(dev), load(d, "target", [bsz, c, s, s]).to(dev)
+    t = load(d, "t", [bsz]).to(dev)
+    tokens = load(d, "tokens", [bsz, ntok, u["context_dim"]]).to(dev)
+    pooled = load(d, "pooled", [bsz, u["pooled_dim"]]).to(dev)
     opt = torch.optim.AdamW(list(p.values()), lr=spec["lr"], weight_decay=spec["weight_decay"], eps=1e-8)
 
     def step():
@@ -133,7 +139,7 @@ def main():
         times.append((time.perf_counter() - t0) * 1000)
     times.sort()
     print(json.dumps({"ms": times[len(times) // 2], "losses": losses, "torch": torch.__version__,
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads(), "device": str(dev)}))
 
 
 if __name__ == "__main__":

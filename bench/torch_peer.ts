@@ -14,6 +14,13 @@ export interface BlasSetup {
   env: Record<string, string>;
 }
 
+/**
+ * The Python that holds torch: Debian's by default, `ADD_TORCH_PYTHON` elsewhere (bench/gpu/ on a GPU machine, whose
+ * `python3` is its own). `ADD_TORCH_DEVICE` (read by the peer scripts; `cpu` by default) names torch's device.
+ */
+const PYTHON = Deno.env.get("ADD_TORCH_PYTHON") ?? "/usr/bin/python3";
+const DEVICE = Deno.env.get("ADD_TORCH_DEVICE") ?? "cpu";
+
 /** The set-ups tried, in order. */
 export const BLAS_SETUPS: BlasSetup[] = [
   { name: "as installed", env: {} },
@@ -35,7 +42,7 @@ export type PeerReport = { ms: number } & Record<string, unknown>;
 /** Runs `script` with `args` under `env`; null when python3, torch or the script fails (its stderr is printed). */
 export async function runPeer(script: string, args: string[], env: Record<string, string>): Promise<PeerReport | null> {
   try {
-    const out = await new Deno.Command("/usr/bin/python3", {
+    const out = await new Deno.Command(PYTHON, {
       args: [script, ...args],
       env: { ...Deno.env.toObject(), ...env },
       stdout: "piped",
@@ -52,10 +59,13 @@ export async function runPeer(script: string, args: string[], env: Record<string
   }
 }
 
-/** The fastest report over the BLAS set-ups present, printing each as `label (set-up): ms`; null when none ran. */
+/**
+ * The fastest report over the BLAS set-ups present, printing each as `label (set-up): ms`; null when none ran. On a
+ * device other than the CPU the BLAS does not matter, so torch runs once, as installed.
+ */
 export async function fastestPeer(label: string, script: string, args: string[]): Promise<PeerReport | null> {
   let best: PeerReport | null = null;
-  for (const setup of BLAS_SETUPS) {
+  for (const setup of DEVICE === "cpu" ? BLAS_SETUPS : BLAS_SETUPS.slice(0, 1)) {
     if (setup.dir) {
       try {
         await Deno.stat(setup.dir);
@@ -65,7 +75,7 @@ export async function fastestPeer(label: string, script: string, args: string[])
     }
     const r = await runPeer(script, args, setup.env);
     if (r === null) continue;
-    console.log(`${label} (Debian python3-torch, ${setup.name}): ${r.ms.toFixed(2)} ms/step`);
+    console.log(`${label} (${PYTHON} torch ${r.torch} on ${DEVICE}, ${setup.name}): ${r.ms.toFixed(2)} ms/step`);
     if (best === null || r.ms < best.ms) best = r;
   }
   return best;
