@@ -207,15 +207,17 @@ export async function sampleDdpm(
 /**
  * DDIM (Song, Meng, Ermon, "Denoising Diffusion Implicit Models", ICLR 2021, eq. 12):
  * x_p = √ᾱ_p x̂0 + √(1 − ᾱ_p − σ_η²) ε̂ + σ_η z, σ_η = η √((1−ᾱ_p)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_p). η = 0 (default) is
- * deterministic; η = 1 has DDPM's posterior variance. `rng` is needed only when η > 0.
+ * deterministic; η = 1 has DDPM's posterior variance. `rng` is needed only when η > 0. `clip` clamps x̂0 to
+ * [−clip, clip] each step (diffusers' `clip_sample`, `clip_sample_range`).
  */
 export async function sampleDdim(
   denoiser: Denoiser,
   xT: Float32Array,
   schedule: Schedule,
-  options: StepOptions & { eta?: number; rng?: Rng },
+  options: StepOptions & { eta?: number; rng?: Rng; clip?: number },
 ): Promise<Float32Array> {
-  const ts = resolveSteps(schedule, options, "sampleDdim"), eta = options.eta ?? 0;
+  const ts = resolveSteps(schedule, options, "sampleDdim"), eta = options.eta ?? 0, clip = options.clip;
+  if (clip !== undefined && !(clip > 0)) throw new RangeError(`samplers: sampleDdim clip must be > 0, got ${clip}`);
   if (!(eta >= 0)) throw new RangeError(`samplers: sampleDdim eta must be ≥ 0, got ${eta}`);
   if (eta > 0 && !options.rng) throw new Error(`samplers: sampleDdim with eta > 0 needs options.rng`);
   let x = Float64Array.from(xT);
@@ -225,6 +227,8 @@ export async function sampleDdim(
     const out = await callModel(denoiser, x, ts[i], { alpha, sigma });
     const x0 = toX0(denoiser.prediction, out, x, alpha, sigma);
     const eps = toEpsGiven(denoiser.prediction, out, x, x0, alpha, sigma);
+    // After ε̂: diffusers' DDIM clamps only x̂0 (`clip_sample`) and keeps the ε̂ of the unclamped estimate.
+    if (clip !== undefined) { for (let j = 0; j < x0.length; j++) x0[j] = Math.min(clip, Math.max(-clip, x0[j])); }
     const s = eta * Math.sqrt((1 - ap) / (1 - at) * (1 - at / ap));
     const dir = Math.sqrt(Math.max(0, 1 - ap - s * s)), a = Math.sqrt(ap);
     const z = s > 0 ? options.rng!.normal(x.length) : null;
