@@ -128,15 +128,19 @@ try {
   if (!now) throw new Error("no round ran");
   const gflops = await gemmGflops(10);
   const names = Object.keys(flops.phases);
-  const ms = names.reduce((a, n) => a + (now.phases[n] ?? 0), 0);
-  const baseMs = base ? names.reduce((a, n) => a + (base!.phases[n] ?? 0), 0) : NaN;
+  // A run with run.fuse_phases times its phases as one ("opt_d+opt_g"); the FLOPs are those of the unfused graphs.
+  const groups = (s: Side) => Object.keys(s.phases).filter((k) => k.split("+").every((p) => names.includes(p)));
+  const phaseMs = (s: Side) => groups(s).reduce((a, k) => a + s.phases[k], 0);
+  const ms = phaseMs(now), baseMs = base ? phaseMs(base) : NaN;
   const total = names.reduce((a, n) => a + flops.phases[n], 0);
-  for (const n of names) {
-    const floor = flops.phases[n] / (gflops * 1e9) * 1000;
-    console.log(
-      `phase ${n}: ${now!.phases[n]?.toFixed(1)} ms/step${base ? ` (baseline ${base.phases[n]?.toFixed(1)})` : ""}, ` +
-        `${(flops.phases[n] / 1e9).toFixed(2)} GFLOP, roofline share ${(floor / now.phases[n]).toFixed(3)}`,
-    );
+  for (const side of base ? [now, base] : [now]) {
+    for (const g of groups(side)) {
+      const f = g.split("+").reduce((a, n) => a + flops.phases[n], 0), floor = f / (gflops * 1e9) * 1000;
+      console.log(
+        `${side === now ? "" : "baseline "}phase ${g}: ${side.phases[g].toFixed(1)} ms/step, ` +
+          `${(f / 1e9).toFixed(2)} GFLOP unfused, roofline share ${(floor / side.phases[g]).toFixed(3)}`,
+      );
+    }
   }
   const fwd = Object.values(flops.stages).reduce((a, b) => a + b, 0);
   console.log(

@@ -26,6 +26,12 @@ export interface RunConfig {
    * never write into the source tree at run time (default `.cache`).
    */
   cache: string;
+  /**
+   * Trace all update phases into one graph when they run at the same steps (default true): the same arithmetic as
+   * one graph per phase, but stages that do not depend on an earlier phase's update (ADD's student forward) are
+   * computed once. `false` gives one graph per phase (each phase's time then shows apart in the `time:` line).
+   */
+  fuse_phases: boolean;
 }
 
 /** A model declaration: a registered kind, its params, and optionally a safetensors file to start from. */
@@ -113,6 +119,7 @@ const runSchema = z.strictObject({
   out: z.string().min(1).optional(),
   log_every: z.number().int().positive().default(10),
   cache: z.string().min(1).default(".cache"),
+  fuse_phases: z.boolean().default(true),
 });
 /** The run section (`RunConfig`). */
 export const RunSchema: z.ZodType<RunConfig> = runSchema;
@@ -147,7 +154,14 @@ export const StageSchema: z.ZodType<StageConfig> = stageSchema;
 
 const configSchema = z.strictObject({
   version: z.literal(1, { error: "1 (the only config version)" }),
-  run: RunSchema.default({ seed: 0, executor: "auto", steps: 1000, log_every: 10, cache: ".cache" }),
+  run: RunSchema.default({
+    seed: 0,
+    executor: "auto",
+    steps: 1000,
+    log_every: 10,
+    cache: ".cache",
+    fuse_phases: true,
+  }),
   models: z.record(NAME, ModelSchema).default({}),
   data: z.record(NAME, DatasetSchema).default({}),
   stages: z.record(NAME, StageSchema).refine((s) => Object.keys(s).length > 0, "expected at least one stage"),

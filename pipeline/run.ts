@@ -181,7 +181,7 @@ class Run {
     readonly warn: Print,
   ) {
     this.out = loaded.config.run.out!;
-    this.sched = new Scheduler(plan, executor, this.cfg.seed, this.cfg.steps);
+    this.sched = new Scheduler(plan, executor, this.cfg.seed, this.cfg.steps, this.cfg.fuse_phases);
     this.#trained = new Set(plan.phases.flatMap((p) => p.updates));
   }
 

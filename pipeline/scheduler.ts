@@ -15,7 +15,7 @@ import type { Plan } from "./plan.ts";
 import { modelKinds } from "./stage.ts";
 import { initRng } from "./init_weights.ts";
 import { storeKey } from "./store_keys.ts";
-import { modelLayouts, type TracedPhase, tracePhase } from "./trace_phase.ts";
+import { modelLayouts, type TracedPhase, traceFused, tracePhase } from "./trace_phase.ts";
 
 export { storeKey };
 
@@ -30,8 +30,17 @@ export class Scheduler {
   private readonly compiled: CompiledPhase[] = [];
   private readonly emaGraphs = new Map<string, Program>();
 
-  /** `runSteps`: the run's length, the default end of learning-rate decays. */
-  constructor(readonly plan: Plan, readonly executor: Executor, readonly seed: number, readonly runSteps?: number) {
+  /**
+   * `runSteps`: the run's length, the default end of learning-rate decays. `fuse`: trace the phases into one graph
+   * where they all run at the same steps (`run.fuse_phases`; trace_phase.ts's `traceFused`).
+   */
+  constructor(
+    readonly plan: Plan,
+    readonly executor: Executor,
+    readonly seed: number,
+    readonly runSteps?: number,
+    readonly fuse = false,
+  ) {
     this.store = new ResidentStore(executor);
     this.layouts = modelLayouts(plan);
   }
@@ -39,9 +48,15 @@ export class Scheduler {
   /** Traces and compiles every phase. Returns node counts per phase, for the plan printout. */
   async compile(): Promise<{ optimizer: string; nodes: number; ms: number }[]> {
     const info = [];
-    for (const phase of this.plan.phases) {
+    const phases = this.plan.phases;
+    const fused = this.fuse && phases.length > 1 && phases.every((p) => p.every === phases[0].every);
+    const groups = fused ? [phases] : phases.map((p) => [p]);
+    for (const group of groups) {
       const t0 = performance.now();
-      const c = tracePhase(this.plan, phase, this.runSteps);
+      const c = group.length > 1
+        ? traceFused(this.plan, group, this.runSteps)
+        : tracePhase(this.plan, group[0], this.runSteps);
+      const phase = c.phase;
       const program = await Program.create(this.store, c.graph, { inputs: c.stateIn, updates: c.stateOut });
       this.compiled.push({ ...c, program });
       info.push({ optimizer: phase.optimizer, nodes: c.graph.nodes.length, ms: performance.now() - t0 });
@@ -72,7 +87,7 @@ export class Scheduler {
         : modelKinds().get(m.kind)!.init(m.params, initRng(this.seed, name));
       this.set(storeKey.model(name), packHost(values, this.layouts[name]));
     }
-    for (const { phase } of this.compiled) {
+    for (const phase of this.compiled.flatMap((c) => c.members)) {
       const st = this.plan.stages[phase.optimizer];
       for (const m of phase.updates) {
         const state = st.def.optimizer!.init(st.params, this.layouts[m].total);

@@ -7,6 +7,7 @@
 import { grad } from "../engine/grad.ts";
 import type { Graph } from "../engine/ir.ts";
 import { div } from "../engine/math.ts";
+import { stopGradient } from "../engine/ops.ts";
 import { type Layout, layoutOf, nest, pack, unpack } from "../engine/pack.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
 import type { Phase, Plan } from "./plan.ts";
@@ -25,6 +26,8 @@ export interface RandomInput {
 /** A traced phase and how its graph meets the run. */
 export interface TracedPhase {
   phase: Phase;
+  /** The plan's phases this graph runs, in order: one, or several fused (`traceFused`). */
+  members: Phase[];
   graph: Graph;
   /** Graph input name → store key, for resident inputs. */
   stateIn: Record<string, string>;
@@ -56,8 +59,41 @@ export function optimizerSlots(plan: Plan, optimizer: string): string[] {
 export function tracePhase(plan: Plan, phase: Phase, runSteps?: number): TracedPhase {
   const t = new PhaseTrace(plan, phase);
   for (const name of phase.stages) t.stage(name);
-  t.update(runSteps);
-  return t.result();
+  t.update(phase, runSteps);
+  return t.result([phase]);
+}
+
+/**
+ * Traces several phases that run at the same steps into one graph, in their order, with the same arithmetic as
+ * running them one after another: a later phase sees the parameters an earlier one updated (ADD's generator is
+ * scored by the discriminator after its step), and only the stages that depend on such a model are traced again.
+ * The rest — the student's forward pass, the first thing both of ADD's phases compute — is traced once and shared,
+ * and its activations serve the later phase's backward pass.
+ */
+export function traceFused(plan: Plan, phases: Phase[], runSteps?: number): TracedPhase {
+  if (phases.some((p) => p.every !== phases[0].every)) throw new Error("traceFused: the phases run at different steps");
+  const updates = phases.flatMap((p) => p.updates);
+  const merged: Phase = {
+    optimizer: phases.map((p) => p.optimizer).join("+"),
+    stages: [...new Set(phases.flatMap((p) => p.stages))],
+    updates,
+    reads: [...new Set(phases.flatMap((p) => p.reads))].filter((m) => !updates.includes(m)),
+    every: phases[0].every,
+  };
+  const t = new PhaseTrace(plan, merged);
+  const traced = new Set<string>(), changed = new Set<string>();
+  for (const phase of phases) {
+    const stale = new Set<string>();
+    for (const name of phase.stages) {
+      const st = plan.stages[name];
+      const uses = st.def.models?.(st.params) ?? [];
+      if (uses.some((m) => changed.has(m)) || Object.values(st.inputs).some((r) => stale.has(r.stage))) stale.add(name);
+      if (!traced.has(name) || stale.has(name)) t.stage(name);
+      traced.add(name);
+    }
+    for (const m of t.update(phase, runSteps)) changed.add(m);
+  }
+  return t.result(phases);
 }
 
 /** One phase being traced: the graph so far and the names binding it to the run. */
@@ -69,6 +105,7 @@ class PhaseTrace {
   readonly feeds: Record<string, string> = {};
   readonly metrics: Record<string, string> = {};
   readonly randoms: RandomInput[] = [];
+  readonly drawn = new Map<string, Tensor>();
   readonly outputs: Record<string, Tensor> = {};
   /** Stage outputs and fed host values by "stage.port". */
   readonly values = new Map<string, Tensor>();
@@ -111,8 +148,14 @@ class PhaseTrace {
   context(name: string): TraceContext {
     const random = (kind: "normal" | "uniform", tag: string, shape: number[]): Tensor => {
       const inputName = `rand.${name}.${tag}`;
+      // A stage traced again in a fused later phase draws what it drew the first time, as it does when each phase
+      // is its own graph (the draw depends on the seed, the stage, the tag and the step alone).
+      const drawn = this.drawn.get(inputName);
+      if (drawn) return drawn;
       this.randoms.push({ name: inputName, stage: name, tag, kind, size: shape.reduce((a, b) => a * b, 1) });
-      return this.tr.input(inputName, shape);
+      const t = this.tr.input(inputName, shape);
+      this.drawn.set(inputName, t);
+      return t;
     };
     const declared = (m: string) => {
       if (!this.params[m]) throw new Error(`stage "${name}" uses model "${m}" it did not declare`);
@@ -137,9 +180,12 @@ class PhaseTrace {
     this.metrics[`metric.${name}`] = name;
   }
 
-  /** The gradient of the optimizer's loss and its rule's update of each model and its state slots. */
-  update(runSteps?: number): void {
-    const { plan, phase, layouts } = this, opt = plan.stages[phase.optimizer];
+  /**
+   * The gradient of `phase`'s optimizer loss and its rule's update of each model and its state slots. The updated
+   * parameters become the models' parameters for whatever is traced after (a fused later phase). Returns the models.
+   */
+  update(phase: Phase, runSteps?: number): string[] {
+    const { plan, layouts } = this, opt = plan.stages[phase.optimizer];
     const loss = this.values.get(`${opt.inputs.loss.stage}.${opt.inputs.loss.port}`)!;
     this.metric(`${phase.optimizer}.loss`, loss);
     const gs = phase.updates.map((m) => pack(grad(loss, this.params[m]), layouts[m]));
@@ -172,11 +218,16 @@ class PhaseTrace {
         this.outputs[`out.${key}`] = t;
         this.stateOut[`out.${key}`] = key;
       }
+      // A constant to what follows, as the stored weights are to a later phase's graph: without the stop, a later
+      // loss's gradient would flow back through this update into the earlier phase's (second order, not ADD).
+      this.flats[m] = stopGradient(updated[i].param);
+      this.params[m] = unpack(this.flats[m], layouts[m]);
     });
+    return phase.updates;
   }
 
-  result(): TracedPhase {
+  result(members: Phase[]): TracedPhase {
     const { phase, stateIn, stateOut, feeds, randoms, metrics } = this;
-    return { phase, graph: this.tr.build(this.outputs), stateIn, stateOut, feeds, randoms, metrics };
+    return { phase, members, graph: this.tr.build(this.outputs), stateIn, stateOut, feeds, randoms, metrics };
   }
 }
