@@ -77,7 +77,16 @@ Deno.test("didYouMean: suggests a close word, stays silent on a far one", () => 
 
 Deno.test("keysAt: the keys a schema accepts through records, defaults and optionals", () => {
   assert.deepEqual(keysAt(ConfigSchema, []), ["version", "run", "models", "data", "stages"]);
-  assert.deepEqual(keysAt(ConfigSchema, ["run"]), ["name", "seed", "executor", "steps", "out", "log_every", "cache"]);
+  assert.deepEqual(keysAt(ConfigSchema, ["run"]), [
+    "name",
+    "seed",
+    "executor",
+    "steps",
+    "out",
+    "log_every",
+    "cache",
+    "fuse_phases",
+  ]);
   assert.deepEqual(keysAt(ConfigSchema, ["stages", "anything"]), ["kind", "inputs", "params", "every", "at"]);
   assert.deepEqual(keysAt(ConfigSchema, ["version"]), []);
   assert.deepEqual(keysAt(z.strictObject({ a: z.strictObject({ b: z.number() }).optional() }), ["a"]), ["b"]);
@@ -117,6 +126,7 @@ Deno.test("loadConfig: defaults are filled in, name and out come from the file",
     steps: 1000,
     log_every: 10,
     cache: ".cache",
+    fuse_phases: true,
     name: "my-run_v2",
     out: "out/my-run_v2",
   });
