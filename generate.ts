@@ -5,7 +5,8 @@
  *
  * @module
  */
-import { Command, CommanderError, Option } from "commander";
+import { Command, Option } from "commander";
+import { runCommand } from "./ship/run_command.ts";
 import { dirname, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { imageToPng, type ShipExecutor, ShippedGenerator } from "./ship/generate_core.ts";
@@ -52,14 +53,7 @@ export async function generateCli(argv: readonly string[]): Promise<number> {
         await g.dispose();
       }
     });
-  try {
-    await program.parseAsync([...argv], { from: "user" });
-    return 0;
-  } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
-    console.error((e as Error).message.split("\n")[0]);
-    return 1;
-  }
+  return await runCommand(program, argv);
 }
 
 if (import.meta.main) Deno.exit(await generateCli(Deno.args));

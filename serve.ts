@@ -4,7 +4,8 @@
  *
  * @module
  */
-import { Command, CommanderError } from "commander";
+import { Command } from "commander";
+import { runCommand } from "./ship/run_command.ts";
 import { resolve } from "node:path";
 import { servePage } from "./web/server.ts";
 
@@ -46,14 +47,7 @@ export async function serveCli(argv: readonly string[]): Promise<number> {
       console.log(`serving ${model} at ${s.url}`);
       await s.finished; // until interrupted
     });
-  try {
-    await program.parseAsync([...argv], { from: "user" });
-    return 0;
-  } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
-    console.error((e as Error).message.split("\n")[0]);
-    return 1;
-  }
+  return await runCommand(program, argv);
 }
 
 if (import.meta.main) Deno.exit(await serveCli(Deno.args));

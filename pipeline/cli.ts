@@ -159,18 +159,4 @@ function printPlan(
   );
 }
 
-/**
- * Parses `argv` with a commander program whose action does the work, for the project's other commands (`sample`,
- * `evaluate`): 0 when it succeeds, 2 for usage errors (commander prints them), 1 with the error's first line for
- * anything the action throws.
- */
-export async function runCommand(program: Command, argv: readonly string[]): Promise<number> {
-  try {
-    await program.parseAsync([...argv], { from: "user" });
-    return 0;
-  } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
-    console.error((e as Error).message.split("\n")[0]);
-    return 1;
-  }
-}
+export { runCommand } from "../ship/run_command.ts";

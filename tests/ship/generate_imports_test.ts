@@ -20,7 +20,10 @@ Deno.test("generate.ts and ship/generate_core.ts import only ship's generation m
   for (
     const [entry, own] of [
       ["./ship/generate_core.ts", ["./ship/generate_core.ts", "./ship/manifest.ts", "./ship/philox.ts"]],
-      ["./generate.ts", ["./generate.ts", "./ship/generate_core.ts", "./ship/manifest.ts", "./ship/philox.ts"]],
+      [
+        "./generate.ts",
+        ["./generate.ts", "./ship/generate_core.ts", "./ship/manifest.ts", "./ship/philox.ts", "./ship/run_command.ts"],
+      ],
     ] as const
   ) {
     const mods = await moduleGraph(entry);
