@@ -63,6 +63,17 @@ export class Builder {
     return name;
   }
 
+  /** A 1-D float32 initializer (Resize scales), shared between every node that needs the same values. */
+  f32(values: readonly number[]): string {
+    const key = `f32:${values.join(",")}`;
+    let name = this.shared.get(key);
+    if (name === undefined) {
+      name = this.init(DataType.FLOAT, [values.length], typedRaw(new Float32Array(values)));
+      this.shared.set(key, name);
+    }
+    return name;
+  }
+
   /** A 1-D float32 initializer of `n` ones (a unit scale), shared by length. */
   onesF32(n: number): string {
     const key = `ones:${n}`;

@@ -229,7 +229,7 @@ export const LOWERINGS: { [O in ComputedOp]: Lowering<O> } = {
     return b.op("Pad", [ins[0], b.i64([...n.attrs.before, ...n.attrs.after])], undefined, out);
   },
   concat: ({ b, n, ins, out }) => b.op("Concat", ins, [{ name: "axis", i: n.attrs.axis }], out),
-  expand: ({ b, n, ins, out }) => b.op("Expand", [ins[0], b.i64(n.shape)], undefined, out),
+  expand: lowerExpand,
   gather: ({ b, n, ins, out }) => b.op("Gather", ins, [{ name: "axis", i: n.attrs.axis }], out),
   cast: ({ b, n, ins, out }) => b.op("Cast", ins, [{ name: "to", i: onnxType(n.dtype) }], out),
   // Opset ≥ 13 semantics: normalised along this one axis (not the flattened trailing axes of opset 11).
@@ -244,6 +244,42 @@ export const LOWERINGS: { [O in ComputedOp]: Lowering<O> } = {
   },
   stop_gradient: plain("Identity"),
 };
+
+/**
+ * A broadcast whose every expanded axis follows another axis is a nearest-neighbour upsampling of the merged shape
+ * (`[n, c, h, 1, w, 1] → [n, c, h, 2, w, 2]` is `[n, c, h, w]` twice as high and wide): on cpu and wasm that goes to
+ * Resize, whose 2-D nearest kernel is about 5× faster than Expand there and copies the same values. Only images (both
+ * merged spatial axes longer than 1) scaled by powers of two, where onnxruntime's index arithmetic is exact, as
+ * measured; anything else stays an Expand.
+ */
+function upsamplePlan(inShape: readonly number[], outShape: readonly number[]): number[][] | undefined {
+  const lead = outShape.length - inShape.length;
+  const merged: number[] = [], scales: number[] = [];
+  for (let k = 0; k < outShape.length; k++) {
+    const i = k < lead ? 1 : inShape[k - lead], o = outShape[k];
+    if (i === o) merged.push(i), scales.push(1);
+    else if (merged.length > 0) scales[scales.length - 1] *= o;
+    else merged.push(1), scales.push(o);
+  }
+  while (merged.length < 4) merged.unshift(1), scales.unshift(1);
+  const pow2 = (f: number) => Number.isInteger(Math.log2(f));
+  const image = merged.length === 4 && merged[2] > 1 && merged[3] > 1 && scales[0] === 1 && scales[1] === 1;
+  if (!image || !scales.every(pow2)) return undefined;
+  return [merged, scales];
+}
+
+function lowerExpand(a: LowerArgs<"expand">): string {
+  const { b, n, ins, out } = a;
+  const plan = a.target === "webgpu" ? undefined : upsamplePlan(inShape(a, 0), n.shape);
+  if (!plan || plan[1].every((f) => f === 1)) return b.op("Expand", [ins[0], b.i64(n.shape)], undefined, out);
+  const [merged, scales] = plan;
+  const up = b.op("Resize", [b.reshape(ins[0], merged), "", b.f32(scales)], [
+    { name: "mode", s: "nearest" },
+    { name: "coordinate_transformation_mode", s: "asymmetric" },
+    { name: "nearest_mode", s: "floor" },
+  ]);
+  return b.reshape(up, n.shape, out);
+}
 
 /** Lowers one computed node through `LOWERINGS`, writing its value to `out`. */
 function lowerNode(args: Omit<LowerArgs<ComputedOp>, "n"> & { n: Node }): string {

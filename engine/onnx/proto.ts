@@ -26,6 +26,7 @@ export type AttrDef =
   | { name: string; f: number }
   | { name: string; ints: readonly number[] }
   | { name: string; floats: readonly number[] }
+  | { name: string; s: string }
   | { name: string; t: TensorDef };
 
 /** A node. */
@@ -151,6 +152,9 @@ function writeAttr(w: Writer, a: AttrDef): void {
   } else if ("floats" in a) {
     for (const v of a.floats) w.float(7, v);
     w.int(20, 6);
+  } else if ("s" in a) {
+    w.string(4, a.s);
+    w.int(20, 3);
   } else {
     w.message(5, (m) => writeTensor(m, a.t));
     w.int(20, 4);

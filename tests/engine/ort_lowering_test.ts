@@ -363,6 +363,10 @@ const CASES: Case[] = [
       gen([2, 4, 4], (i) => (i[1] < 3 ? at(xt, i) : at(yt, [i[0], 0, i[2]]))),
     );
     b.out("expand", b.add("expand", [y], {}, [3, 2, 5, 4]), gen([3, 2, 5, 4], (i) => bat(yt, i)));
+    // Upsampling-shaped broadcasts, which cpu and wasm lower to Resize (factors 2 and 4; a leading unit axis).
+    const ut = randT([2, 3, 1, 5, 1]), u = b.input("u", ut);
+    b.out("upsample", b.add("expand", [u], {}, [2, 3, 2, 5, 4]), gen([2, 3, 2, 5, 4], (i) => bat(ut, i)));
+    b.out("upsample_rank", b.add("expand", [u], {}, [1, 2, 3, 4, 5, 2]), gen([1, 2, 3, 4, 5, 2], (i) => bat(ut, i)));
     b.out(
       "gather1",
       b.add("gather", [x, ix], { axis: 1 }, [2, 2, 2, 4]),
@@ -418,6 +422,24 @@ Deno.test("lowerToOnnx is deterministic and names stay short", () => {
   const a = lowerToOnnx(g, "cpu"), b = lowerToOnnx(g, "cpu");
   if (a.length !== b.length || a.some((v, i) => v !== b[i])) throw new Error("not deterministic");
   if (a.length > 200) throw new Error(`model of ${a.length} bytes for 3 nodes`);
+});
+
+Deno.test("an upsampling broadcast is a Resize on cpu and wasm, an Expand on webgpu and elsewhere", () => {
+  const g = (from: number[], to: number[]): Graph => ({
+    nodes: [
+      { op: "input", inputs: [], attrs: { name: "x" }, shape: from, dtype: "f32" },
+      { op: "expand", inputs: [0], attrs: {}, shape: to, dtype: "f32" },
+    ],
+    outputs: [{ name: "y", node: 1 }],
+  });
+  const ops = (m: Uint8Array) => ["Resize", "Expand"].filter((o) => new TextDecoder().decode(m).includes(o));
+  const up = g([2, 3, 4, 1, 5, 1], [2, 3, 4, 2, 5, 2]);
+  if (ops(lowerToOnnx(up, "cpu")).join() !== "Resize") throw new Error("cpu: no Resize");
+  if (ops(lowerToOnnx(up, "wasm")).join() !== "Resize") throw new Error("wasm: no Resize");
+  if (ops(lowerToOnnx(up, "webgpu")).join() !== "Expand") throw new Error("webgpu: not an Expand");
+  // A factor of 3 (inexact reciprocal) and a broadcast over channels stay Expands.
+  if (ops(lowerToOnnx(g([2, 4, 1, 5, 1], [2, 4, 3, 5, 3]), "cpu")).join() !== "Expand") throw new Error("factor 3");
+  if (ops(lowerToOnnx(g([1, 3, 1, 1], [2, 3, 4, 4]), "cpu")).join() !== "Expand") throw new Error("channels");
 });
 
 // The executors above use each target's default weight-gradient lowering; every alternative is checked here too.
