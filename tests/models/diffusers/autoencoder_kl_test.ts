@@ -154,7 +154,7 @@ Deno.test({
   },
 });
 
-Deno.test("diffusers AutoencoderKL: to and from the diffusion latent space with scaling_factor and shift_factor", async () => {
+Deno.test("diffusers AutoencoderKL: scaling_factor and shift_factor to and from the latent space", async () => {
   const { cfg } = await load();
   const tr = new Trace(), shifted = { ...cfg, scaling_factor: 1.5305, shift_factor: 0.0609 };
   const z = tr.input("z", [2, 3]);
