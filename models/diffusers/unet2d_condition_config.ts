@@ -46,6 +46,7 @@ const KEYS: Record<string, Check> = {
   norm_num_groups: [posInt, "a positive integer"],
   norm_eps: [(v) => typeof v === "number" && v > 0, "a positive number"],
   attention_head_dim: intOrList,
+  // diffusers v0.31.0 itself refuses any other value here (its attention_head_dim is the head count).
   num_attention_heads: is(null),
   use_linear_projection: [(v) => typeof v === "boolean", "true or false"],
   // Casts attention to float32, which the engine always computes in.
