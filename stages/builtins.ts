@@ -42,6 +42,7 @@ import { mobilenetV2 } from "../models/feature_net.ts";
 import { mlp } from "../models/mlp.ts";
 import { fashionCnn } from "../models/fashion_cnn.ts";
 import { unet } from "../models/unet.ts";
+import { diffusersUnet } from "../models/diffusers/unet_kind.ts";
 
 /** The built-in stage kinds. */
 export const BUILTIN_STAGES: readonly AnyStage[] = [
@@ -75,6 +76,7 @@ export const BUILTIN_MODELS: readonly AnyModel[] = [
   unet,
   addDiscriminator,
   mobilenetV2,
+  diffusersUnet,
 ];
 
 /** The built-in dataset kinds. */

@@ -1,0 +1,94 @@
+/**
+ * The diffusers model classes the project builds, by `config.json`'s `_class_name`: how each reads its config, its
+ * parameter shapes under diffusers' keys, its forward pass's named inputs and outputs, and (for a denoiser) which of
+ * them the pipeline's model-stage ports `x`, `t` and `tokens` are. A new class is one entry of `DIFFUSERS_CLASSES`;
+ * the `diffusers_unet` kind and `deno task diffusers` read only this table.
+ *
+ * @module
+ */
+import { expand, reshape } from "../../engine/ops.ts";
+import type { Tensor } from "../../engine/tensor.ts";
+import { unet2dConditionForward, unetShapes } from "./unet2d_condition.ts";
+import { type UNetConfig, unetConfig } from "./unet2d_condition_config.ts";
+import { DiffusersFolderError } from "./folder.ts";
+
+/** Why inputs do not fit: the input at fault and what was expected. */
+export interface InputProblem {
+  /** The forward input's name. */
+  input: string;
+  /** One line, e.g. `is [2,3,8,8], expected [B,4,H,W]`. */
+  message: string;
+}
+
+/** One diffusers class. `C` is its parsed config. */
+export interface DiffusersClass<C = unknown> {
+  /** Validates config.json (one line naming the key on a value the project does not support). */
+  config(json: unknown, source: string): C;
+  /** Every parameter's shape under its diffusers state-dict key. */
+  shapes(cfg: C): Record<string, number[]>;
+  /** The forward pass's inputs, in the order the CLI reads them. */
+  inputs: readonly string[];
+  /** The outputs' shapes for inputs of `shapes`, or the first input that does not fit. */
+  outputShapes(cfg: C, shapes: Record<string, readonly number[]>): Record<string, number[]> | InputProblem;
+  /** The forward pass on traced parameters (by key) and inputs (by name). */
+  forward(cfg: C, p: Record<string, Tensor>, inputs: Record<string, Tensor>): Record<string, Tensor>;
+  /**
+   * For a denoiser: the forward inputs behind the model stage's `x` (noisy image), `t` (timesteps [B]) and, when the
+   * class is text-conditioned, `tokens` ([B, L, D] hidden states), and the output behind its `out`.
+   */
+  ports?: { x: string; t: string; tokens?: string; out: string };
+}
+
+/** Whether `outputShapes` said no. */
+export const isProblem = (r: Record<string, number[]> | InputProblem): r is InputProblem =>
+  typeof r.input === "string" && typeof r.message === "string";
+
+const fmt = (s: readonly (number | string)[]) => `[${s.join(",")}]`;
+
+function unet2dConditionShapes(
+  cfg: UNetConfig,
+  s: Record<string, readonly number[]>,
+): Record<string, number[]> | InputProblem {
+  const x = s.sample, t = s.timestep, ctx = s.encoder_hidden_states;
+  const down = 2 ** (cfg.block_out_channels.length - 1);
+  if (x.length !== 4 || x[1] !== cfg.in_channels || x[2] % down || x[3] % down) {
+    const want = `[B,${cfg.in_channels},H,W] with H and W multiples of ${down}`;
+    return { input: "sample", message: `is ${fmt(x)}, expected ${want}` };
+  }
+  const b = x[0];
+  if (!(t.length === 0 || (t.length === 1 && (t[0] === b || t[0] === 1)))) {
+    return { input: "timestep", message: `is ${fmt(t)}, expected [${b}] (one per sample), [1] or a scalar` };
+  }
+  if (ctx.length !== 3 || ctx[0] !== b || ctx[2] !== cfg.cross_attention_dim) {
+    return { input: "encoder_hidden_states", message: `is ${fmt(ctx)}, expected [${b},L,${cfg.cross_attention_dim}]` };
+  }
+  return { sample: [b, cfg.out_channels, x[2], x[3]] };
+}
+
+const unet2dCondition: DiffusersClass<UNetConfig> = {
+  config: unetConfig,
+  shapes: unetShapes,
+  inputs: ["sample", "timestep", "encoder_hidden_states"],
+  outputShapes: unet2dConditionShapes,
+  forward: (cfg, p, { sample, timestep, encoder_hidden_states }) => {
+    // diffusers broadcasts one timestep over the batch; the forward wants one per sample.
+    const b = sample.shape[0];
+    const t = timestep.shape.length === 1 && timestep.shape[0] === b ? timestep : expand(reshape(timestep, [1]), [b]);
+    return { sample: unet2dConditionForward(cfg, p, sample, t, encoder_hidden_states) };
+  },
+  ports: { x: "sample", t: "timestep", tokens: "encoder_hidden_states", out: "sample" },
+};
+
+/** The classes built so far, by `_class_name`. */
+// deno-lint-ignore no-explicit-any
+export const DIFFUSERS_CLASSES: Readonly<Record<string, DiffusersClass<any>>> = {
+  UNet2DConditionModel: unet2dCondition,
+};
+
+/** The entry for `className`, or one line naming `source` and the classes that are supported. */
+// deno-lint-ignore no-explicit-any
+export function diffusersClass(className: string, source: string): DiffusersClass<any> {
+  if (Object.hasOwn(DIFFUSERS_CLASSES, className)) return DIFFUSERS_CLASSES[className];
+  const known = Object.keys(DIFFUSERS_CLASSES).join(", ");
+  throw new DiffusersFolderError(source, `_class_name "${className}" is not supported (supported: ${known})`);
+}

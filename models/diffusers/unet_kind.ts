@@ -1,0 +1,114 @@
+/**
+ * `diffusers_unet` model: a pretrained diffusers denoiser from its folder (or a downloaded hub id), under diffusers'
+ * own parameter keys. `config.json` decides the network (`_class_name`, looked up in `DIFFUSERS_CLASSES`) and its
+ * shapes; the weights are the kind's initial values, so a run starts from the pretrained model (an `init:` file of the
+ * same keys, such as a checkpoint's, still overrides them).
+ *
+ * Inputs, as the `unet` kind's: `x` [B, C, H, W], `t` [B] (timesteps 0…T−1 as floats) and, for a text-conditioned
+ * class such as UNet2DConditionModel, `tokens` [B, L, D] (its `encoder_hidden_states`). `pooled` is accepted and not
+ * used: the SD 1.x/2.x UNet has no pooled-text input, and accepting it lets a config swap this kind in where a `unet`
+ * was wired. Output: `out` in the model's own parameterisation (ε or v, as its scheduler says).
+ *
+ * Planning checks the folder (config values, every weight key and shape from the file headers) and reports a problem
+ * as one line at the config's `path` (or `subfolder`/`variant`) key; the weights' data are read only at `init`.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../../pipeline/stage.ts";
+import { type DiffusersClass, diffusersClass, isProblem } from "./classes.ts";
+import { checkWeights, type DiffusersFolder, DiffusersFolderError, loadWeights, openFolder } from "./folder.ts";
+
+const Params = z.strictObject({
+  /** A diffusers model folder (relative to the working directory), or a hub id `org/name` downloaded beforehand. */
+  path: z.string().min(1),
+  /** The model's folder inside `path`, e.g. `unet` for a whole pipeline's folder. */
+  subfolder: z.string().min(1).optional(),
+  /** Which weight file: `fp16` reads `diffusion_pytorch_model.fp16.safetensors` (any dtype becomes float32). */
+  variant: z.string().regex(/^[\w-]+$/, "a variant name such as fp16").optional(),
+});
+/** `diffusers_unet` settings. */
+export type DiffusersUNetParams = z.output<typeof Params>;
+type P = DiffusersUNetParams;
+
+interface Opened {
+  folder: DiffusersFolder;
+  // deno-lint-ignore no-explicit-any
+  cls: DiffusersClass<any> & { ports: NonNullable<DiffusersClass["ports"]> };
+  cfg: unknown;
+  shapes: Record<string, number[]>;
+}
+
+/** Folder, class, config and shapes of `p`; throws one line. */
+function open(p: P): Opened {
+  const folder = openFolder(p.path, p);
+  const cls = diffusersClass(folder.className, folder.configFile);
+  if (!cls.ports) {
+    throw new DiffusersFolderError(folder.configFile, `a ${folder.className} is not a denoiser (x, t → out)`);
+  }
+  const cfg = cls.config(folder.json, folder.configFile);
+  return { folder, cls: cls as Opened["cls"], cfg, shapes: cls.shapes(cfg) };
+}
+
+// Which key a folder problem is told at: the variant when the weight file of a named variant is what is missing.
+function faultKey(p: P, message: string): keyof P {
+  if (p.subfolder && /^subfolder |: no subfolder /.test(message)) return "subfolder";
+  if (p.variant && / no diffusion_pytorch_model\./.test(message)) return "variant";
+  return "path";
+}
+
+// Planning parses params before it asks for shapes: checking the folder here puts its error at the key at fault.
+const Checked = Params.superRefine((p, ctx) => {
+  try {
+    const o = open(p);
+    checkWeights(o.folder.weights, o.shapes);
+  } catch (e) {
+    const message = (e as Error).message.split("\n")[0];
+    ctx.addIssue({ code: "custom", path: [faultKey(p, message)], message });
+  }
+});
+
+function types(p: P, inputs: Record<string, PortSpec>): Record<string, PortSpec> {
+  const { cls, cfg } = open(p), ports = cls.ports;
+  for (const k of Object.keys(inputs)) {
+    if (!["x", "t", "pooled", ...(ports.tokens ? ["tokens"] : [])].includes(k)) {
+      throw new StageTypeError(`diffusers_unet has no input "${k}"`, ["inputs", k]);
+    }
+  }
+  const named: Record<string, number[]> = {};
+  const byName: Record<string, string> = {};
+  for (const port of ["x", "t", "tokens"] as const) {
+    const name = ports[port];
+    if (!name) continue;
+    named[name] = expectPort(inputs, port, { dtype: "f32" }).shape;
+    byName[name] = port;
+  }
+  const out = cls.outputShapes(cfg, named);
+  if (isProblem(out)) {
+    const port = byName[out.input];
+    throw new StageTypeError(`input "${port}" (${out.input}) ${out.message}`, ["inputs", port]);
+  }
+  return { out: { dtype: "f32", shape: out[ports.out] } };
+}
+
+/** The diffusers_unet model kind. */
+export const diffusersUnet: ModelDef<P> = {
+  kind: "diffusers_unet",
+  doc: "a pretrained diffusers UNet (UNet2DConditionModel) from its folder or a downloaded hub id; x, t, tokens → out",
+  params: Checked,
+  shapes: (p) => open(p).shapes,
+  init: (p) => {
+    const o = open(p);
+    return loadWeights(o.folder.weights, o.shapes);
+  },
+  types,
+  apply: (p, params, inputs) => {
+    const { cls, cfg } = open(p), ports = cls.ports;
+    const named = {
+      [ports.x]: inputs.x,
+      [ports.t]: inputs.t,
+      ...(ports.tokens ? { [ports.tokens]: inputs.tokens } : {}),
+    };
+    return { out: cls.forward(cfg, params, named)[ports.out] };
+  },
+};
