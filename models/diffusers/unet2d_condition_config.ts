@@ -4,7 +4,23 @@
  *
  * @module
  */
+import { type BlockPlan, layoutBlocks, type UNetPlan } from "./blocks.ts";
+import {
+  bool,
+  type Check,
+  checkKeys,
+  intList,
+  is,
+  listOf,
+  nonNegativeInt,
+  posInt,
+  positive,
+  positiveInt,
+  show,
+} from "./config_keys.ts";
 import { DiffusersConfigError } from "./scheduler_config.ts";
+
+export type { BlockPlan, UNetPlan };
 
 /** The settings the project's UNet2DConditionModel reads. */
 export interface UNetConfig {
@@ -25,34 +41,30 @@ export interface UNetConfig {
   freq_shift: number;
 }
 
-type Check = [(v: unknown) => boolean, string];
-const posInt = (v: unknown) => Number.isInteger(v) && (v as number) > 0;
-const is = (...xs: unknown[]): Check => [(v) => xs.includes(v), xs.map((x) => JSON.stringify(x)).join(" or ")];
-const intList: Check = [(v) => Array.isArray(v) && v.length > 0 && v.every(posInt), "a list of positive integers"];
 const intOrList: Check = [(v) => posInt(v) || intList[0](v), "a positive integer or a list of them"];
 const DOWN = ["CrossAttnDownBlock2D", "DownBlock2D"], UP = ["CrossAttnUpBlock2D", "UpBlock2D"];
 
 // Keys understood, with the values supported; a key not here is refused.
 const KEYS: Record<string, Check> = {
-  in_channels: [posInt, "a positive integer"],
-  out_channels: [posInt, "a positive integer"],
+  in_channels: positiveInt,
+  out_channels: positiveInt,
   sample_size: [(v) => v === null || posInt(v), "a positive integer"],
   block_out_channels: intList,
-  down_block_types: [(v) => Array.isArray(v) && v.every((x) => DOWN.includes(x)), `a list of ${DOWN.join(", ")}`],
-  up_block_types: [(v) => Array.isArray(v) && v.every((x) => UP.includes(x)), `a list of ${UP.join(", ")}`],
+  down_block_types: listOf(...DOWN),
+  up_block_types: listOf(...UP),
   mid_block_type: is("UNetMidBlock2DCrossAttn"),
-  layers_per_block: [posInt, "a positive integer"],
-  cross_attention_dim: [posInt, "a positive integer"],
-  norm_num_groups: [posInt, "a positive integer"],
-  norm_eps: [(v) => typeof v === "number" && v > 0, "a positive number"],
+  layers_per_block: positiveInt,
+  cross_attention_dim: positiveInt,
+  norm_num_groups: positiveInt,
+  norm_eps: positive,
   attention_head_dim: intOrList,
   // diffusers v0.31.0 itself refuses any other value here (its attention_head_dim is the head count).
   num_attention_heads: is(null),
-  use_linear_projection: [(v) => typeof v === "boolean", "true or false"],
+  use_linear_projection: bool,
   // Casts attention to float32, which the engine always computes in.
-  upcast_attention: [(v) => typeof v === "boolean", "true or false"],
-  flip_sin_to_cos: [(v) => typeof v === "boolean", "true or false"],
-  freq_shift: [(v) => Number.isInteger(v) && (v as number) >= 0, "a non-negative integer"],
+  upcast_attention: bool,
+  flip_sin_to_cos: bool,
+  freq_shift: nonNegativeInt,
   transformer_layers_per_block: is(1),
   act_fn: is("silu"),
   center_input_sample: is(false),
@@ -86,24 +98,9 @@ const KEYS: Record<string, Check> = {
   reverse_transformer_layers_per_block: is(null),
 };
 
-const show = (v: unknown) => JSON.stringify(v)?.slice(0, 80) ?? String(v);
-
 /** Validates a parsed `config.json` (diffusers' defaults for missing keys); throws one line for what is unsupported. */
 export function unetConfig(json: unknown, source = "config.json"): UNetConfig {
-  if (typeof json !== "object" || json === null || Array.isArray(json)) {
-    throw new DiffusersConfigError(source, `expected a JSON object, got ${show(json)}`);
-  }
-  const j = json as Record<string, unknown>;
-  if (j._class_name !== undefined && j._class_name !== "UNet2DConditionModel") {
-    throw new DiffusersConfigError(source, `_class_name ${show(j._class_name)} is not UNet2DConditionModel`);
-  }
-  for (const [k, v] of Object.entries(j)) {
-    if (k.startsWith("_")) continue;
-    if (!Object.hasOwn(KEYS, k)) throw new DiffusersConfigError(source, `${k}: unknown key (value ${show(v)})`);
-    if (!KEYS[k][0](v)) {
-      throw new DiffusersConfigError(source, `${k} ${show(v)} is not supported (expected ${KEYS[k][1]})`);
-    }
-  }
+  const j = checkKeys(json, source, "UNet2DConditionModel", KEYS);
   const c = {
     in_channels: 4,
     out_channels: 4,
@@ -145,54 +142,10 @@ export function unetConfig(json: unknown, source = "config.json"): UNetConfig {
   return { ...c, heads, sample_size: c.sample_size ?? 64 };
 }
 
-/** One resnet, transformer or resampler of a block, by its key prefix. */
-export interface BlockPlan {
-  resnets: { at: string; cin: number; cout: number }[];
-  attentions: { at: string; c: number; heads: number }[];
-  resample?: { at: string; c: number };
-}
-
-/** The blocks of the network, as diffusers' constructor lays them out. */
-export interface UNetPlan {
-  timeDim: number;
-  down: BlockPlan[];
-  mid: BlockPlan;
-  up: BlockPlan[];
-}
-
 /** The block structure; channel counts follow the skip connections as diffusers' `get_up_block` arguments do. */
 export function unetPlan(cfg: UNetConfig): UNetPlan {
-  const ch = cfg.block_out_channels, n = ch.length, L = cfg.layers_per_block;
-  const skips = [ch[0]], down: BlockPlan[] = [], up: BlockPlan[] = [];
-  let c = ch[0];
-  ch.forEach((co, i) => {
-    const b: BlockPlan = { resnets: [], attentions: [] }, cross = cfg.down_block_types[i] === "CrossAttnDownBlock2D";
-    for (let j = 0; j < L; j++) {
-      b.resnets.push({ at: `down_blocks.${i}.resnets.${j}`, cin: c, cout: co });
-      if (cross) b.attentions.push({ at: `down_blocks.${i}.attentions.${j}`, c: co, heads: cfg.heads[i] });
-      c = co;
-      skips.push(c);
-    }
-    if (i < n - 1) {
-      b.resample = { at: `down_blocks.${i}.downsamplers.0.conv`, c };
-      skips.push(c);
-    }
-    down.push(b);
-  });
-  const mid: BlockPlan = {
-    resnets: [0, 1].map((j) => ({ at: `mid_block.resnets.${j}`, cin: c, cout: c })),
-    attentions: [{ at: "mid_block.attentions.0", c, heads: cfg.heads[n - 1] }],
-  };
-  for (let i = 0; i < n; i++) {
-    const co = ch[n - 1 - i], b: BlockPlan = { resnets: [], attentions: [] };
-    const cross = cfg.up_block_types[i] === "CrossAttnUpBlock2D";
-    for (let j = 0; j <= L; j++) {
-      b.resnets.push({ at: `up_blocks.${i}.resnets.${j}`, cin: c + skips.pop()!, cout: co });
-      if (cross) b.attentions.push({ at: `up_blocks.${i}.attentions.${j}`, c: co, heads: cfg.heads[n - 1 - i] });
-      c = co;
-    }
-    if (i < n - 1) b.resample = { at: `up_blocks.${i}.upsamplers.0.conv`, c };
-    up.push(b);
-  }
-  return { timeDim: 4 * ch[0], down, mid, up };
+  const n = cfg.block_out_channels.length;
+  const down = cfg.down_block_types.map((t, i) => t === "CrossAttnDownBlock2D" ? cfg.heads[i] : null);
+  const up = cfg.up_block_types.map((t, i) => t === "CrossAttnUpBlock2D" ? cfg.heads[n - 1 - i] : null);
+  return layoutBlocks(cfg.block_out_channels, cfg.layers_per_block, down, up, cfg.heads[n - 1]);
 }
