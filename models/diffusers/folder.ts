@@ -261,7 +261,7 @@ export function loadWeights(w: WeightMap, shapes: Record<string, number[]>): Rec
   return out;
 }
 
-/** A folder ready to build a model from: its location, config and weights. */
+/** A folder's location and config (weights are read after the config is checked: `weightMap`). */
 export interface DiffusersFolder extends Located {
   /** `_class_name` of config.json. */
   className: string;
@@ -269,18 +269,13 @@ export interface DiffusersFolder extends Located {
   json: Record<string, unknown>;
   /** Path of config.json, for errors. */
   configFile: string;
-  /** The weight files (headers read, data not). */
-  weights: WeightMap;
 }
 
-/** Opens a folder or downloaded hub id: config and weight headers, no data. */
-export function openFolder(
-  path: string,
-  opts: { subfolder?: string; variant?: string; cacheRoot?: string } = {},
-): DiffusersFolder {
+/** Opens a folder or downloaded hub id: where it is and its config.json. */
+export function openFolder(path: string, opts: { subfolder?: string; cacheRoot?: string } = {}): DiffusersFolder {
   const at = locateFolder(path, opts);
   const { className, json, file } = readFolderConfig(at.dir);
-  return { ...at, className, json, configFile: file, weights: weightMap(at.dir, opts.variant) };
+  return { ...at, className, json, configFile: file };
 }
 
 /** How `downloadHubFolder` reaches the hub; tests give a fake. */
@@ -315,7 +310,11 @@ async function fetchFile(id: string, o: HubOptions, dir: string, file: string): 
     res = await (o.fetch ?? fetch)(url, token ? { headers: { authorization: `Bearer ${token}` } } : undefined);
   } catch (e) {
     const why = (e as Error).message.split("\n")[0];
-    throw new DiffusersFolderError(`hub id "${id}"`, `cannot download ${url} (offline? ${why})`);
+    const denied = e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied;
+    const problem = denied
+      ? `no network permission to download ${url} (${why})`
+      : `cannot download ${url} (offline? ${why})`;
+    throw new DiffusersFolderError(`hub id "${id}"`, problem);
   }
   if (res.status === 404) {
     await res.body?.cancel();

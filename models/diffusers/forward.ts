@@ -19,6 +19,7 @@ import {
   isHubId,
   loadWeights,
   openFolder,
+  weightMap,
 } from "./folder.ts";
 
 /** A model ready to run: its folder, class, parsed config and float32 weights. */
@@ -55,7 +56,7 @@ export async function loadModel(path: string, opts: HubOptions = {}): Promise<Lo
   const cls = diffusersClass(folder.className, folder.configFile);
   const cfg = cls.config(folder.json, folder.configFile);
   const shapes = cls.shapes(cfg);
-  return { folder, cls, cfg, shapes, weights: loadWeights(folder.weights, shapes) };
+  return { folder, cls, cfg, shapes, weights: loadWeights(weightMap(folder.dir, opts.variant), shapes) };
 }
 
 /** Checks `inputs` (from `source`) against the class's: one line naming the file and the tensor at fault. */

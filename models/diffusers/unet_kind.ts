@@ -17,7 +17,14 @@
 import { z } from "zod";
 import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../../pipeline/stage.ts";
 import { type DiffusersClass, diffusersClass, isProblem } from "./classes.ts";
-import { checkWeights, type DiffusersFolder, DiffusersFolderError, loadWeights, openFolder } from "./folder.ts";
+import {
+  checkWeights,
+  type DiffusersFolder,
+  DiffusersFolderError,
+  loadWeights,
+  openFolder,
+  weightMap,
+} from "./folder.ts";
 
 const Params = z.strictObject({
   /** A diffusers model folder (relative to the working directory), or a hub id `org/name` downloaded beforehand. */
@@ -61,7 +68,7 @@ function faultKey(p: P, message: string): keyof P {
 const Checked = Params.superRefine((p, ctx) => {
   try {
     const o = open(p);
-    checkWeights(o.folder.weights, o.shapes);
+    checkWeights(weightMap(o.folder.dir, p.variant), o.shapes);
   } catch (e) {
     const message = (e as Error).message.split("\n")[0];
     ctx.addIssue({ code: "custom", path: [faultKey(p, message)], message });
@@ -99,7 +106,7 @@ export const diffusersUnet: ModelDef<P> = {
   shapes: (p) => open(p).shapes,
   init: (p) => {
     const o = open(p);
-    return loadWeights(o.folder.weights, o.shapes);
+    return loadWeights(weightMap(o.folder.dir, p.variant), o.shapes);
   },
   types,
   apply: (p, params, inputs) => {
