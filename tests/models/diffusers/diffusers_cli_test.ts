@@ -1,0 +1,103 @@
+// deno task diffusers in subprocesses (no network permission): `forward` on the tiny SD 1.x fixture folder with its
+// io file's inputs reproduces the real diffusers' output; bad input (a missing folder, a missing input tensor, a wrong
+// shape, an id that is not downloaded) is one line, exit 1, and nothing written; `export` says it is not built yet.
+import assert from "node:assert/strict";
+import { decodeSafetensors, encodeSafetensors, readSafetensors, toFloat32 } from "../../../engine/safetensors.ts";
+import { cli, expectCode, ROOT, tmp } from "../../helpers/cli_run.ts";
+
+const CLI = `${ROOT}diffusers.ts`;
+const FIXTURE = `${ROOT}tests/fixtures/diffusers/unet_sd1`;
+const IO = `${ROOT}tests/fixtures/diffusers/unet_sd1_io.safetensors`;
+
+async function listing(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) out.push(e.name);
+  return out.sort();
+}
+
+/** Runs the CLI, expects exit 1 with one stderr line matching `re`, and `dir` unchanged. */
+async function refused(args: string[], re: RegExp, dir: string) {
+  const before = await listing(dir);
+  const r = await cli(args, CLI);
+  const lines = r.stderr.trim().split("\n");
+  assert.equal(r.code, 1, `exit ${r.code}\n${r.stdout}\n${r.stderr}`);
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(lines[0], re);
+  assert.deepEqual(await listing(dir), before, "nothing may be written");
+}
+
+Deno.test({
+  name: "diffusers forward: the fixture UNets' outputs from their io files' inputs equal diffusers' to 1e-4",
+  sanitizeResources: false,
+  fn: async () => {
+    const root = await tmp("diffusers_cli");
+    // SD 1.x layout from its bf16 variant; SD 2.x layout (linear projections, heads per block) from plain fp32.
+    for (const [name, variant] of [["unet_sd1", ["--variant", "bf16"]], ["unet_sd2", []]] as const) {
+      const out = `${root}/${name}.safetensors`, io = `${ROOT}tests/fixtures/diffusers/${name}_io.safetensors`;
+      const args = ["forward", "--model", `${ROOT}tests/fixtures/diffusers/${name}`, ...variant];
+      const r = await cli([...args, "--inputs", io, "--out", out], CLI);
+      expectCode(r, 0, `diffusers forward ${name}`);
+      assert.match(r.stdout, /^wrote .*\.safetensors \(sample \[2,\d,8,8\]; UNet2DConditionModel from .* on cpu\)$/m);
+      const got = toFloat32((await readSafetensors(out)).tensors.sample);
+      const want = toFloat32((await readSafetensors(io)).tensors.out);
+      assert.equal(got.length, want.length);
+      let err = 0, ref = 0;
+      for (let i = 0; i < want.length; i++) {
+        err = Math.max(err, Math.abs(got[i] - want[i])), ref = Math.max(ref, Math.abs(want[i]));
+      }
+      assert.ok(err / ref < 1e-4, `${name}: max |Δ| / max |ref| = ${err / ref}`);
+    }
+    assert.deepEqual(await listing(root), ["unet_sd1.safetensors", "unet_sd2.safetensors"]);
+  },
+});
+
+Deno.test({
+  name: "diffusers forward: a missing folder, input tensor or variant, a wrong shape, an id not downloaded: one line",
+  sanitizeResources: false,
+  fn: async () => {
+    const root = await tmp("diffusers_cli_errors"), out = `${root}/out.safetensors`;
+    const io = decodeSafetensors(await Deno.readFile(IO), IO).tensors;
+    const write = async (name: string, keys: Record<string, { data: Float32Array; shape: number[] }>) => {
+      await Deno.writeFile(`${root}/${name}`, encodeSafetensors(keys));
+      return `${root}/${name}`;
+    };
+    const f = (k: string) => ({ data: io[k].data as Float32Array, shape: io[k].shape });
+    const noT = await write("no_t.safetensors", {
+      sample: f("sample"),
+      encoder_hidden_states: f("encoder_hidden_states"),
+    });
+    const wide = await write("wide.safetensors", {
+      sample: f("sample"),
+      timestep: f("timestep"),
+      encoder_hidden_states: { data: new Float32Array(2 * 5 * 8), shape: [2, 5, 8] },
+    });
+    const run = (
+      model: string,
+      inputs: string,
+      ...more: string[]
+    ) => ["forward", "--model", model, "--inputs", inputs, "--out", out, ...more];
+    await refused(run(`${root}/nope`, IO), /\/nope: no such folder$/, root);
+    await refused(run(FIXTURE, IO), /unet_sd1: no diffusion_pytorch_model\.safetensors .*has the variant bf16$/, root);
+    await refused(
+      run(FIXTURE, noT, "--variant", "bf16"),
+      /no_t\.safetensors: no tensor "timestep" \(a UNet2DConditionModel takes sample, timestep, encoder_hidden_states\)$/,
+      root,
+    );
+    await refused(
+      run(FIXTURE, wide, "--variant", "bf16"),
+      /wide\.safetensors: tensor "encoder_hidden_states" is \[2,5,8\], expected \[2,L,16\]$/,
+      root,
+    );
+    await refused(
+      run(FIXTURE, `${root}/none.safetensors`, "--variant", "bf16"),
+      /none\.safetensors: cannot read/,
+      root,
+    );
+    await refused(
+      run("nobody/nothing-here", IO),
+      /^hub id "nobody\/nothing-here": no network permission to download https:\/\/huggingface\.co\/nobody\/nothing-here\/resolve\/main\/config\.json/,
+      root,
+    );
+    await refused(["export", "--model", FIXTURE], /^deno task diffusers export: not built yet/, root);
+  },
+});
