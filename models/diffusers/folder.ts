@@ -173,7 +173,8 @@ function variantsIn(dir: string): string[] {
   const found = new Set<string>();
   for (const e of Deno.readDirSync(dir)) {
     const m = /^diffusion_pytorch_model\.(?:safetensors\.index\.)?([\w-]+)\.(?:safetensors|json)$/.exec(e.name);
-    if (m && m[1] !== "safetensors") found.add(m[1]);
+    // A shard of a variant is named `<variant>-00001-of-00002`.
+    if (m && m[1] !== "safetensors") found.add(m[1].replace(/-\d+-of-\d+$/, ""));
   }
   return [...found].sort();
 }

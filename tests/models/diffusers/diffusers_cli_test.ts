@@ -98,6 +98,8 @@ Deno.test({
       /^hub id "nobody\/nothing-here": no network permission to download https:\/\/huggingface\.co\/nobody\/nothing-here\/resolve\/main\/config\.json/,
       root,
     );
+    await refused(["fetch", "nobody/nothing-here"], /^hub id "nobody\/nothing-here": no network permission/, root);
+    await refused(["fetch", "not-an-id"], /^hub id "not-an-id": expected org\/name$/, root);
     await refused(["export", "--model", FIXTURE], /^deno task diffusers export: not built yet/, root);
   },
 });

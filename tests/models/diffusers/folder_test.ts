@@ -137,10 +137,11 @@ Deno.test("diffusers folder: a missing folder, config or weight file is one line
     assert.equal(thrown(() => locateFolder(`${dir}/nope`)), `${dir}/nope: no such folder`);
     assert.equal(thrown(() => locateFolder(dir, { subfolder: "unet" })), `${dir}: no subfolder "unet"`);
     await Deno.writeFile(`${dir}/${weightNames("bf16").single}`, weightsAs("BF16"));
+    await Deno.writeFile(`${dir}/diffusion_pytorch_model.fp16-00001-of-00002.safetensors`, weightsAs("F16", []));
     assert.equal(
       thrown(() => weightMap(dir)),
       `${dir}: no diffusion_pytorch_model.safetensors or diffusion_pytorch_model.safetensors.index.json; the folder ` +
-        `has the variant bf16`,
+        `has the variants bf16, fp16`,
     );
     await Deno.remove(`${dir}/config.json`);
     assert.match(thrown(() => locateFolder(dir)), /: no config\.json: not a diffusers model folder$/);
