@@ -2,7 +2,8 @@
 // value is one file:line:col line at the key), shapes and the pretrained init come from the folder, the ports type
 // as the unet kind's (pooled accepted, unused), and a small pipeline of data, text_encode, diffusion_noise, model
 // (diffusers_unet), mse and optimizer plans and trains two steps on cpu from a tiny folder with 3 channels and
-// 64-wide cross-attention (the committed text encoder's width), written here with random weights.
+// 64-wide cross-attention (the committed text encoder's width), written here with random weights, and resumes from a
+// checkpoint to the same losses.
 import assert from "node:assert/strict";
 import { encode } from "fast-png";
 import "../../../stages/mod.ts";
@@ -157,7 +158,7 @@ Deno.test("diffusers_unet: a bad path, variant or folder is one config line at t
 });
 
 Deno.test({
-  name: "diffusers_unet: a small pipeline plans and trains two steps on cpu from a diffusers folder",
+  name: "diffusers_unet: a small pipeline plans, trains two steps on cpu from a diffusers folder, resumes",
   sanitizeResources: false,
   fn: async () => {
     const root = await tmp("diffusers_unet_run"), file = `${root}/tiny.yaml`;
@@ -173,5 +174,11 @@ Deno.test({
     const got = await rows(`${root}/out`);
     assert.deepEqual(got.map((row) => row.step), [1, 2]);
     for (const row of got) assert.ok(Number.isFinite(row["opt.loss"]) && row["opt.loss"] > 0, JSON.stringify(row));
+    // A checkpoint's resolved config names the folder again: a resume re-reads it and loses nothing.
+    const ckpt = `${file}.ckpt.yaml`;
+    await Deno.writeTextFile(ckpt, `${yaml}  ckpt:\n    kind: checkpoint\n    every: 1\n`);
+    expectCode(await cli([ckpt, "--out", `${root}/resumed`, "--steps", "1"]), 0, "one step and a checkpoint");
+    expectCode(await cli([ckpt, "--out", `${root}/resumed`, "--resume"]), 0, "the resume");
+    assert.deepEqual(await rows(`${root}/resumed`), got);
   },
 });
