@@ -65,6 +65,7 @@ function faultKey(p: P, message: string): keyof P {
 }
 
 // Planning parses params before it asks for shapes: checking the folder here puts its error at the key at fault.
+// Only params that are otherwise right are checked: a misspelt `varient` is one error, not that and a missing file.
 const Checked = Params.superRefine((p, ctx) => {
   try {
     const o = open(p);
@@ -73,7 +74,7 @@ const Checked = Params.superRefine((p, ctx) => {
     const message = (e as Error).message.split("\n")[0];
     ctx.addIssue({ code: "custom", path: [faultKey(p, message)], message });
   }
-});
+}, { when: (payload) => payload.issues.length === 0 });
 
 function types(p: P, inputs: Record<string, PortSpec>): Record<string, PortSpec> {
   const { cls, cfg } = open(p), ports = cls.ports;

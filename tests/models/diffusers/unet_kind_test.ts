@@ -13,7 +13,7 @@ import { Rng } from "../../../engine/rng.ts";
 import { diffusersUnet } from "../../../models/diffusers/unet_kind.ts";
 import { unetShapes } from "../../../models/diffusers/unet2d_condition.ts";
 import { unetConfig } from "../../../models/diffusers/unet2d_condition_config.ts";
-import { loadConfig } from "../../../pipeline/config.ts";
+import { ConfigError, loadConfig } from "../../../pipeline/config.ts";
 import { planPipeline } from "../../../pipeline/plan.ts";
 import { StageTypeError } from "../../../pipeline/stage.ts";
 import { cli, expectCode, rows, tmp } from "../../helpers/cli_run.ts";
@@ -143,6 +143,13 @@ Deno.test("diffusers_unet: a bad path, variant or folder is one config line at t
     `${at(yaml, "variant")}: ${FIXTURE}: no diffusion_pytorch_model.fp16.safetensors or ` +
       `diffusion_pytorch_model.safetensors.index.fp16.json; the folder has the variant bf16`,
   );
+  yaml = pipelineYaml(`{ path: ${root}/nope, varient: fp16 }`, images);
+  assert.throws(() => planPipeline(loadConfig(file, yaml)), (e) => {
+    assert.deepEqual((e as ConfigError).lines.map((l) => l.replace(/^.*?: /, "")), [
+      `"models.unet.params": unknown key "varient" (did you mean "variant"?)`,
+    ]);
+    return true;
+  });
   yaml = pipelineYaml(`{ path: nobody/nothing }`, images);
   assert.match(planError(file, yaml), /"models\.unet\.params\.path": hub id "nobody\/nothing": not downloaded/);
   await Deno.mkdir(`${root}/bad`);
