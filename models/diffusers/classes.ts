@@ -10,6 +10,8 @@ import { expand, reshape } from "../../engine/ops.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { unet2dConditionForward, unetShapes } from "./unet2d_condition.ts";
 import { type UNetConfig, unetConfig } from "./unet2d_condition_config.ts";
+import { unet2dModelForward, unet2dModelShapes } from "./unet2d_model.ts";
+import { type UNet2DModelConfig, unet2dModelConfig } from "./unet2d_model_config.ts";
 import { DiffusersFolderError } from "./folder.ts";
 
 /** Why inputs do not fit: the input at fault and what was expected. */
@@ -45,44 +47,71 @@ export const isProblem = (r: Record<string, number[]> | InputProblem): r is Inpu
 
 const fmt = (s: readonly (number | string)[]) => `[${s.join(",")}]`;
 
-function unet2dConditionShapes(
-  cfg: UNetConfig,
+/** `sample` and `timestep` of a UNet of `levels` resolutions: the batch, or the first input that does not fit. */
+function sampleAndTimestep(
+  inChannels: number,
+  levels: number,
   s: Record<string, readonly number[]>,
-): Record<string, number[]> | InputProblem {
-  const x = s.sample, t = s.timestep, ctx = s.encoder_hidden_states;
-  const down = 2 ** (cfg.block_out_channels.length - 1);
-  if (x.length !== 4 || x[1] !== cfg.in_channels || x[2] % down || x[3] % down) {
-    const want = `[B,${cfg.in_channels},H,W] with H and W multiples of ${down}`;
+): number | InputProblem {
+  const x = s.sample, t = s.timestep, down = 2 ** (levels - 1);
+  if (x.length !== 4 || x[1] !== inChannels || x[2] % down || x[3] % down) {
+    const want = `[B,${inChannels},H,W] with H and W multiples of ${down}`;
     return { input: "sample", message: `is ${fmt(x)}, expected ${want}` };
   }
   const b = x[0];
   if (!(t.length === 0 || (t.length === 1 && (t[0] === b || t[0] === 1)))) {
     return { input: "timestep", message: `is ${fmt(t)}, expected [${b}] (one per sample), [1] or a scalar` };
   }
+  return b;
+}
+
+function unet2dConditionShapes(
+  cfg: UNetConfig,
+  s: Record<string, readonly number[]>,
+): Record<string, number[]> | InputProblem {
+  const b = sampleAndTimestep(cfg.in_channels, cfg.block_out_channels.length, s);
+  if (typeof b !== "number") return b;
+  const x = s.sample, ctx = s.encoder_hidden_states;
   if (ctx.length !== 3 || ctx[0] !== b || ctx[2] !== cfg.cross_attention_dim) {
     return { input: "encoder_hidden_states", message: `is ${fmt(ctx)}, expected [${b},L,${cfg.cross_attention_dim}]` };
   }
   return { sample: [b, cfg.out_channels, x[2], x[3]] };
 }
 
+// diffusers broadcasts one timestep over the batch; the forwards want one per sample.
+const perSample = (timestep: Tensor, b: number) =>
+  timestep.shape.length === 1 && timestep.shape[0] === b ? timestep : expand(reshape(timestep, [1]), [b]);
+
 const unet2dCondition: DiffusersClass<UNetConfig> = {
   config: unetConfig,
   shapes: unetShapes,
   inputs: ["sample", "timestep", "encoder_hidden_states"],
   outputShapes: unet2dConditionShapes,
-  forward: (cfg, p, { sample, timestep, encoder_hidden_states }) => {
-    // diffusers broadcasts one timestep over the batch; the forward wants one per sample.
-    const b = sample.shape[0];
-    const t = timestep.shape.length === 1 && timestep.shape[0] === b ? timestep : expand(reshape(timestep, [1]), [b]);
-    return { sample: unet2dConditionForward(cfg, p, sample, t, encoder_hidden_states) };
-  },
+  forward: (cfg, p, { sample, timestep, encoder_hidden_states }) => ({
+    sample: unet2dConditionForward(cfg, p, sample, perSample(timestep, sample.shape[0]), encoder_hidden_states),
+  }),
   ports: { x: "sample", t: "timestep", tokens: "encoder_hidden_states", out: "sample" },
+};
+
+const unet2dModel: DiffusersClass<UNet2DModelConfig> = {
+  config: unet2dModelConfig,
+  shapes: unet2dModelShapes,
+  inputs: ["sample", "timestep"],
+  outputShapes: (cfg, s) => {
+    const b = sampleAndTimestep(cfg.in_channels, cfg.block_out_channels.length, s);
+    return typeof b === "number" ? { sample: [b, cfg.out_channels, s.sample[2], s.sample[3]] } : b;
+  },
+  forward: (cfg, p, { sample, timestep }) => ({
+    sample: unet2dModelForward(cfg, p, sample, perSample(timestep, sample.shape[0])),
+  }),
+  ports: { x: "sample", t: "timestep", out: "sample" },
 };
 
 /** The classes built so far, by `_class_name`. */
 // deno-lint-ignore no-explicit-any
 export const DIFFUSERS_CLASSES: Readonly<Record<string, DiffusersClass<any>>> = {
   UNet2DConditionModel: unet2dCondition,
+  UNet2DModel: unet2dModel,
 };
 
 /** The entry for `className`, or one line naming `source` and the classes that are supported. */

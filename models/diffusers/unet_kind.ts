@@ -102,7 +102,8 @@ function types(p: P, inputs: Record<string, PortSpec>): Record<string, PortSpec>
 /** The diffusers_unet model kind. */
 export const diffusersUnet: ModelDef<P> = {
   kind: "diffusers_unet",
-  doc: "a pretrained diffusers UNet (UNet2DConditionModel) from its folder or a downloaded hub id; x, t, tokens → out",
+  doc:
+    "a pretrained diffusers UNet (UNet2DConditionModel, UNet2DModel) from its folder or hub id; x, t[, tokens] → out",
   params: Checked,
   shapes: (p) => open(p).shapes,
   init: (p) => {

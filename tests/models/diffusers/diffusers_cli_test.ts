@@ -27,17 +27,20 @@ async function refused(args: string[], re: RegExp, dir: string) {
 }
 
 Deno.test({
-  name: "diffusers forward: the fixture UNets' outputs from their io files' inputs equal diffusers' to 1e-4",
+  name:
+    "diffusers forward: the fixture UNets' (both classes) outputs from their io files' inputs equal diffusers' to 1e-4",
   sanitizeResources: false,
   fn: async () => {
     const root = await tmp("diffusers_cli");
-    // SD 1.x layout from its bf16 variant; SD 2.x layout (linear projections, heads per block) from plain fp32.
-    for (const [name, variant] of [["unet_sd1", ["--variant", "bf16"]], ["unet_sd2", []]] as const) {
+    // SD 1.x layout from its bf16 variant; SD 2.x layout (linear projections, heads per block) from plain fp32; the
+    // unconditional UNet2DModel (sample and timestep only) from its fp16 variant.
+    const cases = [["unet_sd1", ["--variant", "bf16"]], ["unet_sd2", []], ["unet2d", ["--variant", "fp16"]]] as const;
+    for (const [name, variant] of cases) {
       const out = `${root}/${name}.safetensors`, io = `${ROOT}tests/fixtures/diffusers/${name}_io.safetensors`;
       const args = ["forward", "--model", `${ROOT}tests/fixtures/diffusers/${name}`, ...variant];
       const r = await cli([...args, "--inputs", io, "--out", out], CLI);
       expectCode(r, 0, `diffusers forward ${name}`);
-      assert.match(r.stdout, /^wrote .*\.safetensors \(sample \[2,\d,8,8\]; UNet2DConditionModel from .* on cpu\)$/m);
+      assert.match(r.stdout, /^wrote .*\.safetensors \(sample \[2,\d,(8,8|16,16)\]; UNet2D\w*Model from .* on cpu\)$/m);
       const got = toFloat32((await readSafetensors(out)).tensors.sample);
       const want = toFloat32((await readSafetensors(io)).tensors.out);
       assert.equal(got.length, want.length);
@@ -47,7 +50,7 @@ Deno.test({
       }
       assert.ok(err / ref < 1e-4, `${name}: max |Δ| / max |ref| = ${err / ref}`);
     }
-    assert.deepEqual(await listing(root), ["unet_sd1.safetensors", "unet_sd2.safetensors"]);
+    assert.deepEqual(await listing(root), ["unet2d.safetensors", "unet_sd1.safetensors", "unet_sd2.safetensors"]);
   },
 });
 
