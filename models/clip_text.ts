@@ -2,15 +2,16 @@
  * CLIP's text transformer (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
  * Supervision"), written with engine ops so it traces, lowers to ONNX and differentiates like any other model.
  *
- * Token and position embeddings, pre-LN transformer layers (causal self-attention, quick-GELU MLP), a final layer
- * norm, the hidden state at the first position of the highest id (CLIP's `argmax(ids)`: with our tokenizer that is
- * the first `<|endoftext|>`, whose id is the highest), and a bias-free projection of it. Parameter names are those of
- * Hugging Face's `CLIPTextModelWithProjection`, so its safetensors load there too.
+ * Token and position embeddings, pre-LN transformer layers (causal self-attention, a quick-GELU or GELU MLP), a final
+ * layer norm, the hidden state at the first position of the highest id (CLIP's `argmax(ids)`: with our tokenizer that
+ * is the first `<|endoftext|>`, whose id is the highest) or of a given end-of-text id, and a bias-free projection of it
+ * when the model has one. Parameter names are those of Hugging Face's `CLIPTextModelWithProjection` (and
+ * `CLIPTextModel` without the projection), so their safetensors load both ways.
  *
  * @module
  */
 import { add, equal, mul, toFloat } from "../engine/math.ts";
-import { layerNorm, linear, quickGelu, softmax } from "../engine/nn.ts";
+import { gelu, layerNorm, linear, quickGelu, softmax } from "../engine/nn.ts";
 import { cast, gather, matmul, max, reshape, sliceAxis, sum, swapAxes, transpose, where } from "../engine/ops.ts";
 import type { Graph } from "../engine/ir.ts";
 import type { Rng } from "../engine/rng.ts";
@@ -34,6 +35,15 @@ export interface ClipTextConfig {
   projectionDim: number;
   /** layer_norm_eps */
   layerNormEps: number;
+  /** hidden_act: the MLP's activation; CLIP's own is quick_gelu (the default), some later encoders use exact gelu. */
+  hiddenAct?: "quick_gelu" | "gelu";
+  /**
+   * eos_token_id: pool at the first position holding this id. Unset, the pool is at the first position of the highest
+   * id, as CLIP's `argmax(ids)` (and transformers for the legacy eos_token_id 2 of early configs) does.
+   */
+  eosTokenId?: number;
+  /** Whether there is a `text_projection` (CLIPTextModelWithProjection; the default) or not (CLIPTextModel). */
+  projection?: boolean;
 }
 
 /** The committed default: small enough that its fp32 weights, twice over (ONNX and safetensors), stay under 2 MB. */
@@ -51,7 +61,9 @@ const TM = "text_model";
 const layerKey = (i: number) => `${TM}.encoder.layers.${i}`;
 
 function checkConfig(cfg: ClipTextConfig): void {
-  const ints = Object.entries(cfg).filter(([k]) => k !== "layerNormEps");
+  const ints = Object.entries(cfg).filter(([k]) =>
+    !["layerNormEps", "hiddenAct", "eosTokenId", "projection"].includes(k)
+  );
   for (const [k, v] of ints) {
     if (!Number.isInteger(v) || v < 1) throw new RangeError(`clip_text: ${k} must be a positive integer, got ${v}`);
   }
@@ -59,6 +71,13 @@ function checkConfig(cfg: ClipTextConfig): void {
     throw new RangeError(`clip_text: width ${cfg.width} does not split into ${cfg.heads} heads`);
   }
   if (!(cfg.layerNormEps > 0)) throw new RangeError(`clip_text: layerNormEps must be > 0, got ${cfg.layerNormEps}`);
+  if (cfg.hiddenAct !== undefined && cfg.hiddenAct !== "quick_gelu" && cfg.hiddenAct !== "gelu") {
+    throw new RangeError(`clip_text: hiddenAct must be "quick_gelu" or "gelu", got ${JSON.stringify(cfg.hiddenAct)}`);
+  }
+  const eos = cfg.eosTokenId;
+  if (eos !== undefined && !(Number.isInteger(eos) && eos >= 0 && eos < cfg.vocabSize)) {
+    throw new RangeError(`clip_text: eosTokenId ${eos} is not an id below vocabSize ${cfg.vocabSize}`);
+  }
 }
 
 /** Parameter name → shape, in Hugging Face's names and PyTorch's [out, in] layout. */
@@ -86,7 +105,7 @@ export function clipTextShapes(cfg: ClipTextConfig): Record<string, number[]> {
   }
   s[`${TM}.final_layer_norm.weight`] = [d];
   s[`${TM}.final_layer_norm.bias`] = [d];
-  s["text_projection.weight"] = [p, d];
+  if (cfg.projection ?? true) s["text_projection.weight"] = [p, d];
   return s;
 }
 
@@ -134,10 +153,15 @@ function causalAttention(q: Tensor, k: Tensor, v: Tensor, heads: number, allowed
 export interface ClipTextOutputs {
   /** [B, L, width]: the final layer norm's output at every position. */
   lastHiddenState: Tensor;
-  /** [B, width]: `lastHiddenState` at the first position of the highest id. */
+  /** [B, width]: `lastHiddenState` at the pooling position (see `ClipTextConfig.eosTokenId`). */
   pooled: Tensor;
-  /** [B, projectionDim]: `pooled` through the text projection. */
+  /** [B, projectionDim]: `pooled` through the text projection; `pooled` itself for a model without one. */
   textEmbeds: Tensor;
+  /**
+   * [B, L, width] each: the embeddings, then every layer's output, before the final layer norm (transformers'
+   * `hidden_states`: `hiddenStates[layers - 1]` is its `hidden_states[-2]`, the penultimate layer).
+   */
+  hiddenStates: Tensor[];
 }
 
 /**
@@ -164,6 +188,8 @@ export function clipTextForward(cfg: ClipTextConfig, p: Record<string, Tensor>, 
   const allowed = new Uint8Array(l * l);
   for (let i = 0; i < l; i++) for (let j = 0; j <= i; j++) allowed[i * l + j] = 1;
   const mask = tr.constant(allowed, [l, l], "bool");
+  const act = cfg.hiddenAct === "gelu" ? gelu : quickGelu;
+  const hiddenStates = [h];
   for (let i = 0; i < cfg.layers; i++) {
     const k = layerKey(i);
     const lin = (x: Tensor, name: string) => linear(x, p[`${k}.${name}.weight`], p[`${k}.${name}.bias`]);
@@ -177,27 +203,60 @@ export function clipTextForward(cfg: ClipTextConfig, p: Record<string, Tensor>, 
     );
     h = add(h, lin(a, "self_attn.out_proj"));
     const y = layerNorm(h, p[`${k}.layer_norm2.weight`], p[`${k}.layer_norm2.bias`], eps);
-    h = add(h, lin(quickGelu(lin(y, "mlp.fc1")), "mlp.fc2"));
+    h = add(h, lin(act(lin(y, "mlp.fc1")), "mlp.fc2"));
+    hiddenStates.push(h);
   }
   h = layerNorm(h, p[`${TM}.final_layer_norm.weight`], p[`${TM}.final_layer_norm.bias`], eps);
-
-  // argmax over positions without an argmax primitive: mark positions holding the highest id, weight earlier ones
-  // higher (L − position), and keep the one with the largest weight. Ids are below 2^24, so f32 holds them exactly.
-  const idsF = cast(ids, "f32");
-  const isMax = toFloat(equal(idsF, max(idsF, 1, true)));
-  const earlier = tr.constant(Array.from({ length: l }, (_, i) => l - i), [l]);
-  const score = mul(isMax, earlier);
-  const first = toFloat(equal(score, max(score, 1, true)));
-  const pooled = sum(mul(h, reshape(first, [b, l, 1])), 1);
-  const textEmbeds = linear(pooled, p["text_projection.weight"]);
-  return { lastHiddenState: h, pooled, textEmbeds };
+  const pooled = sum(mul(h, reshape(poolingMask(ids, cfg.eosTokenId), [b, l, 1])), 1);
+  const textEmbeds = cfg.projection ?? true ? linear(pooled, p["text_projection.weight"]) : pooled;
+  return { lastHiddenState: h, pooled, textEmbeds, hiddenStates };
 }
 
 /**
- * Traces the model with its weights as constants, for export: input `input_ids` i32 [batch, maxLength], outputs
- * `last_hidden_state` and `text_embeds` (the names transformers.js's `CLIPTextModelWithProjection` returns).
+ * [B, L] f32, 1 at the pooling position of each row, else 0. An argmax over positions without an argmax primitive:
+ * mark the candidate positions, weight earlier ones higher (L − position), keep the one with the largest weight. Ids
+ * are below 2^24, so f32 holds them exactly.
  */
-export function traceClipText(cfg: ClipTextConfig, weights: Record<string, Float32Array>, batch: number): Graph {
+function poolingMask(ids: Tensor, eosTokenId: number | undefined): Tensor {
+  const l = ids.shape[1];
+  const idsF = cast(ids, "f32");
+  // Built in this order (the committed default encoder's ONNX is byte-for-byte what this traces).
+  const earlier = () => ids.trace.constant(Array.from({ length: l }, (_, i) => l - i), [l]);
+  if (eosTokenId === undefined) {
+    const isMax = toFloat(equal(idsF, max(idsF, 1, true)));
+    const score = mul(isMax, earlier());
+    return toFloat(equal(score, max(score, 1, true)));
+  }
+  // A row without the id pools at position 0, as transformers' argmax over an all-false row does: marks weigh 2L, more
+  // than any position's own weight.
+  const isEos = toFloat(equal(idsF, eosTokenId));
+  const score = add(mul(isEos, 2 * l), earlier());
+  return toFloat(equal(score, max(score, 1, true)));
+}
+
+/**
+ * What `traceClipText` can output: `last_hidden_state`, `pooler_output` and `text_embeds` (transformers' names), the
+ * penultimate layer's output as is (`penultimate_hidden_state`, SDXL's choice) and through the final layer norm
+ * (`penultimate_hidden_state_normed`, diffusers' `clip_skip=1`).
+ */
+export type ClipTextOutput =
+  | "last_hidden_state"
+  | "pooler_output"
+  | "text_embeds"
+  | "penultimate_hidden_state"
+  | "penultimate_hidden_state_normed";
+
+/**
+ * Traces the model with its weights as constants, for export: input `input_ids` i32 [batch, maxLength], and
+ * `outputs` (by default `last_hidden_state` and `text_embeds`, the names transformers.js's
+ * `CLIPTextModelWithProjection` returns).
+ */
+export function traceClipText(
+  cfg: ClipTextConfig,
+  weights: Record<string, Float32Array>,
+  batch: number,
+  outputs: ClipTextOutput[] = ["last_hidden_state", "text_embeds"],
+): Graph {
   const tr = new Trace();
   const ids = tr.input("input_ids", [batch, cfg.maxLength], "i32");
   const p: Record<string, Tensor> = {};
@@ -206,5 +265,17 @@ export function traceClipText(cfg: ClipTextConfig, weights: Record<string, Float
     p[name] = tr.constant(weights[name], shape);
   }
   const o = clipTextForward(cfg, p, ids);
-  return tr.build({ last_hidden_state: o.lastHiddenState, text_embeds: o.textEmbeds });
+  const penultimate = o.hiddenStates[cfg.layers - 1];
+  const all: Record<ClipTextOutput, () => Tensor> = {
+    last_hidden_state: () => o.lastHiddenState,
+    pooler_output: () => o.pooled,
+    text_embeds: () => {
+      if (!(cfg.projection ?? true)) throw new Error("traceClipText: text_embeds needs a model with a projection");
+      return o.textEmbeds;
+    },
+    penultimate_hidden_state: () => penultimate,
+    penultimate_hidden_state_normed: () =>
+      layerNorm(penultimate, p[`${TM}.final_layer_norm.weight`], p[`${TM}.final_layer_norm.bias`], cfg.layerNormEps),
+  };
+  return tr.build(Object.fromEntries(outputs.map((k) => [k, all[k]()])));
 }
