@@ -13,6 +13,8 @@ import { type UNetConfig, unetConfig } from "./unet2d_condition_config.ts";
 import { unet2dModelForward, unet2dModelShapes } from "./unet2d_model.ts";
 import { type UNet2DModelConfig, unet2dModelConfig } from "./unet2d_model_config.ts";
 import { DiffusersFolderError } from "./folder.ts";
+import { vaeDecode, vaeEncode, vaeShapes } from "./autoencoder_kl.ts";
+import { type VaeConfig, vaeConfig } from "./autoencoder_kl_config.ts";
 
 /** Why inputs do not fit: the input at fault and what was expected. */
 export interface InputProblem {
@@ -107,10 +109,34 @@ const unet2dModel: DiffusersClass<UNet2DModelConfig> = {
   ports: { x: "sample", t: "timestep", out: "sample" },
 };
 
+// Not a denoiser (no ports): the `diffusers_vae` kind encodes and decodes with it; its forward is diffusers' own,
+// the reconstruction from the posterior's mean, with the moments beside it.
+const autoencoderKL: DiffusersClass<VaeConfig> = {
+  config: vaeConfig,
+  shapes: vaeShapes,
+  inputs: ["sample"],
+  outputShapes: (cfg, { sample: x }): Record<string, number[]> | InputProblem => {
+    const f = 2 ** (cfg.block_out_channels.length - 1);
+    if (x.length !== 4 || x[1] !== cfg.in_channels || x[2] % f || x[3] % f) {
+      return {
+        input: "sample",
+        message: `is ${fmt(x)}, expected [B,${cfg.in_channels},H,W] with H and W multiples of ${f}`,
+      };
+    }
+    const latent = [x[0], cfg.latent_channels, x[2] / f, x[3] / f];
+    return { sample: [x[0], cfg.out_channels, x[2], x[3]], latent_mean: latent, latent_logvar: latent };
+  },
+  forward: (cfg, p, { sample }) => {
+    const { mean, logvar } = vaeEncode(cfg, p, sample);
+    return { sample: vaeDecode(cfg, p, mean), latent_mean: mean, latent_logvar: logvar };
+  },
+};
+
 /** The classes built so far, by `_class_name`. */
 // deno-lint-ignore no-explicit-any
 export const DIFFUSERS_CLASSES: Readonly<Record<string, DiffusersClass<any>>> = {
   UNet2DConditionModel: unet2dCondition,
+  AutoencoderKL: autoencoderKL,
   UNet2DModel: unet2dModel,
 };
 
