@@ -85,6 +85,28 @@ function tokenSpec(v: unknown): { content: string; flags: Partial<AddedToken> } 
   return null;
 }
 
+/** tokenizer_config.json's `added_tokens_decoder` (written by newer transformers) by content. */
+function decoderTokens(config: Record<string, unknown>): Map<string, AddedToken> {
+  const added = new Map<string, AddedToken>();
+  const decoder = (config.added_tokens_decoder ?? {}) as Record<string, unknown>;
+  for (const [id, v] of Object.entries(decoder)) {
+    const t = tokenSpec(v);
+    if (!t) continue;
+    const o = v as Record<string, unknown>;
+    added.set(t.content, {
+      id: Number(id),
+      content: t.content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: true,
+      ...t.flags,
+      special: o.special !== false,
+    });
+  }
+  return added;
+}
+
 /** Reads a `tokenizer/` folder; every problem is one line naming the file. */
 export function readClipTokenizer(dir: string): ClipTokenizerFiles {
   const vocabFile = join(dir, "vocab.json"), mergesFile = join(dir, "merges.txt");
@@ -113,23 +135,7 @@ export function readClipTokenizer(dir: string): ClipTokenizerFiles {
       `tokenizer_class ${config.tokenizer_class} is not CLIPTokenizer`,
     );
   }
-  const added = new Map<string, AddedToken>();
-  const decoder = (config.added_tokens_decoder ?? {}) as Record<string, unknown>;
-  for (const [id, v] of Object.entries(decoder)) {
-    const t = tokenSpec(v);
-    if (!t) continue;
-    const o = v as Record<string, unknown>;
-    added.set(t.content, {
-      id: Number(id),
-      content: t.content,
-      single_word: false,
-      lstrip: false,
-      rstrip: false,
-      normalized: true,
-      ...t.flags,
-      special: o.special !== false,
-    });
-  }
+  const added = decoderTokens(config);
   const specials = { ...DEFAULTS };
   for (const k of SPECIAL_KEYS) {
     const t = tokenSpec(map[k] ?? config[k]);
