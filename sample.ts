@@ -16,6 +16,21 @@ import { ScheduleParams } from "./models/diffusion/schedules.ts";
 import { writeAtomic } from "./models/png_grid.ts";
 import { unet, type UNetParams } from "./models/unet.ts";
 import { sampleGrid } from "./models/diffusion/sample_grid.ts";
+import { loraOf, type MergeConfig, mergedWeights } from "./pipeline/lora_merge.ts";
+
+type Tensors = Awaited<ReturnType<typeof readSafetensors>>["tensors"];
+const floats = (ts: Tensors) => Object.fromEntries(Object.entries(ts).map(([k, t]) => [k, toFloat32(t)]));
+
+/** The tensors of `shapes` from a weights file, each checked. */
+function fullWeights(file: string, tensors: Tensors, shapes: Record<string, number[]>): Record<string, Float32Array> {
+  const weights: Record<string, Float32Array> = {};
+  for (const [path, shape] of Object.entries(shapes)) {
+    const t = tensors[path];
+    if (!t || t.shape.join() !== shape.join()) throw new Error(`${file}: tensor "${path}" missing or not [${shape}]`);
+    weights[path] = toFloat32(t);
+  }
+  return weights;
+}
 
 interface Found {
   u: UNetParams;
@@ -29,7 +44,7 @@ interface Found {
 /** Reads the UNet, its weights (EMA when saved) and its training schedule from a run's folder. */
 export async function loadUnetFolder(dir: string, modelName?: string, preferEma = true): Promise<Found> {
   const cfgFile = `${dir}/config.yaml`;
-  let cfg: {
+  let cfg: MergeConfig & {
     models?: Record<string, { kind: string; params: unknown }>;
     stages?: Record<string, { kind: string; params?: Record<string, unknown> }>;
   };
@@ -52,14 +67,13 @@ export async function loadUnetFolder(dir: string, modelName?: string, preferEma 
   for (const file of candidates) {
     try {
       const { tensors } = await readSafetensors(file);
-      const weights: Record<string, Float32Array> = {};
-      for (const [path, shape] of Object.entries(unet.shapes(u))) {
-        const t = tensors[path];
-        if (!t || t.shape.join() !== shape.join()) {
-          throw new Error(`${file}: tensor "${path}" missing or not [${shape}]`);
-        }
-        weights[path] = toFloat32(t);
-      }
+      // A LoRA student's files hold its adapters: they are merged into its base's weights here, so that what
+      // samples, evaluates or exports it sees a full UNet.
+      const weights = loraOf(cfg, name)
+        ? await mergedWeights(cfg, name, floats(tensors), { dir, def: unet }).catch((e) => {
+          throw new Error(`${file}: ${(e as Error).message}`);
+        })
+        : fullWeights(file, tensors, unet.shapes(u));
       return {
         u,
         weights,

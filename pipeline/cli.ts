@@ -149,6 +149,15 @@ function printPlan(
     const s = plan.stages[e];
     print(`  ${i++}. effect: ${e} [${s.def.kind}] ${describeCadence(s.cadence)}`);
   }
+  for (const [name, info] of Object.entries(plan.models)) {
+    const l = info.lora;
+    if (!l) continue;
+    const n = Object.keys(l.targets).length, adapters = plan.memory.models[name].params.toLocaleString("en-US");
+    print(
+      `LoRA: model "${name}" trains rank-${l.rank} adapters (alpha ${l.alpha}) on ${n} weight${n === 1 ? "" : "s"} ` +
+        `of "${l.base}", frozen and held once: ${adapters} parameters`,
+    );
+  }
   const m = plan.memory;
   const models = Object.values(m.models).reduce((a, x) => a + x.bytes, 0);
   const machine = Number.isFinite(m.machine) ? ` of this machine's ${fmtBytes(m.machine)}` : "";

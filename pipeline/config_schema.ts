@@ -42,6 +42,23 @@ export interface ModelConfig {
   params: Record<string, unknown>;
   /** A safetensors file (relative to the config) with initial parameters. */
   init?: string;
+  /** Train low-rank adapters on a frozen base model's weights instead of the model's own (models/lora.ts). */
+  lora?: LoraConfig;
+}
+
+/**
+ * Low-rank adapters: each targeted weight W is used as W + (alpha/rank)·B·A, where W is the base model's and only A
+ * and B are trained. Every other weight of the model is the base's too, frozen.
+ */
+export interface LoraConfig {
+  /** Inner size of each B·A. */
+  rank: number;
+  /** The update's scale is alpha/rank (default: rank, a scale of 1). */
+  alpha?: number;
+  /** Regular expressions searched in each parameter path (`self`, `conv[12]`); only 2-D and 4-D weights match. */
+  targets: string[];
+  /** The frozen model (same kind and params) whose weights are this model's base, held once. */
+  base: string;
 }
 
 /** A dataset declaration. */
@@ -127,10 +144,18 @@ export const RunSchema: z.ZodType<RunConfig> = runSchema;
 /** A moment a stage fires at. */
 const AT = z.union([z.enum(["start", "end"]), z.number().int().positive()]);
 
+const loraSchema = z.strictObject({
+  rank: sizeSchema(SIZE_LIMITS.width),
+  alpha: z.number().positive().optional(),
+  targets: z.array(z.string().min(1)).min(1),
+  base: NAME,
+});
+
 const modelSchema = z.strictObject({
   kind: z.string(),
   params: z.record(z.string(), z.unknown()).default({}),
   init: z.string().optional(),
+  lora: loraSchema.optional(),
 });
 /** A model declaration (`ModelConfig`). */
 export const ModelSchema: z.ZodType<ModelConfig> = modelSchema;
@@ -175,7 +200,8 @@ type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 const _interfacesMatchSchemas: [
   Same<z.output<typeof runSchema>, RunConfig>,
   Same<z.output<typeof modelSchema>, ModelConfig>,
+  Same<z.output<typeof loraSchema>, LoraConfig>,
   Same<z.output<typeof datasetSchema>, DatasetConfig>,
   Same<z.output<typeof stageSchema>, StageConfig>,
   Same<z.output<typeof configSchema>, Config>,
-] = [true, true, true, true, true];
+] = [true, true, true, true, true, true];

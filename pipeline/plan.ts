@@ -12,6 +12,7 @@ import type { LoadedConfig } from "./config.ts";
 import { type ConfigIssue, type Path, suggest, zodIssues } from "./config_issues.ts";
 import { resolveCadence } from "./cadence.ts";
 import { Issues, Missing, oneLine, quoteList } from "./plan_issues.ts";
+import { checkLora, checkLoraBases } from "./plan_lora.ts";
 import { checkMemory, machineMemory, modelMemory, portStep } from "./plan_memory.ts";
 import { type PhaseFootprint, traceCheck } from "./plan_trace.ts";
 import type { Phase, Plan, PlannedStage, PlanOptions } from "./plan_types.ts";
@@ -27,7 +28,17 @@ import {
 
 export { fmtBytes } from "./plan_memory.ts";
 export { oneLine } from "./plan_issues.ts";
-export type { MemoryEstimate, Phase, PhaseTracer, Plan, PlannedStage, PlanOptions } from "./plan_types.ts";
+export type {
+  LoraPlan,
+  MemoryEstimate,
+  Phase,
+  PhaseTracer,
+  Plan,
+  PlannedModel,
+  PlannedStage,
+  PlanOptions,
+} from "./plan_types.ts";
+export { storedShapes } from "./plan_types.ts";
 
 const isOptional = (p: string) => p.endsWith("?");
 const bare = (p: string) => p.replace(/\?$/, "");
@@ -38,6 +49,7 @@ export function planPipeline(loaded: LoadedConfig, opts: PlanOptions = {}): Plan
   const issues = new Issues(loaded);
   const datasets = checkDatasets(config.data, issues);
   const models = checkModels(config.models, issues);
+  checkLora(config.models, models, issues);
   const stages = checkStages(config, issues);
   issues.throwIfAny();
 
@@ -57,6 +69,7 @@ export function planPipeline(loaded: LoadedConfig, opts: PlanOptions = {}): Plan
     }
   }
   const phases = planPhases(stages, order, names, models, issues.list, config.stages);
+  checkLoraBases(models, phases, issues);
   for (const n of order) {
     if (stages[n].def.role === "traced" && !phases.some((p) => p.stages.includes(n))) {
       warnings.push(`${where(["stages", n])}: warning: traced stage "${n}" feeds no optimizer and never runs`);
@@ -388,11 +401,14 @@ function planPhases(
         });
       }
     }
+    // A LoRA model's forward pass reads its base's weights, so the phase reads the base too (once, however many
+    // models share it).
+    const withBases = [...used, ...updates].flatMap((m) => (models[m]?.lora ? [m, models[m].lora!.base] : [m]));
     phases.push({
       optimizer: name,
       stages: stagesIn,
       updates,
-      reads: [...used].filter((m) => !updates.includes(m) && m in models),
+      reads: [...new Set([...used, ...withBases])].filter((m) => !updates.includes(m) && m in models),
       every: st.every,
     });
   }

@@ -7,7 +7,7 @@
  */
 import type { DType, Graph, Node } from "../engine/ir.ts";
 import { type Issues, quoteList } from "./plan_issues.ts";
-import type { MemoryEstimate, Phase, Plan, PlannedStage } from "./plan_types.ts";
+import { type MemoryEstimate, type Phase, type Plan, type PlannedStage, storedShapes } from "./plan_types.ts";
 import { fmtSpec, type PortSpec } from "./stage.ts";
 
 const DTYPE_BYTES: Record<DType, number> = { f32: 4, i32: 4, bool: 1 };
@@ -48,7 +48,8 @@ export function modelMemory(
   }
   const out: MemoryEstimate["models"] = {};
   for (const [name, m] of Object.entries(models)) {
-    const params = Object.values(m.shapes).reduce((a, s) => a + elements(s), 0);
+    // A LoRA model holds its adapters alone: its base's weights are counted once, with the base.
+    const params = Object.values(storedShapes(m)).reduce((a, s) => a + elements(s), 0);
     const state = slots.get(name);
     const copies = 1 + (state?.length ?? 0);
     out[name] = { params, copies, bytes: params * 4 * copies, state, updated: state !== undefined };

@@ -5,6 +5,7 @@
  * @module
  */
 import type { Graph } from "../engine/ir.ts";
+import type { LoraSpec } from "../models/lora.ts";
 import type { Cadence } from "./cadence.ts";
 import type { AnyStage, DatasetInfo, ModelInfo, PortSpec } from "./stage.ts";
 
@@ -27,6 +28,30 @@ export interface PlannedStage {
   /** When an effect fires (pipeline/cadence.ts). */
   cadence: Cadence;
 }
+
+/** A declared model after validation. */
+export interface PlannedModel extends ModelInfo {
+  /** Its initial weights' safetensors file, relative to the config. */
+  init?: string;
+  /**
+   * Its low-rank adapters (models/lora.ts), when it trains them on `base`'s frozen weights: the store then holds
+   * the adapters (`shapes` of `LoraPlan`) under this model's name, and its forward pass sees the merged weights.
+   */
+  lora?: LoraPlan;
+}
+
+/** A model's LoRA as planned: the targets resolved to weights, and what is stored instead of the weights. */
+export interface LoraPlan extends LoraSpec {
+  /** The frozen model whose weights are the base. */
+  base: string;
+  /** The `targets` regular expressions as the config gave them. */
+  patterns: string[];
+  /** Each adapter's shape (A and B per target), the model's stored layout. */
+  shapes: Record<string, number[]>;
+}
+
+/** The shapes a model holds in the run's store: its adapters when it has LoRA, else its parameters. */
+export const storedShapes = (m: PlannedModel): Record<string, number[]> => m.lora?.shapes ?? m.shapes;
 
 /**
  * One compiled graph: the traced stages feeding one optimizer, run every `every` steps. A step runs the phases in the
@@ -51,8 +76,8 @@ export interface Plan {
   order: string[];
   /** The stages by name. */
   stages: Record<string, PlannedStage>;
-  /** The declared models, with their parameter shapes and `init` file. */
-  models: Record<string, ModelInfo & { init?: string }>;
+  /** The declared models, with their parameter shapes, `init` file and low-rank adapters. */
+  models: Record<string, PlannedModel>;
   /** The declared datasets. */
   datasets: Record<string, DatasetInfo>;
   /** The update phases, in the declaration order of their optimizers. */

@@ -8,7 +8,7 @@ import { layoutOf } from "../engine/pack.ts";
 import { readSafetensors, toFloat32 } from "../engine/safetensors.ts";
 import type { CheckpointRef, CheckpointState } from "./checkpoint.ts";
 import { RunError } from "./errors.ts";
-import type { Plan } from "./plan.ts";
+import { type Plan, storedShapes } from "./plan.ts";
 import { optimizerSlots } from "./trace_phase.ts";
 import { storeKey } from "./store_keys.ts";
 import { RunMemory, type StateArray } from "./stage_state.ts";
@@ -44,7 +44,7 @@ export async function readResumeState(
   const need = new Map<string, number>(), optional = new Map<string, number>();
   const trained = new Set(plan.phases.flatMap((p) => p.updates));
   for (const [m, info] of Object.entries(plan.models)) {
-    const n = layoutOf(info.shapes).total;
+    const n = layoutOf(storedShapes(info)).total;
     // Frozen models are not saved (they come from their init); an older checkpoint's copy is accepted and ignored.
     (trained.has(m) ? need : optional).set(storeKey.model(m), n);
     optional.set(storeKey.ema(m), n);

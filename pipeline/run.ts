@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { isAbsolute, resolve } from "node:path";
 import { createExecutor } from "../engine/executors/auto.ts";
 import type { Executor, ExecutorName, HostArray } from "../engine/executors/executor.ts";
 import { Rng } from "../engine/rng.ts";
@@ -424,7 +425,16 @@ export function timeLine(times: ReadonlyMap<string, number>, totalMs: number, st
 /** The config with every default filled in, down to the parameters of each kind, as a checkpoint records it. */
 function resolvedConfig(loaded: LoadedConfig, plan: Plan): unknown {
   const c = structuredClone(loaded.config);
-  for (const [n, m] of Object.entries(plan.models)) c.models[n].params = m.params as Record<string, unknown>;
+  for (const [n, m] of Object.entries(plan.models)) {
+    c.models[n].params = m.params as Record<string, unknown>;
+    if (!m.lora) continue;
+    const { rank, alpha, patterns: targets, base } = m.lora;
+    c.models[n].lora = { rank, alpha, targets, base };
+    // A checkpoint holds the adapters alone; merging them for export or sampling reads the base's weights from its
+    // init file, which must then be found from wherever the checkpoint is read, not only from the config's folder.
+    const b = c.models[base];
+    if (b.init && !isAbsolute(b.init)) b.init = resolve(loaded.file.replace(/[^/]*$/, "") || ".", b.init);
+  }
   for (const [n, d] of Object.entries(plan.datasets)) c.data[n].params = d.params as Record<string, unknown>;
   for (const [n, st] of Object.entries(plan.stages)) c.stages[n].params = st.params as Record<string, unknown>;
   return c;

@@ -11,6 +11,7 @@ import { Program, ResidentStore } from "../engine/program.ts";
 import { type Layout, packHost, unpackHost } from "../engine/pack.ts";
 import { Rng } from "../engine/rng.ts";
 import { Trace } from "../engine/tensor.ts";
+import { initAdapters, mergeHost } from "../models/lora.ts";
 import type { Plan } from "./plan.ts";
 import { modelKinds } from "./stage.ts";
 import { initRng } from "./init_weights.ts";
@@ -79,10 +80,15 @@ export class Scheduler {
     return this.store.keys();
   }
 
-  /** Initialises models (from their declared init or kind's initialiser), moments at zero, EMAs as copies. */
+  /**
+   * Initialises models (from their declared init or kind's initialiser; a LoRA model's adapters with B = 0, so it
+   * starts as its base), moments at zero, EMAs as copies.
+   */
   async initialise(loadInit: (m: string, path: string) => Promise<Record<string, Float32Array>>): Promise<void> {
     for (const [name, m] of Object.entries(this.plan.models)) {
-      const values = m.init
+      const values = m.lora
+        ? initAdapters(m.lora, initRng(this.seed, name))
+        : m.init
         ? await loadInit(name, m.init)
         : modelKinds().get(m.kind)!.init(m.params, initRng(this.seed, name));
       this.set(storeKey.model(name), packHost(values, this.layouts[name]));
@@ -96,10 +102,16 @@ export class Scheduler {
     }
   }
 
-  /** A model's parameters (or its EMA) as named host arrays. */
+  /**
+   * A model's parameters (or its EMA) as named host arrays; a LoRA model's merged into its base's weights (with its
+   * EMA'd adapters for `useEma`), under the model's own names, so that stages sampling from it see a full model.
+   */
   async readModel(name: string, useEma = false): Promise<Record<string, Float32Array>> {
     const key = useEma && this.store.has(storeKey.ema(name)) ? storeKey.ema(name) : storeKey.model(name);
-    return unpackHost(await this.get(key), this.layouts[name]);
+    const own = unpackHost(await this.get(key), this.layouts[name]);
+    const lora = this.plan.models[name].lora;
+    if (!lora) return own;
+    return mergeHost(await this.readModel(lora.base), own, lora);
   }
 
   /**

@@ -10,7 +10,9 @@ import { div } from "../engine/math.ts";
 import { stopGradient } from "../engine/ops.ts";
 import { type Layout, layoutOf, nest, pack, unpack } from "../engine/pack.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
+import { mergeTraced } from "../models/lora.ts";
 import type { Phase, Plan } from "./plan.ts";
+import { storedShapes } from "./plan_types.ts";
 import { modelKinds, type TraceContext } from "./stage.ts";
 import { storeKey } from "./store_keys.ts";
 
@@ -40,9 +42,9 @@ export interface TracedPhase {
   metrics: Record<string, string>;
 }
 
-/** Each declared model's packed layout. */
+/** Each declared model's packed layout in the store (a LoRA model's: its adapters). */
 export function modelLayouts(plan: Plan): Record<string, Layout> {
-  return Object.fromEntries(Object.entries(plan.models).map(([n, m]) => [n, layoutOf(m.shapes)]));
+  return Object.fromEntries(Object.entries(plan.models).map(([n, m]) => [n, layoutOf(storedShapes(m))]));
 }
 
 /** The names of an optimizer stage's state slots per model: its rule's `init` keys. */
@@ -110,9 +112,11 @@ class PhaseTrace {
   /** Stage outputs and fed host values by "stage.port". */
   readonly values = new Map<string, Tensor>();
   readonly step: Tensor;
-  /** Each model's parameters, flat (as stored) and unpacked by path. */
+  /** Each model's parameters, flat (as stored) and unpacked by path: what its optimizer differentiates. */
   readonly flats: Record<string, Tensor> = {};
   readonly params: Record<string, Record<string, Tensor>> = {};
+  /** A LoRA model's weights as its forward pass sees them, merged from its base when first used (see `weights`). */
+  readonly merged: Record<string, Record<string, Tensor>> = {};
 
   constructor(readonly plan: Plan, readonly phase: Phase) {
     this.layouts = modelLayouts(plan);
@@ -159,7 +163,7 @@ class PhaseTrace {
     };
     const declared = (m: string) => {
       if (!this.params[m]) throw new Error(`stage "${name}" uses model "${m}" it did not declare`);
-      return this.params[m];
+      return this.weights(m);
     };
     return {
       stage: name,
@@ -173,6 +177,18 @@ class PhaseTrace {
       uniform: (tag, shape) => random("uniform", tag, shape),
       metric: (mname, v) => this.metric(`${name}.${mname}`, v),
     };
+  }
+
+  /**
+   * The weights model `m`'s forward pass sees: its parameters, or for a LoRA model its base's with the adapters
+   * merged in (traced once per phase and per update, and only when a stage applies the model).
+   */
+  weights(m: string): Record<string, Tensor> {
+    const lora = this.plan.models[m].lora;
+    if (!lora) return this.params[m];
+    const base = this.params[lora.base];
+    if (!base) throw new Error(`LoRA model "${m}": its base "${lora.base}" is not read by the phase`);
+    return this.merged[m] ??= mergeTraced(base, this.params[m], lora);
   }
 
   metric(name: string, v: Tensor): void {
@@ -222,6 +238,7 @@ class PhaseTrace {
       // loss's gradient would flow back through this update into the earlier phase's (second order, not ADD).
       this.flats[m] = stopGradient(updated[i].param);
       this.params[m] = unpack(this.flats[m], layouts[m]);
+      delete this.merged[m];
     });
     return phase.updates;
   }
