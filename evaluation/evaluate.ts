@@ -36,6 +36,7 @@ import {
   resolveJudge,
 } from "./fid.ts";
 import type { UNetParams } from "../models/unet.ts";
+import type { DenoiserModel, LatentDecoder } from "../models/denoiser.ts";
 
 export { chanceFidelity, PIXEL_POOL, pixelFeatures, textFidelity, toDisplayed } from "./eval_metrics.ts";
 export { reportMarkdown } from "./eval_markdown.ts";
@@ -62,7 +63,10 @@ export interface CaptionSet {
 /** A UNet sampled with a sampler: the weights are compiled once per batch size and shared by generators using them. */
 export interface UNetGenerator {
   name: string;
-  u: UNetParams;
+  /** The project's UNet by its params, or any denoiser kind's model. */
+  u: UNetParams | DenoiserModel;
+  /** For a latent denoiser: the VAE decoder that turns its samples into the pixels the sets hold. */
+  decode?: LatentDecoder;
   /** Generators given the same object (a teacher at several step counts) share its compiled runners. */
   weights: Record<string, Float32Array>;
   settings: SampleSettings;
@@ -202,7 +206,7 @@ export async function generateBatched(
   batch: number,
   runner: (size: number) => Promise<UNetRunner>,
 ): Promise<{ images: Float32Array; ms: number }> {
-  const per = g.u.in_channels * g.u.size * g.u.size;
+  const per = g.decode ? g.decode.channels * g.decode.size ** 2 : g.u.in_channels * g.u.size * g.u.size;
   const tokW = text.tokens.length / n, poolW = text.pooled.length / n;
   const slice = (t: TextBatch, s: number, e: number): TextBatch => ({
     tokens: t.tokens.subarray(s * tokW, e * tokW),
@@ -215,7 +219,8 @@ export async function generateBatched(
     const e = Math.min(n, s + batch), r = await runner(e - s);
     const seeds = Array.from({ length: e - s }, (_, i) => s + i);
     const t0 = performance.now();
-    const out = await generate(r, g.schedule, g.settings, seeds, slice(text, s, e), empty && slice(empty, s, e));
+    let out = await generate(r, g.schedule, g.settings, seeds, slice(text, s, e), empty && slice(empty, s, e));
+    if (g.decode) out = await g.decode.decode(out, e - s);
     ms += performance.now() - t0;
     images.set(out, s * per);
   }
@@ -228,7 +233,7 @@ export async function generateBatched(
  * `release` when done. Shared with `fashion_eval.ts`.
  */
 export function unetRunners(executor: Executor) {
-  let key: [UNetParams, Record<string, Float32Array>] | null = null;
+  let key: [UNetGenerator["u"], Record<string, Float32Array>] | null = null;
   const runners = new Map<number, UNetRunner>();
   const release = async () => {
     for (const r of runners.values()) await r.dispose();
@@ -271,9 +276,10 @@ function checkOptions(o: EvaluateOptions): { batch: number; channels: number; si
     throw new Error("evaluate: every set must have the same image channels and size");
   }
   for (const g of generators.filter(isUNet)) {
-    if (g.u.in_channels !== channels || g.u.size !== size) {
+    const [c, side] = g.decode ? [g.decode.channels, g.decode.size] : [g.u.in_channels, g.u.size];
+    if (c !== channels || side !== size) {
       throw new Error(
-        `evaluate: generator "${g.name}" makes ${g.u.in_channels}×${g.u.size}² images, the sets hold ` +
+        `evaluate: generator "${g.name}" makes ${c}×${side}² images, the sets hold ` +
           `${channels}×${size}²`,
       );
     }

@@ -17,6 +17,7 @@ import type { Tensor } from "../engine/tensor.ts";
 import type { Rng } from "../engine/rng.ts";
 import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../pipeline/stage.ts";
 import { SIZE_LIMITS, sizeSchema } from "../pipeline/config.ts";
+import type { DenoiserKind, DenoiserModel } from "./denoiser.ts";
 
 const WIDTH = sizeSchema(SIZE_LIMITS.width);
 const Params = z.strictObject({
@@ -284,8 +285,23 @@ function types(u: UNetParams, inputs: Record<string, PortSpec>): Record<string, 
   return { out: { dtype: "f32", shape: [...x.shape] } };
 }
 
+/** The UNet as the ADD stages and samplers see it; its params are its cache settings, as before the interface. */
+export function unetDenoiser(u: UNetParams): DenoiserModel {
+  return {
+    in_channels: u.in_channels,
+    size: u.size,
+    context_dim: u.context_dim,
+    pooled_dim: u.pooled_dim,
+    get shapes() {
+      return shapes(u);
+    },
+    forward: (p, x, t, tokens, pooled) => unetForward(u, p, x, t, tokens, pooled),
+    settings: u,
+  };
+}
+
 /** The unet model kind. */
-export const unet: ModelDef<UNetParams> = {
+export const unet: ModelDef<UNetParams> & DenoiserKind<UNetParams> = {
   kind: "unet",
   doc: "text-conditioned UNet: res blocks, group norm, self/cross-attention, sinusoidal time embedding",
   params: Params,
@@ -293,4 +309,5 @@ export const unet: ModelDef<UNetParams> = {
   init,
   types,
   apply: (u, p, { x, t, tokens, pooled }) => ({ out: unetForward(u, p, x, t, tokens, pooled) }),
+  denoiser: unetDenoiser,
 };

@@ -14,6 +14,7 @@ import {
 } from "../pipeline/stage.ts";
 import { checkpoint } from "./checkpoint.ts";
 import { dataLoad } from "./data.ts";
+import { latentData } from "./latent_data.ts";
 import { toyFunction } from "../datasets/toy_function.ts";
 import { emoji } from "../datasets/emoji.ts";
 import { fashionMnist } from "../datasets/fashion_mnist.ts";
@@ -43,10 +44,12 @@ import { mlp } from "../models/mlp.ts";
 import { fashionCnn } from "../models/fashion_cnn.ts";
 import { unet } from "../models/unet.ts";
 import { diffusersUnet } from "../models/diffusers/unet_kind.ts";
+import { diffusersVae } from "../models/diffusers/vae_kind.ts";
 
 /** The built-in stage kinds. */
 export const BUILTIN_STAGES: readonly AnyStage[] = [
   dataLoad,
+  latentData,
   model,
   mse,
   crossEntropyStage,
@@ -77,6 +80,7 @@ export const BUILTIN_MODELS: readonly AnyModel[] = [
   addDiscriminator,
   mobilenetV2,
   diffusersUnet,
+  diffusersVae,
 ];
 
 /** The built-in dataset kinds. */

@@ -50,13 +50,25 @@ export const dataLoad: StageDef<z.output<typeof Params>> = {
   },
   host: async (ctx, p) => {
     const ds = await ctx.dataset(p.dataset);
-    const first = (ctx.step - 1) * p.batch;
-    const idx = new Int32Array(p.batch);
-    for (let i = 0; i < p.batch; i++) {
-      const k = first + i;
-      const perm = p.shuffle ? permutation(`${ctx.seed}/${ctx.stage}`, Math.floor(k / ds.size), ds.size) : null;
-      idx[i] = perm ? perm[k % ds.size] : k % ds.size;
-    }
-    return ds.batch(idx);
+    return ds.batch(batchIndices(ctx, p, ds.size));
   },
 };
+
+/**
+ * The examples of this step's batch: the step's slice of the epoch's shuffle, which the seed, the stage's name and
+ * the step alone decide (shared with `latent_data`, which batches the same way).
+ */
+export function batchIndices(
+  ctx: { seed: number; stage: string; step: number },
+  p: { batch: number; shuffle: boolean },
+  size: number,
+): Int32Array {
+  const first = (ctx.step - 1) * p.batch;
+  const idx = new Int32Array(p.batch);
+  for (let i = 0; i < p.batch; i++) {
+    const k = first + i;
+    const perm = p.shuffle ? permutation(`${ctx.seed}/${ctx.stage}`, Math.floor(k / size), size) : null;
+    idx[i] = perm ? perm[k % size] : k % size;
+  }
+  return idx;
+}

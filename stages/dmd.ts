@@ -23,12 +23,13 @@ import { cast, stopGradient } from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
 import { levelsAt, noiseTraced, toX0Traced } from "../models/diffusion/traced.ts";
+import { isDenoiser, notADenoiser } from "../models/denoiser.ts";
 import { expectPort, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 
 const Params = z.strictObject({
-  /** The declared frozen `unet` of the real distribution (the teacher). */
+  /** The declared frozen denoiser of the real distribution (the teacher). */
   real: z.string(),
-  /** The declared `unet` trained on the generator's outputs (initialised from the teacher). */
+  /** The declared denoiser trained on the generator's outputs (initialised from the teacher). */
   fake: z.string(),
   schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   /** Both models' output parameterisation. */
@@ -49,8 +50,8 @@ export const dmd: StageDef<P> = {
   models: (p) => [p.real, p.fake],
   types: ({ params, inputs, models }) => {
     for (const k of ["real", "fake"] as const) {
-      if (models[params[k]]?.kind !== "unet") {
-        throw new StageTypeError(`model "${params[k]}" must be a unet`, ["params", k]);
+      if (!isDenoiser(models[params[k]])) {
+        throw new StageTypeError(notADenoiser(params[k], models[params[k]]), ["params", k]);
       }
     }
     if (params.real === params.fake) throw new StageTypeError(`real and fake must be two models`, ["params", "fake"]);

@@ -20,7 +20,8 @@ import { DEFAULT_JUDGE, type FidOptions, JUDGES, resolveJudge } from "../evaluat
 import { INCEPTION_MIN_SIZE } from "../models/inception_v3.ts";
 import { findRows, type StoredRows, storeRows } from "../evaluation/teacher_rows.ts";
 import { weightsKey } from "../models/weights_key.ts";
-import type { UNetParams } from "../models/unet.ts";
+import { checkDecodes, type DenoiserModel, denoiserOf, type LatentDecoder } from "../models/denoiser.ts";
+import { latentDecoder } from "../models/diffusers/vae_runner.ts";
 import { type EffectContext, type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { emoji } from "../datasets/emoji.ts";
 import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
@@ -42,10 +43,12 @@ const EmojiNoSplit = z.record(z.string(), z.unknown()).superRefine((v, ctx) => {
 });
 
 const Params = z.strictObject({
-  /** The distilled student: a declared `unet` model. */
+  /** The distilled student: a declared denoiser (`unet`, `diffusers_unet`, …). */
   student: z.string(),
-  /** The teacher: a declared `unet` model (may be frozen, i.e. updated by no optimizer). */
+  /** The teacher: a declared denoiser (may be frozen, i.e. updated by no optimizer). */
   teacher: z.string(),
+  /** For latent denoisers: the declared VAE (`diffusers_vae`) whose decoder turns both models' samples into pixels. */
+  vae: z.string().optional(),
   /** Use each model's EMA where it has one. */
   ema: z.boolean().default(true),
   /** Student steps (ADD sampler), one report row each. */
@@ -88,11 +91,17 @@ const Params = z.strictObject({
 });
 type P = z.output<typeof Params>;
 
-function unetOf(models: Record<string, ModelInfo>, name: string, key: string): UNetParams | null {
+function unetOf(models: Record<string, ModelInfo>, name: string, key: string): DenoiserModel | null {
   const info = models[name];
   if (!info) return null; // the planner reports undeclared models itself
-  if (info.kind !== "unet") throw new StageTypeError(`model "${name}" is a ${info.kind}, not a unet`, ["params", key]);
-  return info.params as UNetParams;
+  const u = denoiserOf(info);
+  if (!u) throw new StageTypeError(`model "${name}" is a ${info.kind}, not a denoiser`, ["params", key]);
+  return u;
+}
+
+/** What the report judges a model by: its pixels, decoded by the VAE for a latent denoiser. */
+function pixelsOf(models: Record<string, ModelInfo>, p: P, u: DenoiserModel, key: string) {
+  return p.vae ? checkDecodes(models[p.vae], p.vae, u, ["params", key]) : { channels: u.in_channels, size: u.size };
 }
 
 /** The eval_report stage. */
@@ -107,12 +116,11 @@ export const evalReport: StageDef<P> = {
   types: ({ params, models }) => {
     const size = emoji.params.parse({ ...params.dataset, split: "heldout" }).size;
     for (const key of ["student", "teacher"] as const) {
-      const u = unetOf(models, params[key], key);
-      if (u && (u.size !== size || u.in_channels !== 3)) {
+      const u = unetOf(models, params[key], key), px = u && pixelsOf(models, params, u, key);
+      if (px && (px.size !== size || px.channels !== 3)) {
         throw new StageTypeError(
-          `model "${
-            params[key]
-          }" makes ${u.in_channels}×${u.size}×${u.size} images; the emoji sets are 3×${size}×${size}`,
+          `model "${params[key]}" makes ${px.channels}×${px.size}×${px.size} images; the emoji sets are ` +
+            `3×${size}×${size}`,
           ["params", key],
         );
       }
@@ -145,12 +153,22 @@ export const evalReport: StageDef<P> = {
     const schedule = makeSchedule(p.schedule);
     const tw = p.teacher_steps.length ? await ctx.readModel(p.teacher, { ema: p.ema }) : {};
     const sw = p.student_steps.length ? await ctx.readModel(p.student, { ema: p.ema }) : {};
+    const vw = p.vae ? await ctx.readModel(p.vae) : {};
+    const decoders: LatentDecoder[] = [];
+    const decoder = async (u: DenoiserModel) => {
+      if (!p.vae) return undefined;
+      const d = await latentDecoder(ctx.executor, ctx.models[p.vae], vw, [u.in_channels, u.size, u.size], p.batch);
+      decoders.push(d);
+      return d;
+    };
+    const [td, sd] = [await decoder(teacher), await decoder(student)];
     const generators: Generator[] = [
       ...p.teacher_steps.flatMap((steps) =>
         p.teacher_guidance.map((guidance) => ({
           // Named as before when there is one scale: stored rows and history lines keep their names.
           name: `teacher ${steps}-step` + (p.teacher_guidance.length > 1 ? ` cfg ${guidance}` : ""),
           u: teacher,
+          decode: td,
           weights: tw,
           schedule,
           settings: { sampler: "ddim" as const, steps, guidance, prediction: p.prediction },
@@ -159,13 +177,16 @@ export const evalReport: StageDef<P> = {
       ...p.student_steps.map((steps) => ({
         name: `student ${steps}-step`,
         u: student,
+        decode: sd,
         weights: sw,
         schedule,
         settings: { sampler: "add" as const, steps, guidance: 1, prediction: p.prediction },
       })),
     ];
     const sets = await emojiCaptionSets(p.dataset, p);
-    const cache = p.teacher_cache && p.teacher_steps.length ? await teacherCache(ctx, p, tw, teacher) : null;
+    // A latent teacher's rows depend on the VAE's weights too.
+    const keyed = p.vae ? { ...tw, ...Object.fromEntries(Object.entries(vw).map(([k, v]) => [`\0vae.${k}`, v])) } : tw;
+    const cache = p.teacher_cache && p.teacher_steps.length ? await teacherCache(ctx, p, keyed, teacher) : null;
     const todo = cache?.hit ? generators.filter((g) => !g.name.startsWith("teacher ")) : generators;
     if (cache?.hit) ctx.log(`eval_report: teacher rows from ${cache.hit.from} (computed ${cache.hit.date})`);
     ctx.log(`eval_report: ${todo.length} generators × ${sets.map((s) => s.captions.length).join(" + ")} images`);
@@ -178,6 +199,8 @@ export const evalReport: StageDef<P> = {
       fid: judgeOptions(p),
       discFid: p.disc_fid ? {} : false,
       log: ctx.log,
+    }).finally(async () => {
+      for (const d of decoders) await d.dispose();
     });
     if (cache?.hit) report.rows = [...cache.hit.rows, ...report.rows];
     else if (cache) {
@@ -213,7 +236,7 @@ export const evalReport: StageDef<P> = {
  * The teacher's stored rows for these weights and settings (`hit`: from the shipped file or the run's cache folder),
  * and how to store rows computed now: in the run's cache folder, never in the shipped file.
  */
-async function teacherCache(ctx: EffectContext, p: P, weights: Record<string, Float32Array>, u: UNetParams) {
+async function teacherCache(ctx: EffectContext, p: P, weights: Record<string, Float32Array>, u: DenoiserModel) {
   const shipped = join(PROJECT_ROOT, p.teacher_cache!);
   const key = await weightsKey(cacheSettings(p, u, ctx.executor.name), weights);
   const hit = await findRows<GeneratorRow>(key, shipped, ctx.cache);
@@ -236,7 +259,7 @@ function judgeOptions(p: P): FidOptions {
 }
 
 /** Everything besides the weights that the teacher's rows depend on. */
-function cacheSettings(p: P, u: UNetParams, executor: string) {
+function cacheSettings(p: P, u: DenoiserModel, executor: string) {
   return {
     // 2: rows carry the pixel FD; 3: the judge (InceptionV3) and the FID on the discriminator's network
     rows_version: 3,
@@ -244,7 +267,7 @@ function cacheSettings(p: P, u: UNetParams, executor: string) {
     disc_fid: p.disc_fid ? resolveJudge({ judge: "mobilenet_v2" }) : null,
     executor,
     // The architecture too: heads or groups change the outputs, not the weights' shapes.
-    unet: u,
+    unet: u.settings,
     teacher_steps: p.teacher_steps,
     // A single scale keys as the number it always was, so existing caches still match.
     teacher_guidance: p.teacher_guidance.length === 1 ? p.teacher_guidance[0] : p.teacher_guidance,

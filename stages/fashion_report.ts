@@ -26,7 +26,7 @@ import {
 import { loadFashionJudge } from "../models/fashion_judge.ts";
 import { writeAtomic } from "../models/png_grid.ts";
 import { findRows, storeRows } from "../evaluation/teacher_rows.ts";
-import type { UNetParams } from "../models/unet.ts";
+import { type DenoiserModel, denoiserOf } from "../models/denoiser.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import { type EffectContext, type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
@@ -36,9 +36,9 @@ const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 const Steps = z.array(z.number().int().positive());
 
 const Params = z.strictObject({
-  /** The distilled student: a declared `unet` model; omit (or null) for no student rows. */
+  /** The distilled student: a declared denoiser (`unet`, `diffusers_unet`, …); omit (or null) for no student rows. */
   student: z.string().nullable().default(null),
-  /** The teacher: a declared `unet` model; omit (or null) for no teacher rows. */
+  /** The teacher: a declared denoiser; omit (or null) for no teacher rows. */
   teacher: z.string().nullable().default(null),
   /** Use each model's EMA where it has one. */
   ema: z.boolean().default(true),
@@ -73,11 +73,12 @@ type P = z.output<typeof Params>;
 const roles = (p: P) =>
   [["teacher", p.teacher, p.teacher_steps.length], ["student", p.student, p.student_steps.length]] as const;
 
-function unetOf(models: Record<string, ModelInfo>, name: string, key: string): UNetParams | null {
+function unetOf(models: Record<string, ModelInfo>, name: string, key: string): DenoiserModel | null {
   const info = models[name];
   if (!info) return null; // the planner reports undeclared models itself
-  if (info.kind !== "unet") throw new StageTypeError(`model "${name}" is a ${info.kind}, not a unet`, ["params", key]);
-  return info.params as UNetParams;
+  const u = denoiserOf(info);
+  if (!u) throw new StageTypeError(`model "${name}" is a ${info.kind}, not a denoiser`, ["params", key]);
+  return u;
 }
 
 /** The fashion_report stage. */
@@ -174,7 +175,7 @@ async function rowGenerators(
       // Everything but the weights a row depends on; the architecture too (heads change outputs, not shapes).
       const deps = {
         rows_version: 1,
-        unet: u,
+        unet: u.settings,
         settings,
         per_class: p.per_class,
         batch: p.batch,

@@ -1,7 +1,8 @@
 /**
  * `sample`: a grid of images from a diffusion UNet at the stage's cadence (and at the end), for fixed prompts and
  * seeds, written to `<out>/samples/step-XXXXXXXX.png` with the prompts and seeds of each row and column in a JSON
- * file beside it. Rows are prompts, columns seeds; the same prompt and seed give the same noise every time.
+ * file beside it. Rows are prompts, columns seeds; the same prompt and seed give the same noise every time. A latent
+ * denoiser's samples are decoded to pixels by the `vae` it names.
  *
  * @module
  */
@@ -9,13 +10,16 @@ import { z } from "zod";
 import { sampleGrid } from "../models/diffusion/sample_grid.ts";
 import { ScheduleParams } from "../models/diffusion/schedules.ts";
 import { writeAtomic } from "../models/png_grid.ts";
-import type { UNetParams } from "../models/unet.ts";
-import type { StageDef } from "../pipeline/stage.ts";
+import { checkDecodes, denoiserOf, notADenoiser } from "../models/denoiser.ts";
+import { latentDecoder } from "../models/diffusers/vae_runner.ts";
+import { type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { checkTextWidths } from "../models/caption_encoder.ts";
 
 const Params = z.strictObject({
-  /** A declared `unet` model. */
+  /** A declared denoiser (`unet`, `diffusers_unet`, …). */
   model: z.string(),
+  /** For a latent denoiser: the declared VAE (`diffusers_vae`) whose decoder turns its samples into pixels. */
+  vae: z.string().optional(),
   /** Sample from the model's EMA when it has one. */
   ema: z.boolean().default(true),
   prompts: z.array(z.string()).min(1).default(["red apple", "grinning face", "sun", "blue heart"]),
@@ -40,18 +44,23 @@ export const sample: StageDef<z.output<typeof Params>> = {
   params: Params,
   inputs: [],
   cadence: { always: ["end"] },
-  models: (p) => [p.model],
+  models: (p) => [p.model, ...(p.vae ? [p.vae] : [])],
   types: ({ params, models }) => {
-    const info = models[params.model];
-    if (info?.kind === "unet") checkTextWidths(params.model, info.params as UNetParams, params.text_encoder);
+    const u = denoiserOf(models[params.model]);
+    if (!u) throw new StageTypeError(notADenoiser(params.model, models[params.model]), ["params", "model"]);
+    checkTextWidths(params.model, u, params.text_encoder);
+    if (params.vae) checkDecodes(models[params.vae], params.vae, u, ["params", "vae"]);
     return {};
   },
   effect: async (ctx, p) => {
-    const info = ctx.models[p.model];
-    if (info.kind !== "unet") throw new Error(`sample: model "${p.model}" is a ${info.kind}, not a unet`);
-    const u = info.params as UNetParams;
+    const u = denoiserOf(ctx.models[p.model])!;
     const weights = await ctx.readModel(p.model, { ema: p.ema });
-    const grid = await sampleGrid(ctx.executor, u, weights, { ...p, cache: ctx.cache });
+    const n = p.prompts.length * p.seeds.length, latent = [u.in_channels, u.size, u.size];
+    const decode = p.vae
+      ? await latentDecoder(ctx.executor, ctx.models[p.vae], await ctx.readModel(p.vae), latent, n)
+      : undefined;
+    const grid = await sampleGrid(ctx.executor, u, weights, { ...p, cache: ctx.cache, decode })
+      .finally(() => decode?.dispose());
     const dir = `${ctx.out}/${p.folder}`;
     await Deno.mkdir(dir, { recursive: true });
     const name = `step-${String(ctx.step).padStart(8, "0")}`;

@@ -26,13 +26,13 @@ import { readSafetensors, writeSafetensors } from "../engine/safetensors.ts";
 import { UNetRunner } from "../models/diffusion/generate.ts";
 import { cfg, sampleAdd, sampleDdim } from "../models/diffusion/samplers.ts";
 import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
-import type { UNetParams } from "../models/unet.ts";
+import { type DenoiserModel, denoiserOf, notADenoiser } from "../models/denoiser.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import { datasetKinds, type HostContext, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
 
 const Params = z.strictObject({
-  /** The teacher: a declared `unet` model that no optimizer updates (the bank is made once, from its weights). */
+  /** The teacher: a declared denoiser that no optimizer updates (the bank is made once, from its weights). */
   model: z.string(),
   /** A declared captioned dataset (`image` and `caption_id` fields) whose examples give the captions. */
   dataset: z.string(),
@@ -55,6 +55,11 @@ const Params = z.strictObject({
   guidance: z.number().min(1).default(1),
   schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
+  /**
+   * The teacher denoises VAE latents: its samples are latents, which are not clipped to the images' [-1, 1], and the
+   * dataset's images (encoded elsewhere) need not have the model's shape.
+   */
+  latent: z.boolean().default(false),
   /** Text encoder folder or hub id, as in `text_encode`. */
   text_encoder: z.string().default("models/text_encoder"),
   /**
@@ -102,16 +107,16 @@ export const teacherPairs: StageDef<P> = {
   models: (p) => [p.model, ...(p.refresh && p.refresh.model !== p.model ? [p.refresh.model] : [])],
   datasets: (p) => [p.dataset],
   types: ({ params, models, datasets }) => {
-    const m = models[params.model], info = datasets[params.dataset];
-    if (m?.kind !== "unet") throw new StageTypeError(`model "${params.model}" must be a unet`, ["params", "model"]);
+    const m = models[params.model], info = datasets[params.dataset], u = denoiserOf(m);
+    if (!u) throw new StageTypeError(notADenoiser(params.model, m), ["params", "model"]);
     if (!info) throw new StageTypeError(`dataset "${params.dataset}" is not declared`, ["params", "dataset"]);
     const f = datasetKinds().get(info.kind)!.fields(info.params);
     if (!f.image || !f.caption_id) {
       throw new StageTypeError(`dataset "${params.dataset}" has no image and caption_id fields`, ["params", "dataset"]);
     }
-    const u = m.params as UNetParams, img = [u.in_channels, u.size, u.size];
+    const img = [u.in_channels, u.size, u.size];
     checkTextWidths(params.model, u, params.text_encoder);
-    if (f.image.shape.join() !== img.join()) {
+    if (!params.latent && f.image.shape.join() !== img.join()) {
       throw new StageTypeError(
         `dataset "${params.dataset}" holds images [${f.image.shape}], model "${params.model}" makes [${img}]`,
         ["params", "dataset"],
@@ -127,9 +132,13 @@ export const teacherPairs: StageDef<P> = {
     }
     const r = params.refresh;
     if (r) {
-      const rm = models[r.model];
-      if (rm?.kind !== "unet" || (rm.params as UNetParams).size !== u.size) {
-        throw new StageTypeError(`model "${r.model}" must be a unet making [${img}]`, ["params", "refresh", "model"]);
+      const ru = denoiserOf(models[r.model]);
+      if (!ru || ru.size !== u.size || ru.in_channels !== u.in_channels) {
+        throw new StageTypeError(`model "${r.model}" must be a denoiser making [${img}]`, [
+          "params",
+          "refresh",
+          "model",
+        ]);
       }
       if (r.at.some((a, i) => i > 0 && a <= r.at[i - 1])) {
         throw new StageTypeError(`[${r.at}] is not ascending`, ["params", "refresh", "at"]);
@@ -174,7 +183,7 @@ export const teacherPairs: StageDef<P> = {
 async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
   const ds = await ctx.dataset(p.dataset);
   if (!ds.captionOf) throw new Error(`${ctx.stage}: dataset "${p.dataset}" has no captions`);
-  const u = ctx.models[p.model].params as UNetParams, per = u.in_channels * u.size * u.size;
+  const u = denoiserOf(ctx.models[p.model])!, per = u.in_channels * u.size * u.size;
   const order = new Rng(ctx.seed).fold("teacher_pairs").permutation(ds.size);
   const examples = Int32Array.from({ length: p.pairs }, (_, i) => order[i % ds.size]);
   const captionId = ds.batch(examples).caption_id as Int32Array;
@@ -191,9 +200,10 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
     version: 1,
     seed: ctx.seed,
     executor: ctx.executor.name,
-    unet: u,
+    unet: u.settings,
     steps: p.steps,
     ...(p.sampler === "ddim" ? {} : { sampler: p.sampler }),
+    ...(p.latent ? { latent: true } : {}),
     // Absent at 1 so that the banks cached before guidance existed keep their keys.
     ...(p.guidance === 1 ? {} : { guidance: p.guidance }),
     schedule: p.schedule,
@@ -238,12 +248,12 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
   return { captionId, noise, target, per, T: schedule.alphasCumprod.length, captions };
 }
 
-/** Samples `weights` from every pair's noise and caption; the targets, clipped to the data's [-1, 1]. */
+/** Samples `weights` from every pair's noise and caption; the targets, pixels clipped to the data's [-1, 1]. */
 async function sampleTargets(
   ctx: HostContext,
   p: P,
   weights: Record<string, Float32Array>,
-  u: UNetParams,
+  u: DenoiserModel,
   bank: { noise: Float32Array; captions: string[]; per: number },
   how: { sampler: "ddim" | "add"; steps: number; guidance: number; what: string },
 ): Promise<Float32Array> {
@@ -270,7 +280,8 @@ async function sampleTargets(
       const x0 = how.sampler === "ddim"
         ? await sampleDdim(d, xT, schedule, { steps: how.steps })
         : await sampleAdd(d, xT, schedule, { steps: how.steps, rng: perPairNoise(ctx.seed, rows, per) });
-      for (let i = 0; i < n * per; i++) target[s * per + i] = Math.max(-1, Math.min(1, x0[i]));
+      const lo = p.latent ? -Infinity : -1, hi = p.latent ? Infinity : 1;
+      for (let i = 0; i < n * per; i++) target[s * per + i] = Math.max(lo, Math.min(hi, x0[i]));
       if ((s + n) * 10 >= (told + 1) * p.pairs || s + n === p.pairs) {
         told = Math.floor(((s + n) * 10) / p.pairs);
         ctx.log(`${ctx.stage}: ${how.what} ${s + n}/${p.pairs} (${how.sampler.toUpperCase()} ${how.steps} steps)`);
@@ -292,7 +303,7 @@ async function refreshedTargets(ctx: HostContext, p: P, bank: Bank): Promise<Flo
   const done = r.at.filter((a) => a < ctx.step);
   if (!done.length) return bank.target;
   const after = done[done.length - 1];
-  const u = ctx.models[r.model].params as UNetParams;
+  const u = denoiserOf(ctx.models[r.model])!;
   const have = ctx.state.get("target"), haveAfter = ctx.state.get("target_after");
   if (haveAfter?.[0] === after && have instanceof Float32Array && have.length === p.pairs * bank.per) return have;
   if (ctx.step !== after + 1) {

@@ -15,7 +15,9 @@
  * @module
  */
 import { z } from "zod";
+import type { Tensor } from "../../engine/tensor.ts";
 import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../../pipeline/stage.ts";
+import type { DenoiserKind, DenoiserModel } from "../denoiser.ts";
 import { type DiffusersClass, diffusersClass, isProblem } from "./classes.ts";
 import {
   checkWeights,
@@ -99,8 +101,30 @@ function types(p: P, inputs: Record<string, PortSpec>): Record<string, PortSpec>
   return { out: { dtype: "f32", shape: out[ports.out] } };
 }
 
+/**
+ * The folder's model as the ADD stages and samplers see it. The sizes come from config.json's own keys, which every
+ * diffusers UNet class spells alike; `sample_size` is the side it was trained at (64 latents for a 512² SD model).
+ */
+function denoiser(p: P): DenoiserModel {
+  const { cls, cfg, shapes, folder } = open(p), ports = cls.ports, json = folder.json;
+  const num = (k: string, fallback: number) => typeof json[k] === "number" ? json[k] as number : fallback;
+  return {
+    in_channels: num("in_channels", 4),
+    size: num("sample_size", 64),
+    context_dim: ports.tokens ? num("cross_attention_dim", 0) : 0,
+    pooled_dim: 0,
+    shapes,
+    forward: (w, x, t, tokens) => {
+      const named: Record<string, Tensor> = { [ports.x]: x, [ports.t]: t };
+      if (ports.tokens && tokens) named[ports.tokens] = tokens;
+      return cls.forward(cfg, w, named)[ports.out];
+    },
+    settings: { class: folder.className, config: json },
+  };
+}
+
 /** The diffusers_unet model kind. */
-export const diffusersUnet: ModelDef<P> = {
+export const diffusersUnet: ModelDef<P> & DenoiserKind<P> = {
   kind: "diffusers_unet",
   doc:
     "a pretrained diffusers UNet (UNet2DConditionModel, UNet2DModel) from its folder or hub id; x, t[, tokens] → out",
@@ -120,4 +144,5 @@ export const diffusersUnet: ModelDef<P> = {
     };
     return { out: cls.forward(cfg, params, named)[ports.out] };
   },
+  denoiser,
 };

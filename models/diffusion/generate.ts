@@ -10,7 +10,8 @@ import { Program, ResidentStore } from "../../engine/program.ts";
 import { layoutOf, packHost, unpack } from "../../engine/pack.ts";
 import { Rng } from "../../engine/rng.ts";
 import { Trace } from "../../engine/tensor.ts";
-import { unet, unetForward, type UNetParams } from "../unet.ts";
+import { unetDenoiser, type UNetParams } from "../unet.ts";
+import type { DenoiserModel } from "../denoiser.ts";
 import { cfg, type Denoiser, type Prediction, sampleAdd, sampleDdim, sampleDdpm, sampleEuler } from "./samplers.ts";
 import type { Schedule } from "./schedules.ts";
 
@@ -21,12 +22,15 @@ export interface TextBatch {
   length: number;
 }
 
-/** A UNet compiled on an executor for one batch size. */
+/** A denoiser as given: the project's UNet by its params, any other kind by its `Denoiser`. */
+export const asDenoiser = (u: UNetParams | DenoiserModel): DenoiserModel => "forward" in u ? u : unetDenoiser(u);
+
+/** A UNet (any denoiser) compiled on an executor for one batch size. */
 export class UNetRunner {
   private constructor(
     private readonly store: ResidentStore,
     private readonly program: Program,
-    readonly u: UNetParams,
+    readonly u: DenoiserModel,
     readonly batch: number,
     readonly textLength: number,
   ) {}
@@ -34,18 +38,18 @@ export class UNetRunner {
   /** Compiles the UNet for `batch` images and text of `textLength` tokens, and uploads `weights`. */
   static async create(
     executor: Executor,
-    u: UNetParams,
+    model: UNetParams | DenoiserModel,
     weights: Record<string, Float32Array>,
     batch: number,
     textLength: number,
   ): Promise<UNetRunner> {
-    const layout = layoutOf(unet.shapes(u));
+    const u = asDenoiser(model), layout = layoutOf(u.shapes);
     const tr = new Trace();
     const flat = tr.input("weights", [layout.total]);
     const x = tr.input("x", [batch, u.in_channels, u.size, u.size]), t = tr.input("t", [batch]);
     const tokens = u.context_dim ? tr.input("tokens", [batch, textLength, u.context_dim]) : undefined;
     const pooled = u.pooled_dim ? tr.input("pooled", [batch, u.pooled_dim]) : undefined;
-    const out = unetForward(u, unpack(flat, layout), x, t, tokens, pooled);
+    const out = u.forward(unpack(flat, layout), x, t, tokens, pooled);
     // The weights stay resident: an input bound to the store and never replaced.
     const store = new ResidentStore(executor);
     const program = await Program.create(store, tr.build({ out }), { inputs: { weights: "weights" } });

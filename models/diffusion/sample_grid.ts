@@ -8,6 +8,7 @@ import type { Executor } from "../../engine/executors/executor.ts";
 import { loadCaptionEncoder } from "../caption_encoder.ts";
 import { gridToPng } from "../png_grid.ts";
 import type { UNetParams } from "../unet.ts";
+import type { DenoiserModel, LatentDecoder } from "../denoiser.ts";
 import { generate, type SampleSettings, UNetRunner } from "./generate.ts";
 import { makeSchedule, type ScheduleOptions } from "./schedules.ts";
 
@@ -19,12 +20,14 @@ export interface GridSettings extends SampleSettings {
   text_encoder: string;
   /** A run's cache folder, where `use-lite` is built (absent: the project's `.cache/`). */
   cache?: string;
+  /** For a latent denoiser: the VAE decoder that turns its samples into the grid's pixels. */
+  decode?: LatentDecoder;
 }
 
 /** Generates the prompts × seeds grid with the given weights (also used by `deno task sample`). */
 export async function sampleGrid(
   executor: Executor,
-  u: UNetParams,
+  u: UNetParams | DenoiserModel,
   weights: Record<string, Float32Array>,
   p: GridSettings,
 ): Promise<{ png: Uint8Array; images: Float32Array[]; legend: Record<string, unknown> }> {
@@ -36,11 +39,13 @@ export async function sampleGrid(
   const runner = await UNetRunner.create(executor, u, weights, captions.length, enc.dims.length);
   try {
     const t0 = performance.now();
-    const out = await generate(runner, makeSchedule(p.schedule), p, seeds, text, empty);
+    let out = await generate(runner, makeSchedule(p.schedule), p, seeds, text, empty);
+    if (p.decode) out = await p.decode.decode(out, captions.length);
     const ms = performance.now() - t0;
-    const per = u.in_channels * u.size * u.size;
+    const [c, side] = p.decode ? [p.decode.channels, p.decode.size] : [u.in_channels, u.size];
+    const per = c * side * side;
     const images = captions.map((_, i) => out.slice(i * per, (i + 1) * per));
-    const png = gridToPng(images, u.in_channels, u.size, { cols: p.seeds.length });
+    const png = gridToPng(images, c, side, { cols: p.seeds.length });
     const legend = {
       rows: p.prompts,
       cols: p.seeds,

@@ -30,10 +30,11 @@ import { less } from "../../engine/math.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { makeSchedule, ScheduleParams } from "../../models/diffusion/schedules.ts";
 import { epsFromV, levelsAt, noiseTraced, toX0Traced } from "../../models/diffusion/traced.ts";
+import { isDenoiser, notADenoiser } from "../../models/denoiser.ts";
 import { expectPort, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
 
 const Params = z.strictObject({
-  /** The declared frozen teacher `unet`. */
+  /** The declared frozen teacher: a denoiser (`unet`, `diffusers_unet`, …). */
   model: z.string(),
   weighting: z.enum(["exponential", "sds", "nfsd"]).default("exponential"),
   schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
@@ -58,8 +59,8 @@ export const addDistill: StageDef<P> = {
   inputs: ["x0_hat", "tokens?", "pooled?", "empty_tokens?", "empty_pooled?"],
   models: (p) => [p.model],
   types: ({ params, inputs, models }) => {
-    if (models[params.model]?.kind !== "unet") {
-      throw new StageTypeError(`model "${params.model}" must be a unet`, ["params", "model"]);
+    if (!isDenoiser(models[params.model])) {
+      throw new StageTypeError(notADenoiser(params.model, models[params.model]), ["params", "model"]);
     }
     expectPort(inputs, "x0_hat", { dtype: "f32", rank: 4 });
     const T = params.schedule.T;

@@ -6,10 +6,11 @@
  */
 import { z } from "zod";
 import { toX0Traced } from "../../models/diffusion/traced.ts";
+import { isDenoiser, notADenoiser } from "../../models/denoiser.ts";
 import { expectPort, modelKinds, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
 
 const Params = z.strictObject({
-  /** The declared `unet` model trained as the student. */
+  /** The declared denoiser (`unet`, `diffusers_unet`, …) trained as the student. */
   model: z.string(),
   /** The UNet's output parameterisation (as its teacher was trained). */
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
@@ -25,12 +26,12 @@ export const addStudent: StageDef<z.output<typeof Params>> = {
   models: (p) => [p.model],
   types: ({ params, inputs, models }) => {
     const m = models[params.model];
-    if (m?.kind !== "unet") throw new StageTypeError(`model "${params.model}" must be a unet`, ["params", "model"]);
+    if (!isDenoiser(m)) throw new StageTypeError(notADenoiser(params.model, m), ["params", "model"]);
     const x = expectPort(inputs, "x_s", { dtype: "f32", rank: 4 });
     expectPort(inputs, "alpha", { dtype: "f32", shape: [x.shape[0], 1, 1, 1] });
     expectPort(inputs, "sigma", { dtype: "f32", shape: [x.shape[0], 1, 1, 1] });
     const { x_s, alpha: _a, sigma: _s, ...rest } = inputs;
-    modelKinds().get("unet")!.types(m.params, { x: x_s, ...rest });
+    modelKinds().get(m.kind)!.types(m.params, { x: x_s, ...rest });
     return { x0_hat: { dtype: "f32", shape: [...x.shape] } };
   },
   trace: (ctx, p, { x_s, t, alpha, sigma, tokens, pooled }) => {

@@ -419,7 +419,7 @@ Deno.test("eval_report: config errors name the key (not a unet, wrong size, a sp
       { kind: "unet", params: { ...TINY, size: 16 } },
       /eval\.yaml:\d+:\d+: .*model "student" makes 3×16×16 images; the emoji sets are 3×32×32/,
     ],
-    ["kind", {}, { kind: "mlp", params: { in: 2, out: 2 } }, /model "student" is a mlp, not a unet/],
+    ["kind", {}, { kind: "mlp", params: { in: 2, out: 2 } }, /model "student" is a mlp, not a denoiser/],
     ["split", { dataset: { split: "train" } }, undefined, /dataset\.split.*picks the splits itself/],
     ["bad emoji param", { dataset: { size: 3 } }, undefined, /dataset\.size/],
     ["empty", { teacher_steps: [], student_steps: [] }, undefined, /nothing to evaluate/],

@@ -75,7 +75,7 @@ Deno.test("dmd: the real and fake models must be two declared unets, and t_min â
   );
   assert.throws(
     typesOf({ fake: "mlp" }),
-    (e: Error) => e instanceof StageTypeError && /must be a unet/.test(e.message),
+    (e: Error) => e instanceof StageTypeError && /not a denoiser/.test(e.message),
   );
   assert.throws(typesOf({ t_max: 1000 }), (e: Error) => e instanceof StageTypeError && /t_max < T/.test(e.message));
 });
