@@ -6,7 +6,9 @@
  *   UNet2DConditionModel: `sample`, `timestep`, `encoder_hidden_states` → `sample`), written to OUT whole or not at all.
  * - `fetch org/name [--subfolder S] [--variant V]`: downloads a hub model into `.cache/hub/` (online), where the
  *   `diffusers_unet` model kind and `forward` then read it offline.
- * - `export`: not built yet (a later session writes it); it says so and exits 1.
+ * - `export <run or checkpoint folder> --out DIR [--fp16] [--no-ema] [--model NAME]`: the run's `diffusers_unet`
+ *   student as a folder diffusers' `from_pretrained` loads (unet/, scheduler/, the text encoder when the run used a
+ *   diffusers pipeline's, model_index.json when the parts make a pipeline, README.md); models/diffusers/export.ts.
  *
  * @module
  */
@@ -15,6 +17,7 @@ import { decodeSafetensors, type SafeTensor, writeSafetensors } from "./engine/s
 import type { ExecutorName } from "./engine/executors/executor.ts";
 import { DiffusersFolderError, downloadHubFolder, HUB_CACHE, isHubId } from "./models/diffusers/folder.ts";
 import { checkInputs, loadModel, runForward } from "./models/diffusers/forward.ts";
+import { exportDiffusers } from "./models/diffusers/export.ts";
 import { runCommand } from "./ship/run_command.ts";
 
 interface ModelFlags {
@@ -50,6 +53,17 @@ async function forward(o: ModelFlags & { model: string; inputs: string; out: str
   );
 }
 
+async function exportRun(dir: string, o: { out: string; fp16?: boolean; ema: boolean; model?: string }) {
+  const t0 = performance.now();
+  const r = await exportDiffusers(dir, o.out, o);
+  const s = ((performance.now() - t0) / 1000).toFixed(1);
+  const mb = (r.bytes / 1e6).toFixed(2);
+  console.log(
+    `wrote ${r.out}/ (${r.source.folder.className} "${r.source.model}" from ${r.source.weightsFile}; ` +
+      `${r.files.length} files, ${mb} MB, ${s} s): ${r.files.join(", ")}`,
+  );
+}
+
 async function fetchHub(id: string, o: ModelFlags) {
   if (!isHubId(id)) throw new DiffusersFolderError(`hub id "${id}"`, "expected org/name");
   const dir = await downloadHubFolder(id, o);
@@ -82,14 +96,14 @@ export async function diffusersCli(argv: readonly string[]): Promise<number> {
       .description(`downloads a hub model into ${HUB_CACHE}/ (online), for offline use afterwards`)
       .argument("<id>", "the hub id, org/name"),
   ).action(fetchHub);
-  // The export command is another session's work; until it lands the command is honest about not existing.
   program.command("export")
-    .description("not built yet")
-    .allowUnknownOption()
-    .allowExcessArguments()
-    .action(() => {
-      throw new Error("deno task diffusers export: not built yet (only forward and fetch exist so far)");
-    });
+    .description("writes a run's diffusers_unet student as a folder diffusers' from_pretrained loads")
+    .argument("<dir>", "a run folder (its newest checkpoint) or a checkpoint folder")
+    .requiredOption("--out <dir>", "the folder to write (absent, empty, or an earlier export)")
+    .option("--fp16", "write the weights as float16 (the fp16 variant's file names)")
+    .option("--no-ema", "the trained weights even when the checkpoint kept an EMA")
+    .option("--model <name>", "the config's model to export (default: the student)")
+    .action(exportRun);
   return await runCommand(program, argv);
 }
 

@@ -58,7 +58,7 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /** The checkpoint folder to export from `dir`, and the run folder it belongs to. */
-async function locate(dir: string): Promise<{ checkpoint: string; runFolder: string | null }> {
+export async function locate(dir: string): Promise<{ checkpoint: string; runFolder: string | null }> {
   if (!(await isDir(dir))) throw new Error(`${dir}: no such folder`);
   if (await isDir(`${dir}/checkpoints`)) {
     const ref = await latestCheckpoint(dir);
@@ -87,7 +87,8 @@ function studentName(cfg: RunConfig): string | undefined {
   return Object.keys(models).find(isUnet);
 }
 
-function findStage(cfg: RunConfig, kind: string, model?: string): Record<string, unknown> | undefined {
+/** The params of the first stage of `kind` (the one on `model` when there is one). */
+export function findStage(cfg: RunConfig, kind: string, model?: string): Record<string, unknown> | undefined {
   const stages = Object.values(cfg.stages ?? {});
   return (stages.find((s) => s.kind === kind && (model === undefined || s.params?.model === model)) ??
     stages.find((s) => s.kind === kind))?.params;

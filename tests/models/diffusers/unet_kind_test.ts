@@ -13,7 +13,7 @@ import { Rng } from "../../../engine/rng.ts";
 import { diffusersUnet } from "../../../models/diffusers/unet_kind.ts";
 import { unetShapes } from "../../../models/diffusers/unet2d_condition.ts";
 import { unetConfig } from "../../../models/diffusers/unet2d_condition_config.ts";
-import { ConfigError, loadConfig } from "../../../pipeline/config.ts";
+import { type ConfigError, loadConfig } from "../../../pipeline/config.ts";
 import { planPipeline } from "../../../pipeline/plan.ts";
 import { StageTypeError } from "../../../pipeline/stage.ts";
 import { cli, expectCode, rows, tmp } from "../../helpers/cli_run.ts";
