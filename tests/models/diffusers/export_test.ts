@@ -4,7 +4,7 @@
 // make_exported.ts) is what the exporter writes today, and the project's forward and schedule of it equal what the
 // real diffusers computed from it (check_export.py); bad input is one line, exit 1, nothing written.
 import assert from "node:assert/strict";
-import { readSafetensors, toFloat32 } from "../../../engine/safetensors.ts";
+import { encodeSafetensors, readSafetensors, toFloat32 } from "../../../engine/safetensors.ts";
 import { makeSchedule, studentTimesteps } from "../../../models/diffusion/schedules.ts";
 import { exportDiffusers } from "../../../models/diffusers/export.ts";
 import { loadModel, runForward } from "../../../models/diffusers/forward.ts";
@@ -190,4 +190,64 @@ Deno.test("diffusers export: a diffusers folder that is not a run is not an expo
     /unet_sd1: neither a run folder/,
   );
   assert.deepEqual(await listing(root), []);
+});
+
+/** A checkpoint folder written by hand: `config.yaml` and the student's weights (the folder's own, as float32). */
+async function handCheckpoint(dir: string, config: string, weightsOf: string, variant: string) {
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(`${dir}/config.yaml`, config);
+  const t = await tensorsOf(`${weightsOf}/diffusion_pytorch_model.${variant}.safetensors`);
+  await Deno.writeFile(`${dir}/unet.safetensors`, encodeSafetensors(t));
+}
+
+Deno.test("diffusers export: a UNet2DModel gets a DDIMPipeline index; a diffusers text encoder and VAE are copied", async () => {
+  const root = await tmp("diffusers_export_parts");
+  const noise = "noise: { kind: diffusion_noise, params: { schedule: { kind: linear, T: 1000 }, prediction: eps } }";
+  await handCheckpoint(
+    `${root}/uncond`,
+    `models:\n  unet: { kind: diffusers_unet, params: { path: ${FIXTURES}unet2d, variant: fp16 } }\nstages:\n  ${noise}\n`,
+    `${FIXTURES}unet2d`,
+    "fp16",
+  );
+  const u = await exportDiffusers(`${root}/uncond`, `${root}/uncond_out`);
+  assert.deepEqual(u.files, [
+    "README.md",
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+  ]);
+  const index = JSON.parse(await Deno.readTextFile(`${root}/uncond_out/model_index.json`));
+  assert.deepEqual(index, {
+    _class_name: "DDIMPipeline",
+    _diffusers_version: "0.31.0",
+    scheduler: ["diffusers", "DDIMScheduler"],
+    unet: ["diffusers", "UNet2DModel"],
+  });
+  const s = await readSchedulerConfig(`${root}/uncond_out`);
+  assert.deepEqual(s.alphasCumprod, makeSchedule({ kind: "linear", T: 1000 }).alphasCumprod);
+  assert.equal(s.prediction, "eps");
+
+  // A text-conditioned student whose run encoded with a diffusers pipeline's text encoder, beside a VAE.
+  const sd = `models:
+  unet: { kind: diffusers_unet, params: { path: ${FIXTURES}unet_sd1, variant: bf16 } }
+  vae: { kind: diffusers_vae, params: { path: ${FIXTURES}vae } }
+stages:
+  text: { kind: text_encode, params: { dataset: d, model: ${FIXTURES}clip/text_encoder } }
+  ${noise}
+`;
+  await handCheckpoint(`${root}/sd`, sd, `${FIXTURES}unet_sd1`, "bf16");
+  const r = await exportDiffusers(`${root}/sd`, `${root}/sd_out`, { fp16: true });
+  for (const f of ["text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/vocab.json"]) {
+    assert.ok(r.files.includes(f), f);
+    const a = await Deno.readFile(`${root}/sd_out/${f}`), b = await Deno.readFile(`${FIXTURES}clip/${f}`);
+    assert.deepEqual(a, b, f);
+  }
+  assert.ok(r.files.includes("vae/diffusion_pytorch_model.fp16.safetensors"));
+  const sdIndex = JSON.parse(await Deno.readTextFile(`${root}/sd_out/model_index.json`));
+  assert.equal(sdIndex._class_name, "StableDiffusionPipeline");
+  assert.deepEqual(sdIndex.text_encoder, ["transformers", "CLIPTextModel"]);
+  assert.deepEqual(sdIndex.tokenizer, ["transformers", "CLIPTokenizer"]);
+  assert.deepEqual(sdIndex.vae, ["diffusers", "AutoencoderKL"]);
+  assert.match(await Deno.readTextFile(`${root}/sd_out/README.md`), /Text encoder: .*clip\/text_encoder \(copied\)/);
 });
