@@ -1,0 +1,132 @@
+/**
+ * `deno task build:tiny-diffusers [DIR]`: a tiny Stable-Diffusion-layout pipeline folder with random but seeded
+ * weights (default `.cache/tiny_diffusers/`, git-ignored), so that `configs/add_diffusers.yaml` runs offline here:
+ * `model_index.json`, `unet/` (UNet2DConditionModel on 4×4×4 latents, 64-wide cross-attention, the width of the
+ * committed text encoder), `vae/` (AutoencoderKL, f = 8: 32² pixels ↔ 4×4 latents) and `scheduler/`
+ * (scheduler_config.json: v-prediction, zero terminal SNR, as ADD's pure-noise input needs). The same keys, shapes
+ * and config files as a real hub pipeline such as stabilityai/sd-turbo, only narrower: what runs on this folder runs
+ * on that one.
+ *
+ * Its weights are random, so the teacher draws nothing: the folder exercises the latent-space pipeline, it is not a
+ * model. Rerunning writes the same bytes.
+ *
+ * @module
+ */
+import { encodeSafetensors } from "../../engine/safetensors.ts";
+import { Rng } from "../../engine/rng.ts";
+import { vaeShapes } from "./autoencoder_kl.ts";
+import { vaeConfig } from "./autoencoder_kl_config.ts";
+import { unetShapes } from "./unet2d_condition.ts";
+import { unetConfig } from "./unet2d_condition_config.ts";
+
+const VERSION = "0.31.0";
+
+/** The UNet's config.json: SD 1.x's layout, two levels, narrow. */
+export const TINY_UNET_CONFIG = {
+  _class_name: "UNet2DConditionModel",
+  _diffusers_version: VERSION,
+  act_fn: "silu",
+  attention_head_dim: 4,
+  block_out_channels: [32, 64],
+  center_input_sample: false,
+  cross_attention_dim: 64,
+  down_block_types: ["CrossAttnDownBlock2D", "DownBlock2D"],
+  downsample_padding: 1,
+  flip_sin_to_cos: true,
+  freq_shift: 0,
+  in_channels: 4,
+  layers_per_block: 1,
+  mid_block_scale_factor: 1,
+  mid_block_type: "UNetMidBlock2DCrossAttn",
+  norm_eps: 1e-5,
+  norm_num_groups: 8,
+  out_channels: 4,
+  sample_size: 4,
+  up_block_types: ["UpBlock2D", "CrossAttnUpBlock2D"],
+  use_linear_projection: false,
+};
+
+/** The VAE's config.json: four levels (f = 8) as the SD VAE, 8–32 channels instead of 128–512. */
+export const TINY_VAE_CONFIG = {
+  _class_name: "AutoencoderKL",
+  _diffusers_version: VERSION,
+  act_fn: "silu",
+  block_out_channels: [8, 16, 32, 32],
+  down_block_types: ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+  force_upcast: true,
+  in_channels: 3,
+  latent_channels: 4,
+  latents_mean: null,
+  latents_std: null,
+  layers_per_block: 1,
+  mid_block_add_attention: true,
+  norm_num_groups: 8,
+  out_channels: 3,
+  sample_size: 32,
+  scaling_factor: 0.18215,
+  shift_factor: null,
+  up_block_types: ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+  use_post_quant_conv: true,
+  use_quant_conv: true,
+};
+
+/** scheduler_config.json; the ADD stages' `schedule` in configs/add_diffusers.yaml says the same. */
+export const TINY_SCHEDULER_CONFIG = {
+  _class_name: "DDIMScheduler",
+  _diffusers_version: VERSION,
+  beta_end: 0.012,
+  beta_schedule: "scaled_linear",
+  beta_start: 0.00085,
+  clip_sample: false,
+  num_train_timesteps: 1000,
+  prediction_type: "v_prediction",
+  rescale_betas_zero_snr: true,
+  set_alpha_to_one: false,
+  steps_offset: 1,
+  timestep_spacing: "trailing",
+};
+
+/** Seeded weights under `shapes`' keys: norms at 1, biases at 0, the rest normal with a 1/√fan-in scale. */
+function seeded(shapes: Record<string, number[]>, seed: string): Uint8Array {
+  const rng = new Rng(0).fold(seed), tensors: Record<string, { data: Float32Array; shape: number[] }> = {};
+  for (const [k, s] of Object.entries(shapes)) {
+    const n = s.reduce((a, b) => a * b, 1), fanIn = s.slice(1).reduce((a, b) => a * b, 1);
+    const data = s.length === 1
+      ? new Float32Array(n).fill(/norm.*\.weight$/.test(k) ? 1 : 0)
+      : rng.fold(k).normal(n).map((v) => v / Math.sqrt(fanIn));
+    tensors[k] = { data, shape: s };
+  }
+  return encodeSafetensors(tensors);
+}
+
+const json = (v: unknown) => JSON.stringify(v, null, 2) + "\n";
+
+/** Writes the folder into `dir`. */
+export async function buildTinyDiffusers(dir: string): Promise<void> {
+  for (const sub of ["unet", "vae", "scheduler"]) await Deno.mkdir(`${dir}/${sub}`, { recursive: true });
+  const modelIndex = {
+    _class_name: "StableDiffusionPipeline",
+    _diffusers_version: VERSION,
+    scheduler: ["diffusers", "DDIMScheduler"],
+    unet: ["diffusers", "UNet2DConditionModel"],
+    vae: ["diffusers", "AutoencoderKL"],
+  };
+  await Deno.writeTextFile(`${dir}/model_index.json`, json(modelIndex));
+  await Deno.writeTextFile(`${dir}/unet/config.json`, json(TINY_UNET_CONFIG));
+  await Deno.writeFile(
+    `${dir}/unet/diffusion_pytorch_model.safetensors`,
+    seeded(unetShapes(unetConfig(TINY_UNET_CONFIG)), "unet"),
+  );
+  await Deno.writeTextFile(`${dir}/vae/config.json`, json(TINY_VAE_CONFIG));
+  await Deno.writeFile(
+    `${dir}/vae/diffusion_pytorch_model.safetensors`,
+    seeded(vaeShapes(vaeConfig(TINY_VAE_CONFIG)), "vae"),
+  );
+  await Deno.writeTextFile(`${dir}/scheduler/scheduler_config.json`, json(TINY_SCHEDULER_CONFIG));
+}
+
+if (import.meta.main) {
+  const dir = Deno.args[0] ?? ".cache/tiny_diffusers";
+  await buildTinyDiffusers(dir);
+  console.log(`wrote a tiny diffusers pipeline folder (random seeded weights) into ${dir}/`);
+}

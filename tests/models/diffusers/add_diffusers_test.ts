@@ -1,0 +1,66 @@
+// configs/add_diffusers.yaml, ADD in latent space on a diffusers-format pipeline folder: on the tiny folder
+// `deno task build:tiny-diffusers` writes (built here into a temporary folder), it plans with latents [B, 4, 4, 4] for
+// student and teacher and the decoded x̂ [B, 3, 32, 32] for the discriminator, trains three steps on cpu with finite
+// losses, and its preview and report decode latents into 32² pixels; the same file with a hub id that is not
+// downloaded is one config line telling how to fetch it.
+import assert from "node:assert/strict";
+import "../../../stages/mod.ts";
+import { buildTinyDiffusers } from "../../../models/diffusers/build_tiny.ts";
+import { loadConfig } from "../../../pipeline/config.ts";
+import { planPipeline } from "../../../pipeline/plan.ts";
+import { cli, expectCode, ROOT, rows, tmp } from "../../helpers/cli_run.ts";
+
+const CONFIG = `${ROOT}configs/add_diffusers.yaml`;
+
+/** The config's YAML with every `.cache/tiny_diffusers` path pointing at `dir`. */
+const retargeted = (dir: string) => Deno.readTextFileSync(CONFIG).replaceAll(".cache/tiny_diffusers", dir);
+
+Deno.test({
+  name: "add_diffusers: ADD in latent space on a tiny diffusers folder trains 3 steps; previews and report in pixels",
+  sanitizeResources: false,
+  fn: async () => {
+    const root = await tmp("add_diffusers"), folder = `${root}/tiny`, file = `${root}/add_diffusers.yaml`;
+    await buildTinyDiffusers(folder);
+    await Deno.writeTextFile(file, retargeted(folder));
+    const plan = planPipeline(loadConfig(file, await Deno.readTextFile(file)));
+    assert.deepEqual(plan.models.vae.shapes["decoder.conv_out.weight"], [3, 8, 3, 3]);
+    const out = `${root}/out`;
+    const r = await cli([
+      file,
+      ...["--executor", "cpu", "--steps", "3", "--out", out, "--set", `run.cache=${root}/cache`],
+      ...["--set", "run.log_every=1", "--set", "stages.ckpt=null", "--set", "stages.plot=null"],
+      ...["--set", "stages.report.params.limit=4", "--set", "stages.report.params.teacher_steps=[1]"],
+      ...["--set", "stages.report.params.student_steps=[1]", "--set", "stages.report.params.judge_size=75"],
+      ...["--set", "stages.report.params.disc_fid=false", "--set", "stages.preview.params.seeds=[0,1]"],
+    ]);
+    expectCode(r, 0, "add_diffusers");
+    assert.match(r.stdout + r.stderr, /batch: encoded \d+ images into latents \[4,4,4\]/);
+    const got = await rows(out);
+    assert.deepEqual(got.map((row) => row.step), [1, 2, 3]);
+    for (const row of got) {
+      for (const k of ["opt_d.loss", "opt_g.loss", "generator_loss.distill"]) assert.ok(Number.isFinite(row[k]), k);
+    }
+    const legend = JSON.parse(await Deno.readTextFile(`${out}/samples/step-00000003.json`));
+    assert.deepEqual(legend.cols, [0, 1]);
+    const png = await Deno.readFile(`${out}/samples/step-00000003.png`);
+    // PNG IHDR: width and height of a 4-prompt × 2-seed grid of 32² images (with the grid's padding).
+    const view = new DataView(png.buffer, png.byteOffset);
+    assert.ok(
+      view.getUint32(16) >= 2 * 32 && view.getUint32(20) >= 4 * 32,
+      `${view.getUint32(16)}×${view.getUint32(20)}`,
+    );
+    const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
+    assert.deepEqual(report.rows.map((x: { name: string }) => x.name), ["teacher 1-step", "student 1-step"]);
+  },
+});
+
+Deno.test("add_diffusers: a hub id that is not downloaded is one config line naming the fetch", async () => {
+  const root = await tmp("add_diffusers_hub"), file = `${root}/hub.yaml`;
+  const yaml = Deno.readTextFileSync(CONFIG).replaceAll(".cache/tiny_diffusers", "nobody/sd-nothing");
+  assert.throws(() => planPipeline(loadConfig(file, yaml)), (e) => {
+    const lines = (e as Error).message.split("\n").filter((l) => l.includes("not downloaded"));
+    assert.ok(lines.length >= 1, (e as Error).message);
+    assert.match(lines[0], /hub id "nobody\/sd-nothing": not downloaded.*deno task diffusers fetch nobody\/sd-nothing/);
+    return true;
+  });
+});
