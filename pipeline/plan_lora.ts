@@ -43,7 +43,8 @@ export function checkLora(declared: Config["models"], models: Plan["models"], is
     if (baseInfo.kind !== info.kind) {
       issues.add(
         [...at, "base"],
-        `LoRA base "${lora.base}" is a ${baseInfo.kind}, model "${name}" a ${info.kind}: the base must be the same kind`,
+        `LoRA base "${lora.base}" is of kind ${baseInfo.kind}, model "${name}" of kind ${info.kind}: the base must ` +
+          `be the same kind`,
       );
       continue;
     }
