@@ -150,39 +150,7 @@ export const evalReport: StageDef<P> = {
         );
       }
     }
-    const schedule = makeSchedule(p.schedule);
-    const tw = p.teacher_steps.length ? await ctx.readModel(p.teacher, { ema: p.ema }) : {};
-    const sw = p.student_steps.length ? await ctx.readModel(p.student, { ema: p.ema }) : {};
-    const vw = p.vae ? await ctx.readModel(p.vae) : {};
-    const decoders: LatentDecoder[] = [];
-    const decoder = async (u: DenoiserModel) => {
-      if (!p.vae) return undefined;
-      const d = await latentDecoder(ctx.executor, ctx.models[p.vae], vw, [u.in_channels, u.size, u.size], p.batch);
-      decoders.push(d);
-      return d;
-    };
-    const [td, sd] = [await decoder(teacher), await decoder(student)];
-    const generators: Generator[] = [
-      ...p.teacher_steps.flatMap((steps) =>
-        p.teacher_guidance.map((guidance) => ({
-          // Named as before when there is one scale: stored rows and history lines keep their names.
-          name: `teacher ${steps}-step` + (p.teacher_guidance.length > 1 ? ` cfg ${guidance}` : ""),
-          u: teacher,
-          decode: td,
-          weights: tw,
-          schedule,
-          settings: { sampler: "ddim" as const, steps, guidance, prediction: p.prediction },
-        }))
-      ),
-      ...p.student_steps.map((steps) => ({
-        name: `student ${steps}-step`,
-        u: student,
-        decode: sd,
-        weights: sw,
-        schedule,
-        settings: { sampler: "add" as const, steps, guidance: 1, prediction: p.prediction },
-      })),
-    ];
+    const { generators, tw, vw, decoders } = await generatorsOf(ctx, p, teacher, student);
     const sets = await emojiCaptionSets(p.dataset, p);
     // A latent teacher's rows depend on the VAE's weights too.
     const keyed = p.vae ? { ...tw, ...Object.fromEntries(Object.entries(vw).map(([k, v]) => [`\0vae.${k}`, v])) } : tw;
@@ -231,6 +199,44 @@ export const evalReport: StageDef<P> = {
     ctx.log(`eval_report: ${paths.md} (and ${p.name}.json, ${p.name}_history.jsonl)`);
   },
 };
+
+/** The report's generators: the teacher at each step count and scale, the student at each; decoders to dispose. */
+async function generatorsOf(ctx: EffectContext, p: P, teacher: DenoiserModel, student: DenoiserModel) {
+  const schedule = makeSchedule(p.schedule);
+  const tw = p.teacher_steps.length ? await ctx.readModel(p.teacher, { ema: p.ema }) : {};
+  const sw = p.student_steps.length ? await ctx.readModel(p.student, { ema: p.ema }) : {};
+  const vw = p.vae ? await ctx.readModel(p.vae) : {};
+  const decoders: LatentDecoder[] = [];
+  const decoder = async (u: DenoiserModel) => {
+    if (!p.vae) return undefined;
+    const d = await latentDecoder(ctx.executor, ctx.models[p.vae], vw, [u.in_channels, u.size, u.size], p.batch);
+    decoders.push(d);
+    return d;
+  };
+  const [td, sd] = [await decoder(teacher), await decoder(student)];
+  const generators: Generator[] = [
+    ...p.teacher_steps.flatMap((steps) =>
+      p.teacher_guidance.map((guidance) => ({
+        // Named as before when there is one scale: stored rows and history lines keep their names.
+        name: `teacher ${steps}-step` + (p.teacher_guidance.length > 1 ? ` cfg ${guidance}` : ""),
+        u: teacher,
+        decode: td,
+        weights: tw,
+        schedule,
+        settings: { sampler: "ddim" as const, steps, guidance, prediction: p.prediction },
+      }))
+    ),
+    ...p.student_steps.map((steps) => ({
+      name: `student ${steps}-step`,
+      u: student,
+      decode: sd,
+      weights: sw,
+      schedule,
+      settings: { sampler: "add" as const, steps, guidance: 1, prediction: p.prediction },
+    })),
+  ];
+  return { generators, tw, vw, decoders };
+}
 
 /**
  * The teacher's stored rows for these weights and settings (`hit`: from the shipped file or the run's cache folder),
