@@ -184,9 +184,27 @@ export {
 export type { StageMemory, StageState, StateArray } from "./pipeline/stage_state.ts";
 export { registerBuiltins } from "./stages/builtins.ts";
 export { ConfigError, loadConfig } from "./pipeline/config.ts";
-export type { Config, DatasetConfig, LoadedConfig, ModelConfig, RunConfig, StageConfig } from "./pipeline/config.ts";
+export type {
+  Config,
+  DatasetConfig,
+  LoadedConfig,
+  LoraConfig,
+  ModelConfig,
+  RunConfig,
+  StageConfig,
+} from "./pipeline/config.ts";
 export { planPipeline } from "./pipeline/plan.ts";
-export type { MemoryEstimate, Phase, PhaseTracer, Plan, PlannedStage, PlanOptions } from "./pipeline/plan.ts";
+export type {
+  LoraPlan,
+  MemoryEstimate,
+  Phase,
+  PhaseTracer,
+  Plan,
+  PlannedModel,
+  PlannedStage,
+  PlanOptions,
+} from "./pipeline/plan.ts";
+export type { LoraSpec } from "./models/lora.ts";
 export { RunError, runPipeline } from "./pipeline/run.ts";
 export type { RunOptions } from "./pipeline/run.ts";
 export { checkpointFiles, latestCheckpoint, listCheckpoints, saveSnapshot } from "./pipeline/checkpoint.ts";

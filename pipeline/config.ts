@@ -31,6 +31,7 @@ export {
   ConfigSchema,
   type DatasetConfig,
   DatasetSchema,
+  type LoraConfig,
   type ModelConfig,
   ModelSchema,
   type RunConfig,
