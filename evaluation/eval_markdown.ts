@@ -4,7 +4,7 @@
  * @module
  */
 import { PIXEL_POOL } from "./eval_metrics.ts";
-import type { EvalReport, NetInfo } from "./evaluate.ts";
+import type { EvalReport, NetInfo } from "./eval_report_types.ts";
 import type { JudgeName } from "./fid.ts";
 
 const fmt = (v: number, digits: number) => Number.isFinite(v) ? v.toFixed(digits) : String(v);
