@@ -16,6 +16,8 @@ import { ScheduleParams, studentTimesteps } from "../diffusion/schedules.ts";
 import { findStage, locate, type RunConfig } from "../../ship/source.ts";
 import { type DiffusersClass, diffusersClass } from "./classes.ts";
 import { type DiffusersFolder, openFolder } from "./folder.ts";
+import { diffusersUnet } from "./unet_kind.ts";
+import { loraOf, type MergeConfig, mergedWeights } from "../../pipeline/lora_merge.ts";
 
 /**
  * Why `kind: unet` is not exported. Checked against diffusers v0.31.0: its Transformer2DModel adds a layer norm before
@@ -104,6 +106,7 @@ async function readWeights(
   model: string,
   shapes: Record<string, number[]>,
   ema: boolean,
+  config: RunConfig,
 ): Promise<{ weights: Record<string, Float32Array>; file: string }> {
   const names = ema ? [`${model}.ema.safetensors`, `${model}.safetensors`] : [`${model}.safetensors`];
   for (const name of names) {
@@ -114,6 +117,18 @@ async function readWeights(
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) continue;
       throw new Error(`${file}: cannot read it (${(e as Error).message.split("\n")[0]})`);
+    }
+    // A LoRA student's file holds its adapters alone: merged into the base's weights, it exports as a full UNet.
+    if (loraOf(config as MergeConfig, model)) {
+      const adapters = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, toFloat32(t)]));
+      const merged = await mergedWeights(config as MergeConfig, model, adapters, {
+        dir: checkpoint,
+        def: diffusersUnet,
+      })
+        .catch((e) => {
+          throw new Error(`${file}: ${(e as Error).message}`);
+        });
+      return { weights: merged, file };
     }
     const weights: Record<string, Float32Array> = {};
     const bad = Object.entries(shapes).filter(([k, s]) => tensors[k]?.shape.join() !== s.join()).map(([k]) => k);
@@ -218,7 +233,7 @@ export async function readDiffusersSource(
   if (!folder) throw new Error(`${cfgFile}: models.${model} has no params.path`);
   const cls = diffusersClass(folder.className, folder.configFile);
   const shapes = cls.shapes(cls.config(folder.json, folder.configFile));
-  const { weights, file } = await readWeights(checkpoint, model, shapes, opts.ema ?? true);
+  const { weights, file } = await readWeights(checkpoint, model, shapes, opts.ema ?? true, config);
   const noise = findStage(config, "add_noise"), student = findStage(config, "add_student", model);
   const plain = findStage(config, "diffusion_noise"), text = findStage(config, "text_encode");
   const raw = noise?.schedule ?? plain?.schedule;
