@@ -200,7 +200,13 @@ Deno.test("fashion_report: config errors name the key; the Fashion-MNIST configs
   const tiny = (extra: Record<string, unknown>) => ({ kind: "unet", params: { ...TINY_UNET, ...extra } });
   // [what, params, models, the start of the line the error's position points at, the message]
   const cases: [string, Record<string, unknown>, Record<string, unknown>, string, RegExp][] = [
-    ["kind", { teacher: "t" }, { t: { kind: "mlp", params: { in: 2, out: 2 } } }, "teacher:", /is a mlp, not a denoiser/],
+    [
+      "kind",
+      { teacher: "t" },
+      { t: { kind: "mlp", params: { in: 2, out: 2 } } },
+      "teacher:",
+      /is a mlp, not a denoiser/,
+    ],
     ["size", { student: "s" }, { s: tiny({ size: 16 }) }, "student:", /"s" makes 3×16×16 images; .* takes 3×32×32/],
     ["channels", { teacher: "t" }, { t: tiny({ in_channels: 1 }) }, "teacher:", /"t" makes 1×32×32 images/],
     ["text", { teacher: "t" }, { t: tiny({ context_dim: 32 }) }, "teacher:", /text of width 32\/64; .* gives 64\/64/],

@@ -274,7 +274,10 @@ Deno.test("teacher_pairs: typed outputs; a non-unet model, a wrong image size or
   assert.deepEqual(t.target, { dtype: "f32", shape: [4, 3, 32, 32] });
   assert.deepEqual(t.caption_id, { dtype: "i32", shape: [4] });
   assert.deepEqual(t.alpha, { dtype: "f32", shape: [4, 1, 1, 1] });
-  assert.throws(() => types({ model: "mlp" }), (e) => e instanceof StageTypeError && /is a mlp, not a denoiser/.test(e.message));
+  assert.throws(
+    () => types({ model: "mlp" }),
+    (e) => e instanceof StageTypeError && /is a mlp, not a denoiser/.test(e.message),
+  );
   assert.throws(
     () => types({}, { d: { name: "d", kind: "emoji", params: { split: "train", size: 16 } } }),
     (e) => e instanceof StageTypeError && /holds images \[3,16,16\]/.test(e.message),
@@ -287,7 +290,8 @@ Deno.test("teacher_pairs: typed outputs; a non-unet model, a wrong image size or
   assert.deepEqual(types({ refresh: { at: [5], model: "teacher" } }).teacher_target, t.target);
   assert.throws(
     () => types({ refresh: { at: [5], model: "mlp" } }),
-    (e) => e instanceof StageTypeError && /must be a denoiser/.test(e.message) && e.at.join(".") === "params.refresh.model",
+    (e) =>
+      e instanceof StageTypeError && /must be a denoiser/.test(e.message) && e.at.join(".") === "params.refresh.model",
   );
   assert.throws(
     () => types({ refresh: { at: [5, 5], model: "teacher" } }),
