@@ -12,7 +12,7 @@ import { parse } from "yaml";
 import { createExecutor } from "./engine/executors/auto.ts";
 import type { ExecutorName } from "./engine/executors/executor.ts";
 import { readSafetensors, toFloat32 } from "./engine/safetensors.ts";
-import { ScheduleParams } from "./models/diffusion/schedules.ts";
+import { ScheduleSpec } from "./models/diffusers/schedule_param.ts";
 import { writeAtomic } from "./models/png_grid.ts";
 import { unet, type UNetParams } from "./models/unet.ts";
 import { sampleGrid } from "./models/diffusion/sample_grid.ts";
@@ -77,7 +77,7 @@ export async function loadUnetFolder(dir: string, modelName?: string, preferEma 
       return {
         u,
         weights,
-        schedule: ScheduleParams.parse(noise.schedule ?? { kind: "cosine", zeroTerminalSnr: true }),
+        schedule: ScheduleSpec.parse(noise.schedule ?? { kind: "cosine", zeroTerminalSnr: true }),
         prediction: (noise.prediction as "eps" | "v" | undefined) ?? "v",
         textEncoder: (text.model as string | undefined) ?? "models/text_encoder",
         file,

@@ -85,7 +85,9 @@ function schemaAt(schema: z.ZodType, path: (string | number)[]): any {
   let s: any = schema;
   const unwrap = () => {
     while (s?._zod?.def && ["default", "optional", "prefault", "nullable", "pipe"].includes(s._zod.def.type)) {
-      s = s._zod.def.innerType ?? s._zod.def.in;
+      const d = s._zod.def;
+      // A preprocessed schema (z.preprocess: a transform piped into a schema) has its keys on the schema side.
+      s = d.innerType ?? (d.in?._zod?.def?.type === "transform" ? d.out : d.in);
     }
   };
   unwrap();

@@ -9,7 +9,8 @@
 import { isAbsolute, relative, resolve } from "node:path";
 import { parse } from "yaml";
 import { latestCheckpoint } from "../pipeline/checkpoint.ts";
-import { makeSchedule, type ScheduleOptions, ScheduleParams, studentTimesteps } from "../models/diffusion/schedules.ts";
+import { makeSchedule, type ScheduleOptions, studentTimesteps } from "../models/diffusion/schedules.ts";
+import { ScheduleSpec } from "../models/diffusers/schedule_param.ts";
 import type { UNetParams } from "../models/unet.ts";
 import { loadUnetFolder } from "../sample.ts";
 
@@ -116,7 +117,7 @@ export async function readExportSource(dir: string, opts: { ema?: boolean } = {}
   const noise = findStage(config, "add_noise");
   const student = findStage(config, "add_student", model);
   const teacherStyle = findStage(config, "diffusion_noise");
-  const schedule = ScheduleParams.parse(noise?.schedule ?? teacherStyle?.schedule ?? found.schedule);
+  const schedule = ScheduleSpec.parse(noise?.schedule ?? teacherStyle?.schedule ?? found.schedule);
   const prediction =
     (student?.prediction ?? teacherStyle?.prediction ?? found.prediction) as ExportSource["prediction"];
   makeSchedule(schedule); // refuses a bad one here rather than in the generator

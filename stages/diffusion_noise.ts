@@ -9,12 +9,13 @@
 import { z } from "zod";
 import { mul } from "../engine/math.ts";
 import { cast } from "../engine/ops.ts";
-import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
+import { makeSchedule } from "../models/diffusion/schedules.ts";
+import { ScheduleSpec } from "../models/diffusers/schedule_param.ts";
 import { levelsAt, noiseTraced, vTarget } from "../models/diffusion/traced.ts";
 import { expectPort, type StageDef } from "../pipeline/stage.ts";
 
 const Params = z.strictObject({
-  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v"]).default("v"),
 });
 

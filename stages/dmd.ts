@@ -21,7 +21,8 @@ import { z } from "zod";
 import { abs, add, div, mean, mul, square, sub } from "../engine/math.ts";
 import { cast, stopGradient } from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
+import { makeSchedule } from "../models/diffusion/schedules.ts";
+import { ScheduleSpec } from "../models/diffusers/schedule_param.ts";
 import { levelsAt, noiseTraced, toX0Traced } from "../models/diffusion/traced.ts";
 import { isDenoiser, notADenoiser } from "../models/denoiser.ts";
 import { expectPort, type StageDef, StageTypeError } from "../pipeline/stage.ts";
@@ -31,7 +32,7 @@ const Params = z.strictObject({
   real: z.string(),
   /** The declared denoiser trained on the generator's outputs (initialised from the teacher). */
   fake: z.string(),
-  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   /** Both models' output parameterisation. */
   prediction: z.enum(["eps", "v"]).default("v"),
   /** t is drawn uniformly from [t_min, t_max] (DMD: 0.02 T to 0.98 T). */

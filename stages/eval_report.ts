@@ -14,7 +14,8 @@ import { z } from "zod";
 import { emojiCaptionSets, writeReport } from "../evaluation/emoji_report.ts";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
+import { makeSchedule } from "../models/diffusion/schedules.ts";
+import { ScheduleSpec } from "../models/diffusers/schedule_param.ts";
 import { evaluateGenerators, type Generator, type GeneratorRow, type SetScores } from "../evaluation/evaluate.ts";
 import { DEFAULT_JUDGE, type FidOptions, JUDGES, resolveJudge } from "../evaluation/fid.ts";
 import { INCEPTION_MIN_SIZE } from "../models/inception_v3.ts";
@@ -72,7 +73,7 @@ const Params = z.strictObject({
   judge_size: z.number().int().min(32).optional(),
   /** Also the FID on the discriminator's own network (MobileNetV2 at 96²), a cheap column for comparison. */
   disc_fid: z.boolean().default(true),
-  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
   /** Text encoder folder or hub id, as in `text_encode`. */
   text_encoder: z.string().default("models/text_encoder"),

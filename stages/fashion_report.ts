@@ -14,7 +14,8 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
-import { makeSchedule, type Schedule, ScheduleParams } from "../models/diffusion/schedules.ts";
+import { makeSchedule, type Schedule } from "../models/diffusion/schedules.ts";
+import { ScheduleSpec } from "../models/diffusers/schedule_param.ts";
 import type { UNetGenerator } from "../evaluation/evaluate.ts";
 import {
   evaluateFashion,
@@ -52,7 +53,7 @@ const Params = z.strictObject({
   per_class: z.number().int().positive().default(100),
   /** Images per UNet run; ADD's multi-step noise is drawn per batch, so keep it fixed to compare runs. */
   batch: z.number().int().positive().default(50),
-  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
   /** Text encoder folder or `use-lite`, as in `text_encode`. */
   text_encoder: z.string().default("models/text_encoder"),

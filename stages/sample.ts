@@ -8,7 +8,7 @@
  */
 import { z } from "zod";
 import { sampleGrid } from "../models/diffusion/sample_grid.ts";
-import { ScheduleParams } from "../models/diffusion/schedules.ts";
+import { ScheduleSpec } from "../models/diffusers/schedule_param.ts";
 import { writeAtomic } from "../models/png_grid.ts";
 import { checkDecodes, denoiserOf, notADenoiser } from "../models/denoiser.ts";
 import { latentDecoder } from "../models/diffusers/vae_runner.ts";
@@ -28,7 +28,7 @@ const Params = z.strictObject({
   steps: z.number().int().positive().default(50),
   /** Classifier-free guidance scale (1: none). */
   guidance: z.number().min(1).default(1),
-  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
   /** Text encoder folder or hub id, as in `text_encode`. */
   text_encoder: z.string().default("models/text_encoder"),

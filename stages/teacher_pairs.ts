@@ -25,7 +25,8 @@ import { Rng } from "../engine/rng.ts";
 import { readSafetensors, writeSafetensors } from "../engine/safetensors.ts";
 import { UNetRunner } from "../models/diffusion/generate.ts";
 import { cfg, sampleAdd, sampleDdim } from "../models/diffusion/samplers.ts";
-import { makeSchedule, ScheduleParams } from "../models/diffusion/schedules.ts";
+import { makeSchedule } from "../models/diffusion/schedules.ts";
+import { ScheduleSpec } from "../models/diffusers/schedule_param.ts";
 import { type DenoiserModel, denoiserOf, notADenoiser } from "../models/denoiser.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import { datasetKinds, type HostContext, type StageDef, StageTypeError } from "../pipeline/stage.ts";
@@ -53,7 +54,7 @@ const Params = z.strictObject({
    * targets (`refresh`) come from a distilled model and are never guided.
    */
   guidance: z.number().min(1).default(1),
-  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
   /**
    * The teacher denoises VAE latents: its samples are latents, which are not clipped to the images' [-1, 1], and the

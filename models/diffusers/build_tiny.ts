@@ -3,9 +3,11 @@
  * weights (default `.cache/tiny_diffusers/`, git-ignored), so that `configs/add_diffusers.yaml` runs offline here:
  * `model_index.json`, `unet/` (UNet2DConditionModel on 4×4×4 latents, 64-wide cross-attention, the width of the
  * committed text encoder), `vae/` (AutoencoderKL, f = 8: 32² pixels ↔ 4×4 latents) and `scheduler/`
- * (scheduler_config.json: v-prediction, zero terminal SNR, as ADD's pure-noise input needs). The same keys, shapes
- * and config files as a real hub pipeline such as stabilityai/sd-turbo, only narrower: what runs on this folder runs
- * on that one.
+ * (scheduler_config.json: v-prediction, zero terminal SNR, as ADD's pure-noise input needs), `text_encoder/` (a
+ * transformers CLIPTextModel, 64 wide, 77 positions, as SD 1.x's) and `tokenizer/` (a CLIPTokenizer's vocab.json and
+ * merges.txt: byte-level BPE learned from the project's captions, so every caption tokenizes, most words to a few
+ * tokens). The same keys, shapes and config files as a real hub pipeline such as stabilityai/sd-turbo, only
+ * narrower: what runs on this folder runs on that one.
  *
  * Its weights are random, so the teacher draws nothing: the folder exercises the latent-space pipeline, it is not a
  * model. Rerunning writes the same bytes.
@@ -18,6 +20,10 @@ import { vaeShapes } from "./autoencoder_kl.ts";
 import { vaeConfig } from "./autoencoder_kl_config.ts";
 import { unetShapes } from "./unet2d_condition.ts";
 import { unetConfig } from "./unet2d_condition_config.ts";
+import { BOS_TOKEN, EOS_TOKEN, learnBpe } from "../bpe_tokenizer.ts";
+import { clipTextShapes, initClipText } from "../clip_text.ts";
+import { textEncoderCaptions } from "../text_encoder_build.ts";
+import { clipTextConfigFromJson } from "./clip_text_folder.ts";
 
 const VERSION = "0.31.0";
 
@@ -70,7 +76,7 @@ export const TINY_VAE_CONFIG = {
   use_quant_conv: true,
 };
 
-/** scheduler_config.json; the ADD stages' `schedule` in configs/add_diffusers.yaml says the same. */
+/** scheduler_config.json, which configs/add_diffusers.yaml's stages read as their `schedule`. */
 export const TINY_SCHEDULER_CONFIG = {
   _class_name: "DDIMScheduler",
   _diffusers_version: VERSION,
@@ -101,13 +107,95 @@ function seeded(shapes: Record<string, number[]>, seed: string): Uint8Array {
 
 const json = (v: unknown) => JSON.stringify(v, null, 2) + "\n";
 
+/** Tokens of the tiny tokenizer: the 512 byte tokens, 510 merges, `<|startoftext|>` and `<|endoftext|>`. */
+export const TINY_VOCAB_SIZE = 1024;
+
+/** The text encoder's config.json: CLIPTextModel (no projection; SD 1.x's class), the UNet's 64-wide context. */
+export const TINY_TEXT_CONFIG = {
+  architectures: ["CLIPTextModel"],
+  attention_dropout: 0,
+  bos_token_id: TINY_VOCAB_SIZE - 2,
+  eos_token_id: TINY_VOCAB_SIZE - 1,
+  hidden_act: "quick_gelu",
+  hidden_size: 64,
+  initializer_factor: 1,
+  initializer_range: 0.02,
+  intermediate_size: 128,
+  layer_norm_eps: 1e-5,
+  max_position_embeddings: 77,
+  model_type: "clip_text_model",
+  num_attention_heads: 4,
+  num_hidden_layers: 2,
+  pad_token_id: 1,
+  projection_dim: 64,
+  torch_dtype: "float32",
+  transformers_version: "4.41.0",
+  vocab_size: TINY_VOCAB_SIZE,
+};
+
+/** `text_encoder/` and `tokenizer/`'s files: a CLIPTextModel with CLIP's seeded initialisation, a CLIPTokenizer. */
+function textFiles(): Record<string, string | Uint8Array> {
+  const { config } = clipTextConfigFromJson(TINY_TEXT_CONFIG, "text_encoder/config.json");
+  const weights = initClipText(config, new Rng(0).fold("text_encoder"));
+  const shapes = clipTextShapes(config);
+  const bpe = learnBpe(textEncoderCaptions(), TINY_VOCAB_SIZE);
+  const special = (content: string) => ({
+    content,
+    lstrip: false,
+    normalized: true,
+    rstrip: false,
+    single_word: false,
+  });
+  const ids = (t: string) => bpe.vocab.indexOf(t);
+  const tokenizerConfig = {
+    added_tokens_decoder: Object.fromEntries(
+      [BOS_TOKEN, EOS_TOKEN].map((t) => [String(ids(t)), { ...special(t), special: true }]),
+    ),
+    bos_token: BOS_TOKEN,
+    clean_up_tokenization_spaces: true,
+    eos_token: EOS_TOKEN,
+    errors: "replace",
+    model_max_length: 77,
+    pad_token: EOS_TOKEN,
+    tokenizer_class: "CLIPTokenizer",
+    unk_token: EOS_TOKEN,
+  };
+  return {
+    "text_encoder/config.json": json(TINY_TEXT_CONFIG),
+    "text_encoder/model.safetensors": encodeSafetensors(
+      Object.fromEntries(Object.entries(weights).map(([k, data]) => [k, { data, shape: shapes[k] }])),
+      // transformers refuses a safetensors file whose metadata does not name its format.
+      { format: "pt" },
+    ),
+    "tokenizer/vocab.json": json(Object.fromEntries(bpe.vocab.map((t, i) => [t, i]))),
+    "tokenizer/merges.txt": ["#version: 0.2", ...bpe.merges.map(([a, b]) => `${a} ${b}`)].join("\n") + "\n",
+    "tokenizer/special_tokens_map.json": json({
+      bos_token: special(BOS_TOKEN),
+      eos_token: special(EOS_TOKEN),
+      pad_token: EOS_TOKEN,
+      unk_token: special(EOS_TOKEN),
+    }),
+    "tokenizer/tokenizer_config.json": json(tokenizerConfig),
+  };
+}
+
 /** Writes the folder into `dir`. */
 export async function buildTinyDiffusers(dir: string): Promise<void> {
-  for (const sub of ["unet", "vae", "scheduler"]) await Deno.mkdir(`${dir}/${sub}`, { recursive: true });
+  for (const sub of ["unet", "vae", "scheduler", "text_encoder", "tokenizer"]) {
+    await Deno.mkdir(`${dir}/${sub}`, { recursive: true });
+  }
+  // As diffusers' save_pretrained writes it for a pipeline without a safety checker.
+  const none = [null, null];
   const modelIndex = {
     _class_name: "StableDiffusionPipeline",
     _diffusers_version: VERSION,
+    feature_extractor: none,
+    image_encoder: none,
+    requires_safety_checker: false,
+    safety_checker: none,
     scheduler: ["diffusers", "DDIMScheduler"],
+    text_encoder: ["transformers", "CLIPTextModel"],
+    tokenizer: ["transformers", "CLIPTokenizer"],
     unet: ["diffusers", "UNet2DConditionModel"],
     vae: ["diffusers", "AutoencoderKL"],
   };
@@ -123,6 +211,10 @@ export async function buildTinyDiffusers(dir: string): Promise<void> {
     seeded(vaeShapes(vaeConfig(TINY_VAE_CONFIG)), "vae"),
   );
   await Deno.writeTextFile(`${dir}/scheduler/scheduler_config.json`, json(TINY_SCHEDULER_CONFIG));
+  for (const [rel, data] of Object.entries(textFiles())) {
+    if (typeof data === "string") await Deno.writeTextFile(`${dir}/${rel}`, data);
+    else await Deno.writeFile(`${dir}/${rel}`, data);
+  }
 }
 
 if (import.meta.main) {

@@ -12,7 +12,8 @@
 import { basename, dirname } from "node:path";
 import { parse } from "yaml";
 import { readSafetensors, toFloat32 } from "../../engine/safetensors.ts";
-import { ScheduleParams, studentTimesteps } from "../diffusion/schedules.ts";
+import { studentTimesteps } from "../diffusion/schedules.ts";
+import { type ScheduleSettings, ScheduleSpec } from "./schedule_param.ts";
 import { findStage, locate, type RunConfig } from "../../ship/source.ts";
 import { type DiffusersClass, diffusersClass } from "./classes.ts";
 import { type DiffusersFolder, openFolder } from "./folder.ts";
@@ -60,7 +61,7 @@ export interface DiffusersExportSource {
   weights: Record<string, Float32Array>;
   shapes: Record<string, number[]>;
   weightsFile: string;
-  schedule: ScheduleParams;
+  schedule: ScheduleSettings;
   prediction: "eps" | "v" | "x0";
   /** The timesteps an add_noise stage trained the student at, or null for a teacher-style run. */
   trainedTimesteps: number[] | null;
@@ -70,7 +71,6 @@ export interface DiffusersExportSource {
   textEncoder: string | null;
   extras: ExtraPart[];
 }
-type ScheduleParams = ReturnType<typeof ScheduleParams.parse>;
 
 type ModelEntry = NonNullable<RunConfig["models"]>[string];
 type DiffusersParams = { path?: unknown; subfolder?: unknown; variant?: unknown };
@@ -238,8 +238,13 @@ export async function readDiffusersSource(
   const plain = findStage(config, "diffusion_noise"), text = findStage(config, "text_encode");
   const raw = noise?.schedule ?? plain?.schedule;
   if (!raw) throw new Error(`${cfgFile}: no add_noise or diffusion_noise stage, so the student's schedule is unknown`);
-  const parsed = ScheduleParams.safeParse(raw);
-  if (!parsed.success) throw new Error(`${cfgFile}: the schedule ${JSON.stringify(raw)} is not one the export reads`);
+  const parsed = ScheduleSpec.safeParse(raw);
+  if (!parsed.success) {
+    const why = parsed.error.issues.find((i) => i.code === "custom")?.message;
+    throw new Error(
+      `${cfgFile}: the schedule ${JSON.stringify(raw)} is not one the export reads${why ? ` (${why})` : ""}`,
+    );
+  }
   const schedule = parsed.data;
   const trained = noise
     ? [...new Set((noise.timesteps as number[] | undefined) ?? studentTimesteps(Number(noise.n ?? 4), schedule.T))]

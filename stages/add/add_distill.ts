@@ -28,7 +28,8 @@ import { add, mean, mul, square, sub } from "../../engine/math.ts";
 import { cast, reshape, stopGradient } from "../../engine/ops.ts";
 import { less } from "../../engine/math.ts";
 import type { Tensor } from "../../engine/tensor.ts";
-import { makeSchedule, ScheduleParams } from "../../models/diffusion/schedules.ts";
+import { makeSchedule } from "../../models/diffusion/schedules.ts";
+import { ScheduleSpec } from "../../models/diffusers/schedule_param.ts";
 import { epsFromV, levelsAt, noiseTraced, toX0Traced } from "../../models/diffusion/traced.ts";
 import { isDenoiser, notADenoiser } from "../../models/denoiser.ts";
 import { expectPort, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
@@ -37,7 +38,7 @@ const Params = z.strictObject({
   /** The declared frozen teacher: a denoiser (`unet`, `diffusers_unet`, …). */
   model: z.string(),
   weighting: z.enum(["exponential", "sds", "nfsd"]).default("exponential"),
-  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   /** The teacher's output parameterisation. */
   prediction: z.enum(["eps", "v"]).default("v"),
   /** Teacher timesteps are drawn uniformly from [t_min, t_max]. */

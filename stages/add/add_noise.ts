@@ -8,12 +8,13 @@
 import { z } from "zod";
 import { mul } from "../../engine/math.ts";
 import { cast, gather, reshape } from "../../engine/ops.ts";
-import { makeSchedule, ScheduleParams, studentTimesteps } from "../../models/diffusion/schedules.ts";
+import { makeSchedule, studentTimesteps } from "../../models/diffusion/schedules.ts";
+import { ScheduleSpec } from "../../models/diffusers/schedule_param.ts";
 import { noiseTraced } from "../../models/diffusion/traced.ts";
 import { expectPort, type StageDef, StageTypeError } from "../../pipeline/stage.ts";
 
 const Params = z.strictObject({
-  schedule: ScheduleParams.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
+  schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   /**
    * Student timesteps; default the N = 4 of `studentTimesteps` with trailing spacing (999, 749, 499, 249), the ones
    * the ADD sampler steps through.
