@@ -1,11 +1,15 @@
 // configs/add_diffusers.yaml, ADD in latent space on a diffusers-format pipeline folder: on the tiny folder
 // `deno task build:tiny-diffusers` writes (built here into a temporary folder), it plans with latents [B, 4, 4, 4] for
-// student and teacher and the decoded x̂ [B, 3, 32, 32] for the discriminator, trains three steps on cpu with finite
-// losses, and its preview and report decode latents into 32² pixels; the same file with a hub id that is not
-// downloaded is one config line telling how to fetch it.
+// student and teacher, the decoded x̂ [B, 3, 32, 32] for the discriminator and the folder's CLIP text encoder's
+// [B, 77, 64] states, trains three steps on cpu with finite losses, its preview and report decode latents into 32²
+// pixels, and `deno task diffusers export` of the run is a complete StableDiffusionPipeline folder whose scheduler
+// reads back as the folder's; the same file with a hub id that is not downloaded is one config line telling how to
+// fetch it.
 import assert from "node:assert/strict";
 import "../../../stages/mod.ts";
 import { buildTinyDiffusers } from "../../../models/diffusers/build_tiny.ts";
+import { readSchedulerConfig } from "../../../models/diffusers/scheduler_config.ts";
+import { diffusersCli } from "../../../diffusers.ts";
 import { loadConfig } from "../../../pipeline/config.ts";
 import { planPipeline } from "../../../pipeline/plan.ts";
 import { cli, expectCode, ROOT, rows, tmp } from "../../helpers/cli_run.ts";
@@ -16,7 +20,7 @@ const CONFIG = `${ROOT}configs/add_diffusers.yaml`;
 const retargeted = (dir: string) => Deno.readTextFileSync(CONFIG).replaceAll(".cache/tiny_diffusers", dir);
 
 Deno.test({
-  name: "add_diffusers: ADD in latent space on a tiny diffusers folder trains 3 steps; previews and report in pixels",
+  name: "add_diffusers: ADD in latent space on a tiny diffusers folder trains 3 steps, reports in pixels, exports",
   sanitizeResources: false,
   fn: async () => {
     const root = await tmp("add_diffusers"), folder = `${root}/tiny`, file = `${root}/add_diffusers.yaml`;
@@ -24,11 +28,12 @@ Deno.test({
     await Deno.writeTextFile(file, retargeted(folder));
     const plan = planPipeline(loadConfig(file, await Deno.readTextFile(file)));
     assert.deepEqual(plan.models.vae.shapes["decoder.conv_out.weight"], [3, 8, 3, 3]);
+    assert.deepEqual(plan.stages.text.outputs.tokens.shape, [8, 77, 64]);
     const out = `${root}/out`;
     const r = await cli([
       file,
       ...["--executor", "cpu", "--steps", "3", "--out", out, "--set", `run.cache=${root}/cache`],
-      ...["--set", "run.log_every=1", "--set", "stages.ckpt=null", "--set", "stages.plot=null"],
+      ...["--set", "run.log_every=1", "--set", "stages.plot=null"],
       ...["--set", "stages.report.params.limit=4", "--set", "stages.report.params.teacher_steps=[1]"],
       ...["--set", "stages.report.params.student_steps=[1]", "--set", "stages.report.params.judge_size=75"],
       ...["--set", "stages.report.params.disc_fid=false", "--set", "stages.preview.params.seeds=[0,1]"],
@@ -51,6 +56,22 @@ Deno.test({
     );
     const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
     assert.deepEqual(report.rows.map((x: { name: string }) => x.name), ["teacher 1-step", "student 1-step"]);
+
+    const exported = `${root}/export`;
+    assert.equal(await diffusersCli(["export", out, "--out", exported]), 0);
+    const parts = ["scheduler", "text_encoder", "tokenizer", "unet", "vae"];
+    for (const p of parts) assert.ok((await Deno.stat(`${exported}/${p}`)).isDirectory, p);
+    const index = JSON.parse(await Deno.readTextFile(`${exported}/model_index.json`));
+    assert.equal(index._class_name, "StableDiffusionPipeline");
+    assert.deepEqual(index.text_encoder, ["transformers", "CLIPTextModel"]);
+    assert.deepEqual(index.tokenizer, ["transformers", "CLIPTokenizer"]);
+    assert.deepEqual(index.vae, ["diffusers", "AutoencoderKL"]);
+    for (const f of ["text_encoder/model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt"]) {
+      assert.deepEqual(await Deno.readFile(`${exported}/${f}`), await Deno.readFile(`${folder}/${f}`), f);
+    }
+    const trained = await readSchedulerConfig(folder), back = await readSchedulerConfig(exported);
+    assert.deepEqual(back.alphasCumprod, trained.alphasCumprod);
+    assert.equal(back.prediction, trained.prediction);
   },
 });
 
