@@ -3,8 +3,9 @@
 // student and teacher, the decoded x̂ [B, 3, 32, 32] for the discriminator and the folder's CLIP text encoder's
 // [B, 77, 64] states, trains three steps on cpu with finite losses, its preview and report decode latents into 32²
 // pixels, and `deno task diffusers export` of the run is a complete StableDiffusionPipeline folder whose scheduler
-// reads back as the folder's; the same file with a hub id that is not downloaded is one config line telling how to
-// fetch it.
+// reads back as the folder's; with add.yaml's regression on teacher pairs added (test_pairs below) the pairs are
+// latents [4, 4, 4] sampled by the teacher, regressed on in latent space and remade from the student at a refresh;
+// the same file with a hub id that is not downloaded is one config line telling how to fetch it.
 import assert from "node:assert/strict";
 import "../../../stages/mod.ts";
 import { buildTinyDiffusers } from "../../../models/diffusers/build_tiny.ts";
@@ -12,6 +13,7 @@ import { readSchedulerConfig } from "../../../models/diffusers/scheduler_config.
 import { diffusersCli } from "../../../diffusers.ts";
 import { loadConfig } from "../../../pipeline/config.ts";
 import { planPipeline } from "../../../pipeline/plan.ts";
+import { readSafetensors } from "../../../engine/safetensors.ts";
 import { cli, expectCode, ROOT, rows, tmp } from "../../helpers/cli_run.ts";
 
 const CONFIG = `${ROOT}configs/add_diffusers.yaml`;
@@ -72,6 +74,70 @@ Deno.test({
     const trained = await readSchedulerConfig(folder), back = await readSchedulerConfig(exported);
     assert.deepEqual(back.alphasCumprod, trained.alphasCumprod);
     assert.equal(back.prediction, trained.prediction);
+  },
+});
+
+/** add.yaml's regression on teacher pairs over add_diffusers.yaml, in latent space, the targets remade at step 2. */
+const pairsYaml = (folder: string) =>
+  `extends: add_diffusers.yaml
+stages:
+  pairs:
+    kind: teacher_pairs
+    params:
+      model: teacher
+      dataset: emoji
+      pairs: 4
+      batch: 2
+      steps: 2
+      gen_batch: 4
+      latent: true
+      text_encoder: ${folder}
+      schedule: { diffusers: ${folder} }
+      prediction: v
+      refresh: { at: [2], model: student, steps: 1 }
+  pair_text:
+    kind: text_encode
+    inputs: { caption_id: pairs.caption_id }
+    params: { dataset: emoji, model: ${folder} }
+  pair_student:
+    kind: add_student
+    inputs: { x_s: pairs.x_s, t: pairs.t, alpha: pairs.alpha, sigma: pairs.sigma, tokens: pair_text.tokens }
+    params: { model: student, prediction: v }
+  regression:
+    kind: mse
+    inputs: { pred: pair_student.x0_hat, target: pairs.target }
+  generator_loss:
+    inputs: { c: regression.loss }
+    params: { weights: { c: 1 }, names: { c: regression } }
+`;
+
+Deno.test({
+  name: "add_diffusers: teacher pairs in latent space are made, regressed on and remade over 3 steps",
+  sanitizeResources: false,
+  fn: async () => {
+    const root = await tmp("add_diffusers_pairs"), folder = `${root}/tiny`, out = `${root}/out`;
+    await buildTinyDiffusers(folder);
+    await Deno.writeTextFile(`${root}/add_diffusers.yaml`, retargeted(folder));
+    await Deno.writeTextFile(`${root}/pairs.yaml`, pairsYaml(folder));
+    const plan = planPipeline(loadConfig(`${root}/pairs.yaml`, pairsYaml(folder)));
+    assert.deepEqual(plan.stages.pairs.outputs.x_s.shape, [2, 4, 4, 4]);
+    const r = await cli([
+      `${root}/pairs.yaml`,
+      ...["--executor", "cpu", "--steps", "3", "--out", out, "--set", `run.cache=${root}/cache`],
+      ...["--set", "run.log_every=1", "--set", "stages.ckpt=null", "--set", "stages.plot=null"],
+      ...["--set", "stages.report=null", "--set", "stages.preview=null"],
+    ]);
+    expectCode(r, 0, "add_diffusers pairs");
+    const log = r.stdout + r.stderr;
+    assert.match(log, /pairs: made 4 teacher pairs in [\d.]+ s, cached in /);
+    assert.match(log, /pairs: remade 4 targets after step 2/);
+    const got = await rows(out);
+    assert.deepEqual(got.map((row) => row.step), [1, 2, 3]);
+    for (const row of got) assert.ok(Number.isFinite(row["generator_loss.regression"]), JSON.stringify(row));
+    const bank = [...Deno.readDirSync(`${root}/cache/teacher_pairs`)].map((e) => e.name);
+    assert.equal(bank.length, 1);
+    const t = (await readSafetensors(`${root}/cache/teacher_pairs/${bank[0]}`)).tensors.target;
+    assert.deepEqual(t.shape, [4, 4, 4, 4]);
   },
 });
 
