@@ -245,10 +245,10 @@ export async function evaluateFashion(o: FashionEvalOptions): Promise<FashionRep
   if (dup !== undefined) throw new Error(`fashion eval: the name "${dup}" is used twice`);
   const judge = o.judge ?? await loadFashionJudge(), ch = judge.params.channels;
   for (const g of o.generators.filter(isUNet)) {
-    if (g.u.in_channels !== ch || g.u.size !== 32) {
-      throw new Error(
-        `fashion eval: "${g.name}" makes ${g.u.in_channels}×${g.u.size}² images, the judge takes ${ch}×32²`,
-      );
+    // A latent denoiser's images are what its VAE decoder makes.
+    const [c, side] = g.decode ? [g.decode.channels, g.decode.size] : [g.u.in_channels, g.u.size];
+    if (c !== ch || side !== 32) {
+      throw new Error(`fashion eval: "${g.name}" makes ${c}×${side}² images, the judge takes ${ch}×32²`);
     }
   }
   const prompts = fashionPrompts(perClass);

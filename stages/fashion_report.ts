@@ -27,7 +27,8 @@ import {
 import { loadFashionJudge } from "../models/fashion_judge.ts";
 import { writeAtomic } from "../models/png_grid.ts";
 import { findRows, storeRows } from "../evaluation/teacher_rows.ts";
-import { type DenoiserModel, denoiserOf } from "../models/denoiser.ts";
+import { checkDecodes, type DenoiserModel, denoiserOf, type LatentDecoder } from "../models/denoiser.ts";
+import { latentDecoder } from "../models/diffusers/vae_runner.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import { type EffectContext, type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
@@ -41,6 +42,8 @@ const Params = z.strictObject({
   student: z.string().nullable().default(null),
   /** The teacher: a declared denoiser; omit (or null) for no teacher rows. */
   teacher: z.string().nullable().default(null),
+  /** For latent denoisers: the declared VAE (`diffusers_vae`) whose decoder turns both models' samples into pixels. */
+  vae: z.string().optional(),
   /** Use each model's EMA where it has one. */
   ema: z.boolean().default(true),
   /** Student steps (ADD sampler), one row each. */
@@ -90,7 +93,7 @@ export const fashionReport: StageDef<P> = {
   params: Params,
   inputs: [],
   cadence: { default: { at: ["end"] }, always: ["end"] },
-  models: (p) => [p.teacher, p.student].filter((m): m is string => m !== null),
+  models: (p) => [p.teacher, p.student, p.vae ?? null].filter((m): m is string => m !== null),
   types: ({ params, models }) => {
     if (!roles(params).some(([, name, steps]) => name !== null && steps > 0)) {
       throw new StageTypeError("no teacher with teacher_steps and no student with student_steps: nothing to evaluate", [
@@ -100,9 +103,12 @@ export const fashionReport: StageDef<P> = {
     for (const [key, name] of roles(params)) {
       const u = name === null ? null : unetOf(models, name, key);
       if (!u) continue;
-      if (u.size !== 32 || u.in_channels !== 3) {
+      const px = params.vae ? checkDecodes(models[params.vae], params.vae, u, ["params", key]) : null;
+      const [c, side] = px ? [px.channels, px.size] : [u.in_channels, u.size];
+      if (side !== 32 || c !== 3) {
+        const what = px ? `whose samples "${params.vae}" decodes into` : "makes";
         throw new StageTypeError(
-          `model "${name}" makes ${u.in_channels}×${u.size}×${u.size} images; the Fashion-MNIST judge takes 3×32×32`,
+          `model "${name}" ${what} ${c}×${side}×${side} images; the Fashion-MNIST judge takes 3×32×32`,
           ["params", key],
         );
       }
@@ -113,7 +119,7 @@ export const fashionReport: StageDef<P> = {
   effect: async (ctx, p) => {
     const encoder = await loadCaptionEncoder(p.text_encoder, undefined, ctx.cache), schedule = makeSchedule(p.schedule);
     const judge = await loadFashionJudge(), judgeKey = await weightsKey({}, judge.weights);
-    const { generators, keys } = await rowGenerators(ctx, p, encoder.dims, schedule, judgeKey);
+    const { generators, keys, decoders } = await rowGenerators(ctx, p, encoder.dims, schedule, judgeKey);
     const file = p.teacher_cache ? join(PROJECT_ROOT, p.teacher_cache) : null;
     const stored = new Map<string, { date: string; executor: string; row: FashionRow }>();
     for (const [label, key] of keys) {
@@ -135,6 +141,8 @@ export const fashionReport: StageDef<P> = {
       judge,
       judgeLabel: FASHION_JUDGE_LABEL,
       log: ctx.log,
+    }).finally(async () => {
+      for (const d of decoders) await d.dispose();
     });
     const fresh = new Map(report.rows.map((r) => [r.name, r]));
     report.rows = generators.map((g) => {
@@ -148,7 +156,7 @@ export const fashionReport: StageDef<P> = {
 
 /**
  * The generators `p` asks for, in the report's row order, and with `teacher_cache` the key of each teacher row: a
- * hash of the weights and of everything else the row depends on.
+ * hash of the weights (the VAE's too, with `vae`) and of everything else the row depends on; the decoders to dispose.
  */
 async function rowGenerators(
   ctx: EffectContext,
@@ -157,7 +165,9 @@ async function rowGenerators(
   schedule: Schedule,
   judgeKey: string,
 ) {
-  const generators: UNetGenerator[] = [], keys = new Map<string, string>();
+  const generators: UNetGenerator[] = [], keys = new Map<string, string>(), decoders: LatentDecoder[] = [];
+  const vw = p.vae ? await ctx.readModel(p.vae) : {};
+  const vaeKeyed = Object.fromEntries(Object.entries(vw).map(([k, v]) => [`\0vae.${k}`, v]));
   for (const [role, name, count] of roles(p)) {
     if (name === null || count === 0) continue;
     const u = unetOf(ctx.models, name, role)!;
@@ -169,9 +179,13 @@ async function rowGenerators(
       );
     }
     const weights = await ctx.readModel(name, { ema: p.ema });
+    const decode = p.vae
+      ? await latentDecoder(ctx.executor, ctx.models[p.vae], vw, [u.in_channels, u.size, u.size], p.batch)
+      : undefined;
+    if (decode) decoders.push(decode);
     const add = async (label: string, sampler: "ddim" | "add", steps: number, guidance: number) => {
       const settings = { sampler, steps, guidance, prediction: p.prediction };
-      generators.push({ name: label, u, weights, schedule, settings });
+      generators.push({ name: label, u, weights, schedule, settings, decode });
       if (role !== "teacher" || !p.teacher_cache) return;
       // Everything but the weights a row depends on; the architecture too (heads change outputs, not shapes).
       const deps = {
@@ -185,7 +199,7 @@ async function rowGenerators(
         judge: judgeKey,
         executor: ctx.executor.name,
       };
-      keys.set(label, await weightsKey(deps, weights));
+      keys.set(label, await weightsKey(deps, p.vae ? { ...weights, ...vaeKeyed } : weights));
     };
     if (role === "teacher") {
       for (const steps of p.teacher_steps) {
@@ -197,7 +211,7 @@ async function rowGenerators(
       for (const steps of p.student_steps) await add(`student ${steps}-step`, "add", steps, 1);
     }
   }
-  return { generators, keys };
+  return { generators, keys, decoders };
 }
 
 /** Stores the teacher rows computed now in the run's cache folder (never in the shipped file), and says where. */
