@@ -27,6 +27,17 @@ function gradWeightFromEnv(): GradWeightLowering | undefined {
 }
 const GRAD_WEIGHT = gradWeightFromEnv();
 
+/**
+ * Intra-op threads from the environment (`ADD_CPU_THREADS=N`; unset: every core). Jobs that share a machine each
+ * take their share: onnxruntime's threads spin while they wait, so two jobs with a thread per core each slow both.
+ */
+export function cpuThreadsFromEnv(v = Deno.env.get("ADD_CPU_THREADS")): number {
+  if (v === undefined || v === "") return navigator.hardwareConcurrency || 1;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`ADD_CPU_THREADS=${v}: expected an integer ≥ 1`);
+  return n;
+}
+
 class NodeBuffer implements Buffer {
   disposed = false;
   constructor(
@@ -43,8 +54,8 @@ export class OrtNodeExecutor implements Executor {
   private live = 0;
   private readonly sessions = new Set<ort.InferenceSession>();
 
-  /** @param threads intra-op threads; defaults to every core. */
-  constructor(private readonly threads = navigator.hardwareConcurrency || 1) {}
+  /** @param threads intra-op threads; defaults to `ADD_CPU_THREADS`, else every core. */
+  constructor(private readonly threads = cpuThreadsFromEnv()) {}
 
   private wrap(t: ort.Tensor, shape: readonly number[], dtype: DType): NodeBuffer {
     this.live++;

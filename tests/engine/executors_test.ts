@@ -185,3 +185,18 @@ for (const name of ["cpu", "wasm", "webgpu"] as const) {
     },
   });
 }
+
+Deno.test("ADD_CPU_THREADS: the cpu executor's threads, every core when unset, one line for a bad value", async () => {
+  const { cpuThreadsFromEnv } = await import("../../engine/executors/ort_node.ts");
+  if (cpuThreadsFromEnv("3") !== 3) throw new Error("ADD_CPU_THREADS=3 is not 3 threads");
+  if (cpuThreadsFromEnv(undefined) !== (navigator.hardwareConcurrency || 1)) throw new Error("unset: not every core");
+  for (const bad of ["0", "-1", "1.5", "two"]) {
+    let msg = "";
+    try {
+      cpuThreadsFromEnv(bad);
+    } catch (e) {
+      msg = (e as Error).message;
+    }
+    if (!msg.startsWith(`ADD_CPU_THREADS=${bad}: expected an integer`)) throw new Error(`${bad}: "${msg}"`);
+  }
+});
