@@ -32,6 +32,11 @@ export interface DiffusersClass<C = unknown> {
   shapes(cfg: C): Record<string, number[]>;
   /** The forward pass's inputs, in the order the CLI reads them. */
   inputs: readonly string[];
+  /**
+   * Other sets of inputs the forward pass also takes (a VAE decodes a `latent` as well as encoding a `sample`); the
+   * CLI takes the first set, `inputs` first, that the inputs file holds all of.
+   */
+  alternatives?: readonly (readonly string[])[];
   /** The outputs' shapes for inputs of `shapes`, or the first input that does not fit. */
   outputShapes(cfg: C, shapes: Record<string, readonly number[]>): Record<string, number[]> | InputProblem;
   /** The forward pass on traced parameters (by key) and inputs (by name). */
@@ -109,14 +114,24 @@ const unet2dModel: DiffusersClass<UNet2DModelConfig> = {
   ports: { x: "sample", t: "timestep", out: "sample" },
 };
 
-// Not a denoiser (no ports): the `diffusers_vae` kind encodes and decodes with it; its forward is diffusers' own,
-// the reconstruction from the posterior's mean, with the moments beside it.
+// Not a denoiser (no ports): the `diffusers_vae` kind encodes and decodes with it. Its forward is what
+// `deno task diffusers forward` runs: a `sample` gives the posterior's moments and the reconstruction from its mean;
+// a `latent` (unscaled, as diffusers' decode takes it) gives its decoding.
 const autoencoderKL: DiffusersClass<VaeConfig> = {
   config: vaeConfig,
   shapes: vaeShapes,
   inputs: ["sample"],
-  outputShapes: (cfg, { sample: x }): Record<string, number[]> | InputProblem => {
+  alternatives: [["latent"]],
+  outputShapes: (cfg, s): Record<string, number[]> | InputProblem => {
     const f = 2 ** (cfg.block_out_channels.length - 1);
+    if (s.latent) {
+      const z = s.latent;
+      if (z.length !== 4 || z[1] !== cfg.latent_channels) {
+        return { input: "latent", message: `is ${fmt(z)}, expected [B,${cfg.latent_channels},h,w]` };
+      }
+      return { decoded: [z[0], cfg.out_channels, z[2] * f, z[3] * f] };
+    }
+    const x = s.sample;
     if (x.length !== 4 || x[1] !== cfg.in_channels || x[2] % f || x[3] % f) {
       return {
         input: "sample",
@@ -124,11 +139,12 @@ const autoencoderKL: DiffusersClass<VaeConfig> = {
       };
     }
     const latent = [x[0], cfg.latent_channels, x[2] / f, x[3] / f];
-    return { sample: [x[0], cfg.out_channels, x[2], x[3]], latent_mean: latent, latent_logvar: latent };
+    return { reconstruction: [x[0], cfg.out_channels, x[2], x[3]], latent_mean: latent, latent_logvar: latent };
   },
-  forward: (cfg, p, { sample }) => {
+  forward: (cfg, p, { sample, latent }): Record<string, Tensor> => {
+    if (latent) return { decoded: vaeDecode(cfg, p, latent) };
     const { mean, logvar } = vaeEncode(cfg, p, sample);
-    return { sample: vaeDecode(cfg, p, mean), latent_mean: mean, latent_logvar: logvar };
+    return { reconstruction: vaeDecode(cfg, p, mean), latent_mean: mean, latent_logvar: logvar };
   },
 };
 

@@ -59,19 +59,24 @@ export async function loadModel(path: string, opts: HubOptions = {}): Promise<Lo
   return { folder, cls, cfg, shapes, weights: loadWeights(weightMap(folder.dir, opts.variant), shapes) };
 }
 
+/** The class's input set the file holds all of (`inputs` first), else its `inputs`. */
+function inputSet(m: LoadedModel, inputs: Record<string, SafeTensor>): readonly string[] {
+  const sets = [m.cls.inputs, ...(m.cls.alternatives ?? [])];
+  return sets.find((set) => set.every((k) => inputs[k])) ?? m.cls.inputs;
+}
+
 /** Checks `inputs` (from `source`) against the class's: one line naming the file and the tensor at fault. */
 export function checkInputs(m: LoadedModel, inputs: Record<string, SafeTensor>, source: string): void {
-  const missing = m.cls.inputs.filter((k) => !inputs[k]);
+  const names = inputSet(m, inputs), missing = names.filter((k) => !inputs[k]);
   if (missing.length) {
     const what = missing.length === 1 ? "tensor" : "tensors";
+    const takes = [m.cls.inputs, ...(m.cls.alternatives ?? [])].map((set) => set.join(", ")).join(" or ");
     throw new DiffusersFolderError(
       source,
-      `no ${what} ${missing.map((k) => `"${k}"`).join(", ")} (a ${m.folder.className} takes ${
-        m.cls.inputs.join(", ")
-      })`,
+      `no ${what} ${missing.map((k) => `"${k}"`).join(", ")} (a ${m.folder.className} takes ${takes})`,
     );
   }
-  const shapes = Object.fromEntries(m.cls.inputs.map((k) => [k, inputs[k].shape]));
+  const shapes = Object.fromEntries(names.map((k) => [k, inputs[k].shape]));
   const out = m.cls.outputShapes(m.cfg, shapes);
   if (isProblem(out)) throw new DiffusersFolderError(source, `tensor "${out.input}" ${out.message}`);
 }
@@ -84,14 +89,15 @@ export async function runForward(
 ): Promise<Record<string, { data: Float32Array; shape: number[] }>> {
   const tr = new Trace();
   const p = Object.fromEntries(Object.entries(m.shapes).map(([k, s]) => [k, tr.input(k, s)]));
-  const x = Object.fromEntries(m.cls.inputs.map((k) => [k, tr.input(`input.${k}`, inputs[k].shape)]));
+  const names = inputSet(m, inputs);
+  const x = Object.fromEntries(names.map((k) => [k, tr.input(`input.${k}`, inputs[k].shape)]));
   const outs = m.cls.forward(m.cfg, p, x);
   const ex = await createExecutor(executor);
   try {
     const prepared = await ex.prepare(tr.build(outs));
     const feeds: Record<string, { data: Float32Array; shape: readonly number[] }> = {};
     for (const [k, s] of Object.entries(m.shapes)) feeds[k] = { data: m.weights[k], shape: s };
-    for (const k of m.cls.inputs) feeds[`input.${k}`] = { data: toFloat32(inputs[k]), shape: inputs[k].shape };
+    for (const k of names) feeds[`input.${k}`] = { data: toFloat32(inputs[k]), shape: inputs[k].shape };
     const bufs = Object.fromEntries(
       prepared.inputNames.map((n) => [n, ex.upload(feeds[n].data, feeds[n].shape, "f32")]),
     );

@@ -105,3 +105,34 @@ Deno.test({
     await refused(["fetch", "not-an-id"], /^hub id "not-an-id": expected org\/name$/, root);
   },
 });
+
+Deno.test({
+  name:
+    "diffusers forward: the fixture VAE's sample → latent_mean and reconstruction, latent → decoded equal diffusers'",
+  sanitizeResources: false,
+  fn: async () => {
+    const root = await tmp("diffusers_cli_vae"), vae = `${ROOT}tests/fixtures/diffusers/vae`;
+    const ioFile = `${ROOT}tests/fixtures/diffusers/vae_io.safetensors`;
+    const io = (await readSafetensors(ioFile)).tensors;
+    const only = async (k: string) => {
+      const file = `${root}/${k}_in.safetensors`;
+      await Deno.writeFile(file, encodeSafetensors({ [k]: { data: toFloat32(io[k]), shape: io[k].shape } }));
+      return file;
+    };
+    const cases = [["sample", ["latent_mean", "latent_logvar", "reconstruction"]], ["latent", ["decoded"]]] as const;
+    for (const [input, outputs] of cases) {
+      const out = `${root}/${input}_out.safetensors`;
+      expectCode(await cli(["forward", "--model", vae, "--inputs", await only(input), "--out", out], CLI), 0, input);
+      const got = (await readSafetensors(out)).tensors;
+      assert.deepEqual(Object.keys(got).sort(), [...outputs].sort(), `outputs of a ${input}`);
+      for (const k of outputs) {
+        const g = toFloat32(got[k]), w = toFloat32(io[k]);
+        let err = 0, ref = 0;
+        for (let i = 0; i < w.length; i++) {
+          err = Math.max(err, Math.abs(g[i] - w[i])), ref = Math.max(ref, Math.abs(w[i]));
+        }
+        assert.ok(g.length === w.length && err / ref < 1e-4, `${k}: max |Δ| / max |ref| = ${err / ref}`);
+      }
+    }
+  },
+});
