@@ -67,7 +67,9 @@ Deno.test("schedule_param: linear and squaredcos_cap_v2 schedulers read as their
 
 Deno.test("schedule_param: a missing, refused or trained_betas scheduler is one positioned line", async () => {
   const root = await tmp("schedule_param_bad"), file = `${root}/bad.yaml`;
-  const base = Deno.readTextFileSync(CONFIG);
+  // The models' folder exists, so that the schedule's line is the only error (a fresh clone has no .cache/).
+  await buildTinyDiffusers(`${root}/tiny`);
+  const base = Deno.readTextFileSync(CONFIG).replaceAll(".cache/tiny_diffusers", `${root}/tiny`);
   const lineOf = (yaml: string) => yaml.split("\n").findIndex((l) => l.includes("schedule: &schedule")) + 1;
   const refused = `${root}/refused.json`, trained = `${root}/trained.json`;
   await Deno.writeTextFile(refused, JSON.stringify({ _class_name: "DDIMScheduler", thresholding: true }));
