@@ -14,7 +14,8 @@
  *
  * @module
  */
-import { z } from "zod";
+import type { z } from "zod";
+import { FolderParams } from "./folder_params.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../../pipeline/stage.ts";
 import type { DenoiserKind, DenoiserModel } from "../denoiser.ts";
@@ -28,14 +29,7 @@ import {
   weightMap,
 } from "./folder.ts";
 
-const Params = z.strictObject({
-  /** A diffusers model folder (relative to the working directory), or a hub id `org/name` downloaded beforehand. */
-  path: z.string().min(1),
-  /** The model's folder inside `path`, e.g. `unet` for a whole pipeline's folder. */
-  subfolder: z.string().min(1).optional(),
-  /** Which weight file: `fp16` reads `diffusion_pytorch_model.fp16.safetensors` (any dtype becomes float32). */
-  variant: z.string().regex(/^[\w-]+$/, "a variant name such as fp16").optional(),
-});
+const Params = FolderParams;
 /** `diffusers_unet` settings. */
 export type DiffusersUNetParams = z.output<typeof Params>;
 type P = DiffusersUNetParams;

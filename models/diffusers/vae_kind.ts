@@ -15,21 +15,15 @@
  *
  * @module
  */
-import { z } from "zod";
+import type { z } from "zod";
+import { FolderParams } from "./folder_params.ts";
 import { decodeSafetensors, toFloat32 } from "../../engine/safetensors.ts";
 import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../../pipeline/stage.ts";
 import { renameOldVaeKeys, vaeDecode, vaeEncode, vaeFromLatent, vaeShapes, vaeToLatent } from "./autoencoder_kl.ts";
 import { type VaeConfig, vaeConfig } from "./autoencoder_kl_config.ts";
 import { checkWeights, DiffusersFolderError, openFolder, type WeightMap, weightMap } from "./folder.ts";
 
-const Params = z.strictObject({
-  /** A diffusers model folder (relative to the working directory), or a hub id `org/name` downloaded beforehand. */
-  path: z.string().min(1),
-  /** The VAE's folder inside `path`: `vae` for a whole pipeline's folder. */
-  subfolder: z.string().min(1).optional(),
-  /** Which weight file: `fp16` reads `diffusion_pytorch_model.fp16.safetensors` (any dtype becomes float32). */
-  variant: z.string().regex(/^[\w-]+$/, "a variant name such as fp16").optional(),
-});
+const Params = FolderParams;
 /** `diffusers_vae` settings. */
 export type DiffusersVaeParams = z.output<typeof Params>;
 type P = DiffusersVaeParams;
