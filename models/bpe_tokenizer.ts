@@ -208,46 +208,14 @@ export class BpeTokenizer {
       normalized: true,
       special: true,
     });
-    const tokenizer = {
-      version: "1.0",
-      truncation: null,
-      padding: null,
-      added_tokens: [special(BOS_TOKEN), special(EOS_TOKEN)],
-      normalizer: {
-        type: "Sequence",
-        normalizers: [
-          { type: "NFC" },
-          { type: "Replace", pattern: { Regex: WHITESPACE_PATTERN }, content: " " },
-          { type: "Lowercase" },
-        ],
-      },
-      pre_tokenizer: {
-        type: "Sequence",
-        pretokenizers: [
-          { type: "Split", pattern: { Regex: CLIP_SPLIT_PATTERN }, behavior: "Removed", invert: true },
-          { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
-        ],
-      },
-      post_processor: {
-        type: "RobertaProcessing",
-        sep: [EOS_TOKEN, this.eosId],
-        cls: [BOS_TOKEN, this.bosId],
-        trim_offsets: false,
-        add_prefix_space: false,
-      },
-      decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
-      model: {
-        type: "BPE",
-        dropout: null,
-        unk_token: EOS_TOKEN,
-        continuing_subword_prefix: "",
-        end_of_word_suffix: EOW,
-        fuse_unk: false,
-        byte_fallback: false,
-        vocab: Object.fromEntries(this.model.vocab.map((t, i) => [t, i])),
-        merges: this.model.merges.map(([a, b]) => `${a} ${b}`),
-      },
-    };
+    const tokenizer = clipTokenizerSpec({
+      addedTokens: [special(BOS_TOKEN), special(EOS_TOKEN)],
+      bos: [BOS_TOKEN, this.bosId],
+      eos: [EOS_TOKEN, this.eosId],
+      unk: EOS_TOKEN,
+      vocab: Object.fromEntries(this.model.vocab.map((t, i) => [t, i])),
+      merges: this.model.merges.map(([a, b]) => `${a} ${b}`),
+    });
     const config = {
       add_prefix_space: false,
       bos_token: BOS_TOKEN,
@@ -293,4 +261,59 @@ export class BpeTokenizer {
     if (!Number.isInteger(c?.model_max_length)) throw new Error(`${source}: model_max_length must be an integer`);
     return new BpeTokenizer({ vocab, merges }, c.model_max_length);
   }
+}
+
+/**
+ * CLIP's byte-level BPE as a `tokenizers` tokenizer.json (NFC, whitespace runs to one space, lower case; CLIP's split
+ * pattern; `</w>` word ends; BOS … EOS around every text): the project's own tokenizer and a converted diffusers
+ * CLIPTokenizer folder write the same layout.
+ */
+export function clipTokenizerSpec(o: {
+  addedTokens: unknown[];
+  bos: [string, number];
+  eos: [string, number];
+  unk: string;
+  vocab: Record<string, number>;
+  merges: string[];
+}): Record<string, unknown> {
+  return {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: o.addedTokens,
+    normalizer: {
+      type: "Sequence",
+      normalizers: [
+        { type: "NFC" },
+        { type: "Replace", pattern: { Regex: WHITESPACE_PATTERN }, content: " " },
+        { type: "Lowercase" },
+      ],
+    },
+    pre_tokenizer: {
+      type: "Sequence",
+      pretokenizers: [
+        { type: "Split", pattern: { Regex: CLIP_SPLIT_PATTERN }, behavior: "Removed", invert: true },
+        { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
+      ],
+    },
+    post_processor: {
+      type: "RobertaProcessing",
+      sep: o.eos,
+      cls: o.bos,
+      trim_offsets: false,
+      add_prefix_space: false,
+    },
+    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: o.unk,
+      continuing_subword_prefix: "",
+      end_of_word_suffix: EOW,
+      fuse_unk: false,
+      byte_fallback: false,
+      vocab: o.vocab,
+      merges: o.merges,
+    },
+  };
 }

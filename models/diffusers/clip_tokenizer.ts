@@ -12,7 +12,7 @@
  * @module
  */
 import { join } from "node:path";
-import { CLIP_SPLIT_PATTERN } from "../bpe_tokenizer.ts";
+import { clipTokenizerSpec } from "../bpe_tokenizer.ts";
 
 /** One line naming the file and what is wrong with it. */
 export class ClipFolderError extends Error {
@@ -174,46 +174,14 @@ export function readClipTokenizer(dir: string): ClipTokenizerFiles {
 /** tokenizer.json (Hugging Face `tokenizers` format) and a tokenizer_config.json for transformers.js. */
 export function clipTokenizerJson(t: ClipTokenizerFiles, maxLength: number): Record<string, string> {
   const id = (s: string) => t.vocab[s] ?? t.added.find((a) => a.content === s)!.id;
-  const tokenizer = {
-    version: "1.0",
-    truncation: null,
-    padding: null,
-    added_tokens: [...t.added].sort((a, b) => a.id - b.id),
-    normalizer: {
-      type: "Sequence",
-      normalizers: [
-        { type: "NFC" },
-        { type: "Replace", pattern: { Regex: "\\s+" }, content: " " },
-        { type: "Lowercase" },
-      ],
-    },
-    pre_tokenizer: {
-      type: "Sequence",
-      pretokenizers: [
-        { type: "Split", pattern: { Regex: CLIP_SPLIT_PATTERN }, behavior: "Removed", invert: true },
-        { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
-      ],
-    },
-    post_processor: {
-      type: "RobertaProcessing",
-      sep: [t.specials.eos_token, id(t.specials.eos_token)],
-      cls: [t.specials.bos_token, id(t.specials.bos_token)],
-      trim_offsets: false,
-      add_prefix_space: false,
-    },
-    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: {
-      type: "BPE",
-      dropout: null,
-      unk_token: t.specials.unk_token,
-      continuing_subword_prefix: "",
-      end_of_word_suffix: "</w>",
-      fuse_unk: false,
-      byte_fallback: false,
-      vocab: t.vocab,
-      merges: t.merges,
-    },
-  };
+  const tokenizer = clipTokenizerSpec({
+    addedTokens: [...t.added].sort((a, b) => a.id - b.id),
+    bos: [t.specials.bos_token, id(t.specials.bos_token)],
+    eos: [t.specials.eos_token, id(t.specials.eos_token)],
+    unk: t.specials.unk_token,
+    vocab: t.vocab,
+    merges: t.merges,
+  });
   const config = {
     ...t.specials,
     clean_up_tokenization_spaces: true,
