@@ -15,7 +15,7 @@
  * @module
  */
 import type { z } from "zod";
-import { FolderParams } from "./folder_params.ts";
+import { checkedFolderParams, FolderParams } from "./folder_params.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../../pipeline/stage.ts";
 import type { DenoiserKind, DenoiserModel } from "../denoiser.ts";
@@ -53,24 +53,11 @@ function open(p: P): Opened {
   return { folder, cls: cls as Opened["cls"], cfg, shapes: cls.shapes(cfg) };
 }
 
-// Which key a folder problem is told at: the variant when the weight file of a named variant is what is missing.
-function faultKey(p: P, message: string): keyof P {
-  if (p.subfolder && /^subfolder |: no subfolder /.test(message)) return "subfolder";
-  if (p.variant && / no diffusion_pytorch_model\./.test(message)) return "variant";
-  return "path";
-}
-
-// Planning parses params before it asks for shapes: checking the folder here puts its error at the key at fault.
-// Only params that are otherwise right are checked: a misspelt `varient` is one error, not that and a missing file.
-const Checked = Params.superRefine((p, ctx) => {
-  try {
-    const o = open(p);
-    checkWeights(weightMap(o.folder.dir, p.variant), o.shapes);
-  } catch (e) {
-    const message = (e as Error).message.split("\n")[0];
-    ctx.addIssue({ code: "custom", path: [faultKey(p, message)], message });
-  }
-}, { when: (payload) => payload.issues.length === 0 });
+// The folder is opened and checked while params are parsed (folder_params.ts).
+const Checked = checkedFolderParams((p) => {
+  const o = open(p);
+  checkWeights(weightMap(o.folder.dir, p.variant), o.shapes);
+});
 
 function types(p: P, inputs: Record<string, PortSpec>): Record<string, PortSpec> {
   const { cls, cfg } = open(p), ports = cls.ports;

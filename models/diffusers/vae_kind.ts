@@ -16,7 +16,7 @@
  * @module
  */
 import type { z } from "zod";
-import { FolderParams } from "./folder_params.ts";
+import { checkedFolderParams, FolderParams } from "./folder_params.ts";
 import { decodeSafetensors, toFloat32 } from "../../engine/safetensors.ts";
 import { expectPort, type ModelDef, type PortSpec, StageTypeError } from "../../pipeline/stage.ts";
 import { renameOldVaeKeys, vaeDecode, vaeEncode, vaeFromLatent, vaeShapes, vaeToLatent } from "./autoencoder_kl.ts";
@@ -71,22 +71,11 @@ export function loadVaeWeights(o: OpenedVae): Record<string, Float32Array> {
   return out;
 }
 
-function faultKey(p: P, message: string): keyof P {
-  if (p.subfolder && /^subfolder |: no subfolder /.test(message)) return "subfolder";
-  if (p.variant && / no diffusion_pytorch_model\./.test(message)) return "variant";
-  return "path";
-}
-
-// The folder is checked while params are parsed, so its error is told at the key at fault (as diffusers_unet does).
-const Checked = Params.superRefine((p, ctx) => {
-  try {
-    const o = openVae(p);
-    checkWeights(o.weights, o.shapes);
-  } catch (e) {
-    const message = (e as Error).message.split("\n")[0];
-    ctx.addIssue({ code: "custom", path: [faultKey(p, message)], message });
-  }
-}, { when: (payload) => payload.issues.length === 0 });
+// The folder is opened and checked while params are parsed (folder_params.ts).
+const Checked = checkedFolderParams((p) => {
+  const o = openVae(p);
+  checkWeights(o.weights, o.shapes);
+});
 
 function types(p: P, inputs: Record<string, PortSpec>): Record<string, PortSpec> {
   const { cfg, factor: f } = openVae(p), out: Record<string, PortSpec> = {};
