@@ -7,7 +7,7 @@
  * @module
  */
 import * as ort from "onnxruntime-node";
-import type { DType, Graph } from "../ir.ts";
+import { type DType, type Graph, graphInputs, size } from "../ir.ts";
 import { type GradWeightLowering, lowerToOnnx } from "../onnx/lower.ts";
 import { hostData, ortType, sessionPrepared } from "./ort_shared.ts";
 import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
@@ -26,6 +26,23 @@ function gradWeightFromEnv(): GradWeightLowering | undefined {
   throw new Error(`ADD_GRAD_WEIGHT=${v}: expected gemm, matmul or conv`);
 }
 const GRAD_WEIGHT = gradWeightFromEnv();
+
+/** Graphs whose inputs (weights, state, batch) hold more than this run without onnxruntime's CPU arena. */
+export const ARENA_LIMIT_BYTES = 2 ** 30;
+
+/**
+ * Whether onnxruntime's CPU arena serves a graph whose inputs hold `inputBytes` (`ADD_CPU_ARENA=0|1` forces it; unset:
+ * on below `ARENA_LIMIT_BYTES`). The arena keeps every chunk it took and grows by powers of two: at Stable Diffusion
+ * 1.5's size (3.4 GB of weights) it held about 5 GB past its use, so a second ADD step peaked at 19.8 GB against 14.8
+ * GB without it, for a step about 13% slower (bench:sd15, docs/benchmarks.md); small graphs keep its speed.
+ */
+export function cpuArena(inputBytes: number, v = Deno.env.get("ADD_CPU_ARENA")): boolean {
+  if (v === undefined || v === "") return inputBytes <= ARENA_LIMIT_BYTES;
+  if (v === "0" || v === "1") return v === "1";
+  throw new Error(`ADD_CPU_ARENA=${v}: expected 0 or 1`);
+}
+
+const DTYPE_BYTES: Record<DType, number> = { f32: 4, i32: 4, bool: 1 };
 
 /**
  * Intra-op threads from the environment (`ADD_CPU_THREADS=N`; unset: every core). Jobs that share a machine each
@@ -93,6 +110,7 @@ export class OrtNodeExecutor implements Executor {
       graphOptimizationLevel: "all",
       intraOpNumThreads: this.threads,
       interOpNumThreads: 1,
+      enableCpuMemArena: cpuArena(graphInputs(graph).reduce((b, i) => b + size(i.shape) * DTYPE_BYTES[i.dtype], 0)),
       // Where the time goes, per node: ADD_ORT_PROFILE=<prefix> writes onnxruntime's JSON trace when the executor
       // closes (one file per session).
       ...(PROFILE ? { enableProfiling: true, profileFilePrefix: PROFILE } : {}),

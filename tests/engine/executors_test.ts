@@ -200,3 +200,36 @@ Deno.test("ADD_CPU_THREADS: the cpu executor's threads, every core when unset, o
     if (!msg.startsWith(`ADD_CPU_THREADS=${bad}: expected an integer`)) throw new Error(`${bad}: "${msg}"`);
   }
 });
+
+Deno.test("ADD_CPU_ARENA: on for small graphs, off above the limit, forced either way, one line for a bad value", async () => {
+  const { ARENA_LIMIT_BYTES, cpuArena } = await import("../../engine/executors/ort_node.ts");
+  if (!cpuArena(ARENA_LIMIT_BYTES, undefined) || cpuArena(ARENA_LIMIT_BYTES + 1, undefined)) {
+    throw new Error("unset: the arena should be on up to the limit and off above it");
+  }
+  if (cpuArena(0, "0") || !cpuArena(4 * ARENA_LIMIT_BYTES, "1")) throw new Error("ADD_CPU_ARENA=0/1 is not forced");
+  let msg = "";
+  try {
+    cpuArena(0, "yes");
+  } catch (e) {
+    msg = (e as Error).message;
+  }
+  if (msg !== "ADD_CPU_ARENA=yes: expected 0 or 1") throw new Error(`bad value: "${msg}"`);
+});
+
+Deno.test({
+  name: "executors: cpu without its arena (ADD_CPU_ARENA=0, as Stable Diffusion-size graphs run) matches the reference",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const before = Deno.env.get("ADD_CPU_ARENA");
+    Deno.env.set("ADD_CPU_ARENA", "0");
+    const ex = await createExecutor("cpu");
+    try {
+      for (const c of CASES.slice(0, 3)) await compare(ex, c);
+    } finally {
+      await ex.close();
+      if (before === undefined) Deno.env.delete("ADD_CPU_ARENA");
+      else Deno.env.set("ADD_CPU_ARENA", before);
+    }
+  },
+});
