@@ -1,8 +1,8 @@
 /**
  * The CLIP text encoder of a Stable Diffusion diffusers folder (`text_encoder/`: transformers' `CLIPTextModel` or
- * `CLIPTextModelWithProjection`, config.json + model[.variant].safetensors, F32/F16/BF16; and its `tokenizer/`) as a
- * folder transformers.js loads offline: config.json, tokenizer.json (`clip_tokenizer.ts`), and onnx/text_model.onnx
- * traced by the engine (`models/clip_text.ts`) with the folder's weights inside.
+ * `CLIPTextModelWithProjection`, config.json + model[.variant].safetensors or its shards, F32/F16/BF16; and its
+ * `tokenizer/`) as a folder transformers.js loads offline: config.json, tokenizer.json (`clip_tokenizer.ts`), and
+ * onnx/text_model.onnx traced by the engine (`models/clip_text.ts`) with the folder's weights inside.
  *
  * The ONNX takes `input_ids` int64 [1, 77] and gives `last_hidden_state`, `pooler_output`, the penultimate layer's
  * states as they are (`penultimate_hidden_state`, what SDXL conditions on) and through the final layer norm
@@ -16,9 +16,9 @@
 import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
 import { lowerToOnnx } from "../../engine/onnx/lower.ts";
-import { decodeSafetensors, toFloat32 } from "../../engine/safetensors.ts";
 import { type ClipTextConfig, type ClipTextOutput, clipTextShapes, traceClipText } from "../clip_text.ts";
 import { ClipFolderError, clipTokenizerJson, readClipTokenizer } from "./clip_tokenizer.ts";
+import { loadWeights, TRANSFORMERS_WEIGHTS, type WeightMap, weightMap, weightNames } from "./folder.ts";
 
 export { ClipFolderError };
 
@@ -49,8 +49,8 @@ export interface ClipTextFolder {
   length: number;
   /** Width of the pooled output: projection_dim with a projection, else hidden_size. */
   pooledWidth: number;
-  /** The weights file. */
-  weightsFile: string;
+  /** The weights: which file holds each key (one file, or the shards of an index). */
+  weights: WeightMap;
 }
 
 /** `text_encoder` → `tokenizer`, `text_encoder_2` → `tokenizer_2`, as diffusers names SDXL's pair. */
@@ -126,14 +126,21 @@ export function clipTextConfigFromJson(json: Record<string, unknown>, file: stri
   return { className, config };
 }
 
-/** The weights file of `dir`: model.safetensors, or for a variant model.<variant>.safetensors. */
-function weightsFile(dir: string, variant?: string): string {
-  const names = variant
-    ? [`model.${variant}.safetensors`]
-    : ["model.safetensors", "model.fp16.safetensors", "model.bf16.safetensors"];
-  const found = names.find((n) => isFile(join(dir, n)));
-  if (found) return join(dir, found);
-  throw new ClipFolderError(dir, `has no ${names.join(" or ")} (sharded text encoders are not supported)`);
+/**
+ * The weights of `dir`: model[.variant].safetensors, or sharded, the shards model.safetensors.index[.variant].json
+ * maps each key to (as large CLIP and OpenCLIP encoders ship); without a variant, the fp16 or bf16 files where the
+ * full-precision ones are absent.
+ */
+function textWeights(dir: string, variant?: string): WeightMap {
+  const tried = variant ? [variant] : [undefined, "fp16", "bf16"];
+  const at = tried.findIndex((v) => {
+    const { single, index } = weightNames(v, TRANSFORMERS_WEIGHTS);
+    return isFile(join(dir, single)) || isFile(join(dir, index));
+  });
+  if (at >= 0) return weightMap(dir, tried[at], TRANSFORMERS_WEIGHTS);
+  const names = tried.map((v) => weightNames(v, TRANSFORMERS_WEIGHTS));
+  const list = (k: "single" | "index") => names.map((n) => n[k]).join(" or ");
+  throw new ClipFolderError(dir, `has no ${list("single")}, nor the sharded ${list("index")}`);
 }
 
 /** Reads and checks `root/subfolder` and its tokenizer folder (config and files; weights are read on conversion). */
@@ -163,7 +170,7 @@ export function openClipTextFolder(root: string, subfolder = "text_encoder", var
     config,
     length: config.maxLength,
     pooledWidth: config.projectionDim,
-    weightsFile: weightsFile(dir, variant),
+    weights: textWeights(dir, variant),
   };
 }
 
@@ -180,26 +187,11 @@ export function convertedOutputs(f: ClipTextFolder): ClipTextOutput[] {
 
 /** Reads the weights as float32 under the model's names, one line naming the file for a missing or mis-shaped key. */
 export function loadClipTextWeights(f: ClipTextFolder): Record<string, Float32Array> {
-  const st = decodeSafetensors(Deno.readFileSync(f.weightsFile), f.weightsFile);
-  const shapes = clipTextShapes(f.config);
-  const missing = Object.keys(shapes).filter((k) => !st.tensors[k]);
-  const extra = Object.keys(st.tensors).filter((k) => !shapes[k] && !IGNORED_KEYS.includes(k));
-  if (missing.length || extra.length) {
-    const list = (ks: string[]) => ks.slice(0, 3).join(", ") + (ks.length > 3 ? ` (${ks.length} in all)` : "");
-    throw new ClipFolderError(
-      f.weightsFile,
-      [missing.length ? `missing ${list(missing)}` : "", extra.length ? `unexpected ${list(extra)}` : ""]
-        .filter(Boolean).join("; "),
-    );
-  }
-  const out: Record<string, Float32Array> = {};
-  for (const [k, s] of Object.entries(shapes)) {
-    if (st.tensors[k].shape.join() !== s.join()) {
-      throw new ClipFolderError(f.weightsFile, `${k} is [${st.tensors[k].shape}], the config makes it [${s}]`);
-    }
-    out[k] = toFloat32(st.tensors[k]);
-  }
-  return out;
+  // transformers saves position_ids (a buffer, not a weight) in older files; it is the same arange in every model.
+  const kept = <T>(o: Record<string, T>) =>
+    Object.fromEntries(Object.entries(o).filter(([k]) => !IGNORED_KEYS.includes(k)));
+  const w = { ...f.weights, files: kept(f.weights.files), entries: kept(f.weights.entries) };
+  return loadWeights(w, clipTextShapes(f.config));
 }
 
 /** The converted folder's files (relative path → bytes). */
@@ -234,7 +226,9 @@ function cacheKey(f: ClipTextFolder): string {
     h.update(`\0${file}\0`).update(data);
   };
   add(join(f.dir, "config.json"), true);
-  add(f.weightsFile, false);
+  // An index is read whole (it names the shards); the weights by size and time, which a new download changes.
+  if (f.weights.source.endsWith(".json")) add(f.weights.source, true);
+  for (const file of new Set(Object.values(f.weights.files))) add(file, false);
   for (const n of ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"]) {
     add(join(f.tokenizerDir, n), true);
   }

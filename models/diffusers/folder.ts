@@ -26,13 +26,17 @@ const WEIGHTS = "diffusion_pytorch_model";
 export const HUB_CACHE = ".cache/hub";
 const FLOATS: readonly string[] = ["F32", "F16", "BF16", "F64"];
 
+/** The weight files' stem of transformers' models (a pipeline's `text_encoder/`), where diffusers' is `WEIGHTS`. */
+export const TRANSFORMERS_WEIGHTS = "model";
+
 /**
  * The weight file names for `variant`, as diffusers spells them: the variant goes before the last extension
- * (`diffusion_pytorch_model.fp16.safetensors`, `diffusion_pytorch_model.safetensors.index.fp16.json`).
+ * (`diffusion_pytorch_model.fp16.safetensors`, `diffusion_pytorch_model.safetensors.index.fp16.json`). `stem` is
+ * `model` for a transformers model such as a text encoder.
  */
-export function weightNames(variant?: string): { single: string; index: string } {
+export function weightNames(variant?: string, stem = WEIGHTS): { single: string; index: string } {
   const v = variant ? `.${variant}` : "";
-  return { single: `${WEIGHTS}${v}.safetensors`, index: `${WEIGHTS}.safetensors.index${v}.json` };
+  return { single: `${stem}${v}.safetensors`, index: `${stem}.safetensors.index${v}.json` };
 }
 
 /** `org/name`: what the hub's ids look like (a local folder of that name wins; see `locateFolder`). */
@@ -169,10 +173,11 @@ export function readHeader(file: string): Record<string, { dtype: SafetensorsDTy
   }
 }
 
-function variantsIn(dir: string): string[] {
+function variantsIn(dir: string, stem: string): string[] {
   const found = new Set<string>();
+  const name = new RegExp(`^${stem}\\.(?:safetensors\\.index\\.)?([\\w-]+)\\.(?:safetensors|json)$`);
   for (const e of Deno.readDirSync(dir)) {
-    const m = /^diffusion_pytorch_model\.(?:safetensors\.index\.)?([\w-]+)\.(?:safetensors|json)$/.exec(e.name);
+    const m = name.exec(e.name);
     // A shard of a variant is named `<variant>-00001-of-00002`.
     if (m && m[1] !== "safetensors") found.add(m[1].replace(/-\d+-of-\d+$/, ""));
   }
@@ -200,9 +205,12 @@ function shardMap(dir: string, index: string): Record<string, string> {
   return files;
 }
 
-/** Which files hold the weights of the folder (for `variant`), and every key's dtype and shape. */
-export function weightMap(dir: string, variant?: string): WeightMap {
-  const { single, index } = weightNames(variant);
+/**
+ * Which files hold the weights of the folder (for `variant`; `stem` as in `weightNames`), and every key's dtype and
+ * shape.
+ */
+export function weightMap(dir: string, variant?: string, stem = WEIGHTS): WeightMap {
+  const { single, index } = weightNames(variant, stem);
   if (isFile(`${dir}/${single}`)) {
     const source = `${dir}/${single}`, entries = readHeader(source);
     return { source, entries, files: Object.fromEntries(Object.keys(entries).map((k) => [k, source])) };
@@ -221,7 +229,7 @@ export function weightMap(dir: string, variant?: string): WeightMap {
     }
     return { source, entries, files };
   }
-  const others = variantsIn(dir).filter((v) => v !== variant);
+  const others = variantsIn(dir, stem).filter((v) => v !== variant);
   const hint = others.length ? `; the folder has the variant${others.length > 1 ? "s" : ""} ${others.join(", ")}` : "";
   throw new DiffusersFolderError(dir, `no ${single} or ${index}${hint}`);
 }
@@ -291,6 +299,8 @@ export interface HubOptions {
   fetch?: Fetcher;
   /** Sent as a bearer token (gated or private models); default: the HF_TOKEN variable when readable. */
   token?: string;
+  /** The weight files' stem (`weightNames`): `model` for a transformers model such as a text encoder. */
+  stem?: string;
 }
 
 function envToken(): string | undefined {
@@ -301,7 +311,14 @@ function envToken(): string | undefined {
   }
 }
 
-/** Downloads one file into `dir` unless it is there; false when the hub has no such file (HTTP 404). */
+/**
+ * Downloads `file` of `o.subfolder` into its cache folder unless it is there, written whole or not at all; false when
+ * the hub has no such file (HTTP 404).
+ */
+export function downloadHubFile(id: string, o: HubOptions, file: string): Promise<boolean> {
+  return fetchFile(id, o, hubCacheDir(id, o.subfolder, o.cacheRoot), file);
+}
+
 async function fetchFile(id: string, o: HubOptions, dir: string, file: string): Promise<boolean> {
   const dest = `${dir}/${file}`;
   if (isFile(dest)) return true;
@@ -347,7 +364,7 @@ async function fetchFile(id: string, o: HubOptions, dir: string, file: string): 
 export async function downloadHubFolder(id: string, o: HubOptions = {}): Promise<string> {
   if (!isHubId(id)) throw new DiffusersFolderError(`hub id "${id}"`, "expected org/name");
   const dir = hubCacheDir(id, o.subfolder, o.cacheRoot);
-  const { single, index } = weightNames(o.variant);
+  const { single, index } = weightNames(o.variant, o.stem);
   const where = `${id}${o.subfolder ? ` (subfolder ${o.subfolder})` : ""}`;
   if (!await fetchFile(id, o, dir, "config.json")) {
     throw new DiffusersFolderError(`hub id "${id}"`, `no config.json at ${hubUrl(id, o.subfolder, "config.json")}`);
