@@ -5,7 +5,8 @@
  *   [--executor cpu|wasm|webgpu|reference]`: the model's forward pass on the named tensors of IN (for a
  *   UNet2DConditionModel: `sample`, `timestep`, `encoder_hidden_states` → `sample`), written to OUT whole or not at all.
  * - `fetch org/name [--subfolder S] [--variant V]`: downloads a hub model into `.cache/hub/` (online), where the
- *   `diffusers_unet` model kind and `forward` then read it offline.
+ *   `diffusers_unet` model kind and `forward` then read it offline; `--subfolder text_encoder` (or `text_encoder_2`)
+ *   fetches a pipeline's text encoder with its tokenizer, for `text_encode` and the stages that encode prompts.
  * - `export <run or checkpoint folder> --out DIR [--fp16] [--no-ema] [--model NAME]`: the run's `diffusers_unet`
  *   student as a folder diffusers' `from_pretrained` loads (unet/, scheduler/, the text encoder when the run used a
  *   diffusers pipeline's, model_index.json when the parts make a pipeline, README.md); models/diffusers/export.ts.
@@ -17,6 +18,7 @@ import { decodeSafetensors, type SafeTensor, writeSafetensors } from "./engine/s
 import type { ExecutorName } from "./engine/executors/executor.ts";
 import { DiffusersFolderError, downloadHubFolder, HUB_CACHE, isHubId } from "./models/diffusers/folder.ts";
 import { checkInputs, loadModel, runForward } from "./models/diffusers/forward.ts";
+import { downloadHubTextEncoder } from "./models/diffusers/clip_text_hub.ts";
 import { exportDiffusers } from "./models/diffusers/export.ts";
 import { runCommand } from "./ship/run_command.ts";
 
@@ -66,7 +68,10 @@ async function exportRun(dir: string, o: { out: string; fp16?: boolean; ema: boo
 
 async function fetchHub(id: string, o: ModelFlags) {
   if (!isHubId(id)) throw new DiffusersFolderError(`hub id "${id}"`, "expected org/name");
-  const dir = await downloadHubFolder(id, o);
+  // A text encoder is a transformers model (model.safetensors) and is read with its tokenizer beside it.
+  const dir = /^text_encoder/.test(o.subfolder ?? "")
+    ? await downloadHubTextEncoder(id, o)
+    : await downloadHubFolder(id, o);
   console.log(`${id}${o.subfolder ? ` (${o.subfolder})` : ""}: in ${dir}/`);
 }
 

@@ -20,7 +20,7 @@ import { DEFAULT_JUDGE, type JudgeName, JUDGES } from "./evaluation/fid.ts";
 import { INCEPTION_MIN_SIZE } from "./models/inception_v3.ts";
 import { loadUnetFolder } from "./sample.ts";
 import { emojiCaptionSets, writeReport } from "./evaluation/emoji_report.ts";
-import { loadCaptionEncoder } from "./models/caption_encoder.ts";
+import { loadTextEncoder, textEncoderName } from "./models/text_encoder_spec.ts";
 
 /** The emoji parameters (without `split`) of the first `emoji` dataset in a run folder's config, else {}. */
 async function emojiParamsOf(dir: string): Promise<Record<string, unknown>> {
@@ -151,10 +151,11 @@ async function runEvaluate(o: Flags): Promise<void> {
   const f = parseFlags(o);
   const t = await loadUnetFolder(o.teacher, o.teacherModel, o.ema);
   const s = o.student ? await loadUnetFolder(o.student, o.studentModel, o.ema) : null;
-  if (s && s.textEncoder !== t.textEncoder) {
-    throw new Error(`--student uses text encoder "${s.textEncoder}", the teacher "${t.textEncoder}"; they must match`);
+  const [sName, tName] = [s && textEncoderName(s.textEncoder), textEncoderName(t.textEncoder)];
+  if (s && sName !== tName) {
+    throw new Error(`--student uses text encoder "${sName}", the teacher "${tName}"; they must match`);
   }
-  const enc = await loadCaptionEncoder(t.textEncoder);
+  const enc = await loadTextEncoder(t.textEncoder);
   const generators = generatorsOf(t, s, f);
   const dataset = { size: t.u.size, ...(await emojiParamsOf(o.teacher)) };
   const sets = await emojiCaptionSets(dataset, { limit: f.limit, train_images: f.trainImages });

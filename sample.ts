@@ -13,6 +13,7 @@ import { createExecutor } from "./engine/executors/auto.ts";
 import type { ExecutorName } from "./engine/executors/executor.ts";
 import { readSafetensors, toFloat32 } from "./engine/safetensors.ts";
 import { ScheduleSpec } from "./models/diffusers/schedule_param.ts";
+import { choiceOf, type TextEncoderChoice } from "./models/text_encoder_spec.ts";
 import { writeAtomic } from "./models/png_grid.ts";
 import { unet, type UNetParams } from "./models/unet.ts";
 import { sampleGrid } from "./models/diffusion/sample_grid.ts";
@@ -37,7 +38,8 @@ interface Found {
   weights: Record<string, Float32Array>;
   schedule: unknown;
   prediction: "eps" | "v" | "x0";
-  textEncoder: string;
+  /** The encoder the run's text_encode stage used (model, subfolder, variant, layer). */
+  textEncoder: TextEncoderChoice;
   file: string;
 }
 
@@ -79,7 +81,7 @@ export async function loadUnetFolder(dir: string, modelName?: string, preferEma 
         weights,
         schedule: ScheduleSpec.parse(noise.schedule ?? { kind: "cosine", zeroTerminalSnr: true }),
         prediction: (noise.prediction as "eps" | "v" | undefined) ?? "v",
-        textEncoder: (text.model as string | undefined) ?? "models/text_encoder",
+        textEncoder: choiceOf(text),
         file,
       };
     } catch (e) {

@@ -7,14 +7,14 @@
  * online). The model must return `last_hidden_state` and `text_embeds`. A Stable Diffusion diffusers folder (one with
  * model_index.json or `<subfolder>/config.json`; subfolder `text_encoder` unless named) is converted once into the
  * cache by `models/diffusers/clip_text_folder.ts` and tokenized as SD's pipelines do (padded and truncated to 77,
- * `<|endoftext|>` kept); its per-token states are the last or the penultimate layer's. Each distinct caption is
- * encoded once per process.
+ * `<|endoftext|>` kept); its per-token states are the last or the penultimate layer's. A hub id of a diffusers
+ * pipeline (`models/diffusers/clip_text_hub.ts`) is downloaded into the hub cache once and read as such a folder.
+ * Each distinct caption is encoded once per process.
  *
  * @module
  */
 import { isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { StageTypeError } from "../pipeline/stage.ts";
 import {
   ensureClipTextFolder,
   isDiffusersTextRoot,
@@ -22,8 +22,16 @@ import {
   openClipTextFolder,
   type TextLayer,
 } from "./diffusers/clip_text_folder.ts";
+import {
+  downloadHubTextEncoder,
+  type HubTextOptions,
+  hubTextRoot,
+  isHubPipeline,
+  readsAsHubPipeline,
+} from "./diffusers/clip_text_hub.ts";
 import { sdIds } from "./diffusers/clip_tokenizer.ts";
-import { ensureUseEncoder, USE_LITE_MODEL, useEncoderDir, useLiteDims } from "./use_lite/build.ts";
+import { isHubId } from "./diffusers/folder.ts";
+import { ensureUseEncoder, USE_LITE_MODEL, useEncoderDir } from "./use_lite/build.ts";
 
 /** Output sizes of an encoder: ids per caption, hidden width, projection width. */
 export interface EncoderDims {
@@ -36,45 +44,10 @@ const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 /** Most captions per encoder call when the model takes any batch size. */
 const MAX_CHUNK = 64;
 
-/** An encoder's sizes when known without loading it (a local folder, or use-lite); null for a hub id. */
-export function knownEncoderDims(model: string): EncoderDims | null {
-  if (model === USE_LITE_MODEL) return useLiteDims();
-  const folder = localModelFolder(model);
-  if (!folder) return null;
-  return isDiffusersTextRoot(folder) ? diffusersTextDims(folder) : folderDims(folder);
-}
-
 /** A diffusers folder's text encoder sizes (`subfolder`, default text_encoder), from its config and tokenizer. */
-export function diffusersTextDims(folder: string, subfolder?: string): EncoderDims {
-  const f = openClipTextFolder(folder, subfolder);
+export function diffusersTextDims(folder: string, subfolder?: string, variant?: string): EncoderDims {
+  const f = openClipTextFolder(folder, subfolder, variant);
   return { length: f.length, width: f.config.width, projection: f.pooledWidth };
-}
-
-/**
- * For a stage that conditions `model` (a UNet's text widths) on the encoder named by its `text_encoder` param: a
- * StageTypeError at that key when the widths differ (for instance a teacher trained on `use-lite` previewed with the
- * default encoder), checked at planning so that a run does not fail at its first preview. `at` is the key a width
- * mismatch is reported at; an encoder that cannot be read is reported at `params.text_encoder`.
- */
-export function checkTextWidths(
-  name: string,
-  u: { context_dim: number; pooled_dim: number },
-  encoder: string,
-  at: string[] = ["params", "text_encoder"],
-): void {
-  let d: EncoderDims | null;
-  try {
-    d = knownEncoderDims(encoder);
-  } catch (e) {
-    throw new StageTypeError((e as Error).message, ["params", "text_encoder"]);
-  }
-  if (d && ((u.context_dim && u.context_dim !== d.width) || (u.pooled_dim && u.pooled_dim !== d.projection))) {
-    throw new StageTypeError(
-      `model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; the text encoder "${encoder}" gives ` +
-        `${d.width}/${d.projection}`,
-      at,
-    );
-  }
 }
 
 /** A folder path for `model` if it names an existing folder (relative to the project root), else null (a hub id). */
@@ -188,16 +161,21 @@ export class CaptionEncoder {
 
 const encoders = new Map<string, Promise<CaptionEncoder>>();
 
-/** How a diffusers folder's text encoder is read: which subfolder, and which layer's per-token states. */
+/** How a diffusers folder's text encoder is read: which subfolder and weights, and which layer's per-token states. */
 export interface DiffusersTextOptions {
   subfolder?: string;
+  variant?: string;
   layer?: TextLayer;
+  /** How a hub id is downloaded: the fetcher, the hub cache (default `HUB_CACHE`) and the token (tests). */
+  hub?: HubTextOptions;
 }
 
 /**
  * Loads (once per process) the encoder for `model`: a local folder offline, `use-lite` (built first if missing, in
  * `cache`, a run's cache folder, else the project's `.cache/`), a diffusers folder (converted first into the same
- * cache), or a hub id online. `dims` is required for a hub id.
+ * cache), or a hub id online: a diffusers pipeline's text encoder (`readsAsHubPipeline`, or the hub has its
+ * model_index.json) downloaded into the hub cache once and read as a diffusers folder, else a transformers.js model,
+ * for which `dims` is required.
  */
 export function loadCaptionEncoder(
   model: string,
@@ -210,13 +188,53 @@ export function loadCaptionEncoder(
   if (folder && (diffusers.subfolder || isDiffusersTextRoot(folder))) {
     return loadDiffusersEncoder(folder, cache, diffusers);
   }
+  if (!folder && !useLite && isHubId(model)) return loadHubEncoder(model, dims, cache, diffusers);
+  return loadTransformersEncoder(model, folder, dims, useLite);
+}
+
+/** A hub id: a diffusers pipeline's text encoder, downloaded first unless its cached copy opens, or transformers.js's. */
+function loadHubEncoder(id: string, dims: EncoderDims | undefined, cache: string | undefined, o: DiffusersTextOptions) {
+  const hub = { ...o.hub, subfolder: o.subfolder, variant: o.variant };
+  const key = `hub:${hubTextRoot(id, hub.cacheRoot)}#${o.subfolder}#${o.variant}#${o.layer}`;
+  let enc = encoders.get(key);
+  if (!enc) {
+    enc = (async () => {
+      if (!readsAsHubPipeline(id, o, hub.cacheRoot) && !await isHubPipeline(id, hub)) {
+        return await loadTransformersEncoder(id, null, dims, false);
+      }
+      const root = hubTextRoot(id, hub.cacheRoot);
+      try {
+        openClipTextFolder(root, o.subfolder, o.variant);
+      } catch {
+        // Not downloaded, or in part: what is cached is kept, the rest fetched.
+        await downloadHubTextEncoder(id, hub);
+      }
+      return await loadDiffusersEncoder(root, cache, o);
+    })();
+    remember(key, enc);
+  }
+  return enc;
+}
+
+/** A folder (or use-lite's), or a hub id, through transformers.js's own loading. */
+function loadTransformersEncoder(
+  model: string,
+  folder: string | null,
+  dims: EncoderDims | undefined,
+  useLite: boolean,
+): Promise<CaptionEncoder> {
   const key = folder ?? model;
   let enc = encoders.get(key);
   if (!enc) {
     enc = (async () => {
       if (useLite) await ensureUseEncoder(key);
       const d = folder ? folderDims(folder) : dims;
-      if (!d) throw new Error(`text_encode: "${model}" is no folder, so it is a hub id and needs params.dims`);
+      if (!d) {
+        throw new Error(
+          `text_encode: "${model}" is no folder, so it is a hub id and needs params.dims (or, for a diffusers ` +
+            `pipeline's text encoder, subfolder: text_encoder)`,
+        );
+      }
       // Imported here: transformers.js loads onnxruntime-node and sharp, which other stages should not pay for.
       const { AutoModel, AutoTokenizer, CLIPTextModelWithProjection } = await import("@huggingface/transformers");
       const opts = { local_files_only: folder !== null };
@@ -242,11 +260,11 @@ function remember(key: string, enc: Promise<CaptionEncoder>): void {
 /** A diffusers folder's text encoder: converted into `cache` once, then loaded by transformers.js offline. */
 function loadDiffusersEncoder(folder: string, cache: string | undefined, o: DiffusersTextOptions) {
   const layer = o.layer ?? "last";
-  const key = `${folder}#${o.subfolder ?? "text_encoder"}#${layer}`;
+  const key = `${folder}#${o.subfolder ?? "text_encoder"}#${o.variant ?? ""}#${layer}`;
   let enc = encoders.get(key);
   if (!enc) {
     enc = (async () => {
-      const f = openClipTextFolder(folder, o.subfolder);
+      const f = openClipTextFolder(folder, o.subfolder, o.variant);
       const dir = ensureClipTextFolder(f, cache ?? join(PROJECT_ROOT, ".cache"));
       const { AutoTokenizer, CLIPTextModelWithProjection, Tensor } = await import("@huggingface/transformers");
       const tok = await AutoTokenizer.from_pretrained(dir, { local_files_only: true });

@@ -141,7 +141,7 @@ export async function readExportSource(dir: string, opts: { ema?: boolean } = {}
     weightsFile: found.file,
     schedule,
     prediction,
-    textEncoder: found.textEncoder,
+    textEncoder: found.textEncoder.model,
     trainedTimesteps: trained,
   };
 }

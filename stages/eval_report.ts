@@ -25,7 +25,13 @@ import { checkDecodes, type DenoiserModel, denoiserOf, type LatentDecoder } from
 import { latentDecoder } from "../models/diffusers/vae_runner.ts";
 import { type EffectContext, type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 import { emoji } from "../datasets/emoji.ts";
-import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
+import {
+  checkTextWidths,
+  loadTextEncoder,
+  textEncoderKey,
+  textEncoderName,
+  TextEncoderSpec,
+} from "../models/text_encoder_spec.ts";
 
 const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -75,8 +81,11 @@ const Params = z.strictObject({
   disc_fid: z.boolean().default(true),
   schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
-  /** Text encoder folder or hub id, as in `text_encode`. */
-  text_encoder: z.string().default("models/text_encoder"),
+  /**
+   * The text encoder: a model (folder, `use-lite` or hub id), or `{ model, subfolder, variant, layer }`, as in
+   * `text_encode`; the same as the run's text_encode, so that it samples on the states it trained on.
+   */
+  text_encoder: TextEncoderSpec,
   /**
    * The shipped JSON file (relative to the project root) of the teacher's rows. The teacher is frozen, so its rows
    * depend only on its weights and these settings: they are reused when a stored key (a SHA-256 of the weights and
@@ -140,14 +149,14 @@ export const evalReport: StageDef<P> = {
   },
   effect: async (ctx, p) => {
     const teacher = unetOf(ctx.models, p.teacher, "teacher")!, student = unetOf(ctx.models, p.student, "student")!;
-    const enc = await loadCaptionEncoder(p.text_encoder, undefined, ctx.cache);
+    const enc = await loadTextEncoder(p.text_encoder, ctx.cache);
     for (const [name, u] of [[p.teacher, teacher], [p.student, student]] as const) {
       if (
         (u.context_dim && u.context_dim !== enc.dims.width) || (u.pooled_dim && u.pooled_dim !== enc.dims.projection)
       ) {
         throw new Error(
           `eval_report: model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; the text encoder ` +
-            `"${p.text_encoder}" gives ${enc.dims.width}/${enc.dims.projection}`,
+            `"${textEncoderName(p.text_encoder)}" gives ${enc.dims.width}/${enc.dims.projection}`,
         );
       }
     }
@@ -283,6 +292,6 @@ function cacheSettings(p: P, u: DenoiserModel, executor: string) {
     limit: p.limit ?? null,
     schedule: p.schedule,
     prediction: p.prediction,
-    text_encoder: p.text_encoder,
+    text_encoder: textEncoderKey(p.text_encoder),
   };
 }

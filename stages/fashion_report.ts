@@ -31,7 +31,13 @@ import { checkDecodes, type DenoiserModel, denoiserOf, type LatentDecoder } from
 import { latentDecoder } from "../models/diffusers/vae_runner.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import { type EffectContext, type ModelInfo, type StageDef, StageTypeError } from "../pipeline/stage.ts";
-import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
+import {
+  checkTextWidths,
+  loadTextEncoder,
+  textEncoderKey,
+  textEncoderName,
+  TextEncoderSpec,
+} from "../models/text_encoder_spec.ts";
 
 const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -58,8 +64,11 @@ const Params = z.strictObject({
   batch: z.number().int().positive().default(50),
   schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
-  /** Text encoder folder or `use-lite`, as in `text_encode`. */
-  text_encoder: z.string().default("models/text_encoder"),
+  /**
+   * The text encoder: a model (folder, `use-lite` or hub id), or `{ model, subfolder, variant, layer }`, as in
+   * `text_encode`; the same as the run's text_encode, so that it samples on the states it trained on.
+   */
+  text_encoder: TextEncoderSpec,
   /**
    * The shipped JSON file (relative to the project root) of teacher rows, each keyed by a SHA-256 of the teacher's
    * weights, the judge's weights and every setting the row depends on: a row is reused when its key is there or in
@@ -117,7 +126,7 @@ export const fashionReport: StageDef<P> = {
     return {};
   },
   effect: async (ctx, p) => {
-    const encoder = await loadCaptionEncoder(p.text_encoder, undefined, ctx.cache), schedule = makeSchedule(p.schedule);
+    const encoder = await loadTextEncoder(p.text_encoder, ctx.cache), schedule = makeSchedule(p.schedule);
     const judge = await loadFashionJudge(), judgeKey = await weightsKey({}, judge.weights);
     const { generators, keys, decoders } = await rowGenerators(ctx, p, encoder.dims, schedule, judgeKey);
     const file = p.teacher_cache ? join(PROJECT_ROOT, p.teacher_cache) : null;
@@ -175,7 +184,7 @@ async function rowGenerators(
     if ((u.context_dim && u.context_dim !== d.width) || (u.pooled_dim && u.pooled_dim !== d.projection)) {
       throw new Error(
         `fashion_report: model "${name}" takes text of width ${u.context_dim}/${u.pooled_dim}; ` +
-          `the text encoder "${p.text_encoder}" gives ${d.width}/${d.projection}`,
+          `the text encoder "${textEncoderName(p.text_encoder)}" gives ${d.width}/${d.projection}`,
       );
     }
     const weights = await ctx.readModel(name, { ema: p.ema });
@@ -195,7 +204,7 @@ async function rowGenerators(
         per_class: p.per_class,
         batch: p.batch,
         schedule: p.schedule,
-        text_encoder: p.text_encoder,
+        text_encoder: textEncoderKey(p.text_encoder),
         judge: judgeKey,
         executor: ctx.executor.name,
       };

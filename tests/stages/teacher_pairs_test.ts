@@ -104,7 +104,7 @@ Deno.test(
     });
     const weights = teacherWeights(1);
     const ex = await createExecutor("cpu");
-    const enc = await loadCaptionEncoder(p.text_encoder);
+    const enc = await loadCaptionEncoder(p.text_encoder.model);
     const runner = await UNetRunner.create(ex, U, weights, 1, enc.dims.length);
     const schedule = makeSchedule(p.schedule);
     try {

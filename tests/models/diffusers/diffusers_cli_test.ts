@@ -102,6 +102,12 @@ Deno.test({
       root,
     );
     await refused(["fetch", "nobody/nothing-here"], /^hub id "nobody\/nothing-here": no network permission/, root);
+    // A text encoder is fetched with its pipeline's model_index.json and its tokenizer (clip_text_hub.ts).
+    await refused(
+      ["fetch", "nobody/nothing-here", "--subfolder", "text_encoder"],
+      /^hub id "nobody\/nothing-here": no network permission to download \S+\/nothing-here\/resolve\/main\/model_index\.json/,
+      root,
+    );
     await refused(["fetch", "not-an-id"], /^hub id "not-an-id": expected org\/name$/, root);
   },
 });
