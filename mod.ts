@@ -114,7 +114,23 @@ export {
   sgd,
   type SgdConfig,
 } from "./engine/optim.ts";
-export { type Layout, layoutOf, nest, pack, packHost, unpack, unpackHost } from "./engine/pack.ts";
+export {
+  chunkLayout,
+  chunkNames,
+  type Layout,
+  layoutOf,
+  nest,
+  pack,
+  packChunks,
+  packedInputs,
+  packHost,
+  packHostChunks,
+  splitFlat,
+  unpack,
+  unpackChunks,
+  unpackHost,
+  unpackHostChunks,
+} from "./engine/pack.ts";
 export { Program, type ProgramBindings, ResidentStore, type StepOptions, StepProgram } from "./engine/program.ts";
 export { Rng, type RngState } from "./engine/rng.ts";
 export {
@@ -132,12 +148,14 @@ export {
 } from "./engine/safetensors.ts";
 export type {
   Buffer,
+  BufferLimits,
   Executor,
   ExecutorName,
   HostArray,
   Prepared,
   PrepareOptions,
 } from "./engine/executors/executor.ts";
+export { packLimit, webGpuPackLimit } from "./engine/executors/executor.ts";
 export { createExecutor } from "./engine/executors/auto.ts";
 export { evaluate, ReferenceExecutor } from "./engine/executors/reference.ts";
 

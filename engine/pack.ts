@@ -2,10 +2,14 @@
  * Packing of parameter trees into flat buffers, so a step passes one tensor per parameter group (and one per
  * optimizer moment) instead of hundreds.
  *
+ * An executor caps the size of one tensor (WebGPU binds it as one storage buffer, below 4 GiB on every adapter), so a
+ * group larger than its cap is split, at parameter boundaries, into several flat buffers (`chunkLayout`): the
+ * `*Chunks` functions are the same packing over such a list, and a group that fits is one buffer, as before.
+ *
  * @module
  */
 import { concat, reshape, sliceAxis } from "./ops.ts";
-import { fail, type Tensor } from "./tensor.ts";
+import { fail, type Tensor, type Trace } from "./tensor.ts";
 
 /** Where each parameter lives in a flat buffer. Order is the order of `shapes` given to `layoutOf`. */
 export interface Layout {
@@ -65,6 +69,93 @@ export function unpackHost(flat: ArrayLike<number>, layout: Layout): Record<stri
   const src = flat instanceof Float32Array ? flat : Float32Array.from(flat);
   for (const e of layout.entries) out[e.path] = src.slice(e.offset, e.offset + e.size);
   return out;
+}
+
+/**
+ * Splits `layout` at parameter boundaries into consecutive buffers of at most `limit` elements each (greedily, in
+ * order; each buffer's entries are offset from its own start). A layout that fits is returned whole, as its only
+ * buffer, so its packing does not change. A parameter larger than `limit` cannot be split and is an error naming it;
+ * `what` says whose layout it is (a model, and the executor the limit is of).
+ */
+export function chunkLayout(layout: Layout, limit: number, what = "packing"): Layout[] {
+  if (!(limit >= 1) || (Number.isFinite(limit) && !Number.isInteger(limit))) {
+    throw new Error(`${what}: the limit per packed buffer must be a positive integer, got ${limit}`);
+  }
+  if (layout.total <= limit) return [layout];
+  const chunks: Layout[] = [];
+  let cur: Layout = { entries: [], total: 0 };
+  for (const e of layout.entries) {
+    if (e.size > limit) {
+      throw new Error(
+        `${what}: parameter "${e.path}" [${e.shape}] has ${e.size.toLocaleString("en")} elements, over the limit of ` +
+          `${limit.toLocaleString("en")} elements per packed buffer; a parameter is never split`,
+      );
+    }
+    if (cur.total + e.size > limit) {
+      chunks.push(cur);
+      cur = { entries: [], total: 0 };
+    }
+    cur.entries.push({ ...e, shape: [...e.shape], offset: cur.total });
+    cur.total += e.size;
+  }
+  chunks.push(cur);
+  return chunks;
+}
+
+/** The names of a group's `n` buffers: `name` itself for one (unchanged by chunking), else `name.0` … `name.<n-1>`. */
+export function chunkNames(name: string, n: number): string[] {
+  return n === 1 ? [name] : Array.from({ length: n }, (_, i) => `${name}.${i}`);
+}
+
+/** `unpack` over the buffers of `chunkLayout`: every parameter, viewed in its buffer. */
+export function unpackChunks(flats: readonly Tensor[], chunks: readonly Layout[]): Record<string, Tensor> {
+  if (flats.length !== chunks.length) fail("unpackChunks", `${flats.length} buffers for ${chunks.length} chunks`);
+  return Object.assign({}, ...chunks.map((c, i) => unpack(flats[i], c)));
+}
+
+/** `pack` into the buffers of `chunkLayout`, one tensor per buffer. */
+export function packChunks(tensors: Record<string, Tensor>, chunks: readonly Layout[]): Tensor[] {
+  return chunks.map((c) => pack(tensors, c));
+}
+
+/** `packHost` into the buffers of `chunkLayout`. */
+export function packHostChunks(arrays: Record<string, ArrayLike<number>>, chunks: readonly Layout[]): Float32Array[] {
+  return chunks.map((c) => packHost(arrays, c));
+}
+
+/** `unpackHost` over the buffers of `chunkLayout`. */
+export function unpackHostChunks(
+  flats: readonly ArrayLike<number>[],
+  chunks: readonly Layout[],
+): Record<string, Float32Array> {
+  if (flats.length !== chunks.length) {
+    throw new Error(`unpackHostChunks: ${flats.length} buffers, ${chunks.length} chunks`);
+  }
+  return Object.assign({}, ...chunks.map((c, i) => unpackHost(flats[i], c)));
+}
+
+/**
+ * A packed group's graph inputs, one per buffer of `chunks` under `chunkNames(name, …)`, and its parameters viewed in
+ * them: what a graph holding a model's weights resident (a sampler's UNet, a VAE) declares.
+ */
+export function packedInputs(
+  tr: Trace,
+  name: string,
+  chunks: readonly Layout[],
+): { names: string[]; params: Record<string, Tensor> } {
+  const names = chunkNames(name, chunks.length);
+  return { names, params: unpackChunks(names.map((n, i) => tr.input(n, [chunks[i].total])), chunks) };
+}
+
+/**
+ * Splits one flat array of a whole layout into its chunks' buffers (views, no copy): what a buffer saved whole
+ * becomes where the executor's limit splits it.
+ */
+export function splitFlat(flat: Float32Array, chunks: readonly Layout[]): Float32Array[] {
+  const total = chunks.reduce((a, c) => a + c.total, 0);
+  if (flat.length !== total) throw new Error(`splitFlat: ${flat.length} values, expected ${total}`);
+  let at = 0;
+  return chunks.map((c) => flat.subarray(at, at += c.total));
 }
 
 /** Nests dotted paths ("down.0.conv.w") into objects, so model code can write `p.down[0].conv.w`. */

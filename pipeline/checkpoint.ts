@@ -13,7 +13,7 @@
  * @module
  */
 import { stringify } from "yaml";
-import type { Layout } from "../engine/pack.ts";
+import { chunkNames, type Layout } from "../engine/pack.ts";
 import { encodeSafetensors, type TensorInput } from "../engine/safetensors.ts";
 import { storeKey } from "./store_keys.ts";
 import type { StateArray } from "./stage_state.ts";
@@ -40,6 +40,11 @@ export interface RunSnapshot extends CheckpointState {
   stageState: [string, StateArray][];
   /** Layouts of the trained models, each also written as a file of its own. */
   trained: Record<string, Layout>;
+  /**
+   * The buffers of trained models split into several by the executor's limit (engine/pack.ts `chunkLayout`), whose
+   * store entries are `<key>.0`, `<key>.1`, …; a model absent here is one buffer under its key.
+   */
+  chunks?: Record<string, Layout[]>;
   /** The config with every default filled in. */
   config: unknown;
 }
@@ -51,16 +56,20 @@ export function checkpointFiles(s: RunSnapshot): Record<string, Uint8Array | str
   for (const [key, data] of Object.entries(s.store)) state[key] = { data, shape: [data.length] };
   for (const [key, data] of s.stageState) state[key] = { data, shape: [data.length] };
   files["state.safetensors"] = encodeSafetensors(state, { step: String(s.step), format: "add-scheduler-store/1" });
-  const asFile = (m: string, flat: Float32Array) => {
+  // A model's own file holds its weights by name, whatever buffers they were packed in.
+  const asFile = (m: string, flats: Float32Array[]) => {
     const tensors = Object.fromEntries(
-      s.trained[m].entries.map((e) => [e.path, { data: flat.subarray(e.offset, e.offset + e.size), shape: e.shape }]),
+      (s.chunks?.[m] ?? [s.trained[m]]).flatMap((c, i) =>
+        c.entries.map((e) => [e.path, { data: flats[i].subarray(e.offset, e.offset + e.size), shape: e.shape }])
+      ),
     );
     return encodeSafetensors(tensors, { step: String(s.step), model: m });
   };
+  const buffers = (m: string, key: string) => chunkNames(key, s.chunks?.[m]?.length ?? 1).map((k) => s.store[k]);
   for (const m of Object.keys(s.trained)) {
-    files[`${m}.safetensors`] = asFile(m, s.store[storeKey.model(m)]);
-    const e = s.store[storeKey.ema(m)];
-    if (e) files[`${m}.ema.safetensors`] = asFile(m, e);
+    files[`${m}.safetensors`] = asFile(m, buffers(m, storeKey.model(m)));
+    const e = buffers(m, storeKey.ema(m));
+    if (e.every((b) => b)) files[`${m}.ema.safetensors`] = asFile(m, e);
   }
   const info: CheckpointState = { step: s.step, seed: s.seed, executor: s.executor, rng: s.rng, metrics: s.metrics };
   files["state.json"] = JSON.stringify(info, null, 2) + "\n";

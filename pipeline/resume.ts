@@ -9,15 +9,18 @@ import { readSafetensors, toFloat32 } from "../engine/safetensors.ts";
 import type { CheckpointRef, CheckpointState } from "./checkpoint.ts";
 import { RunError } from "./errors.ts";
 import { type Plan, storedShapes } from "./plan.ts";
-import { optimizerSlots } from "./trace_phase.ts";
+import { packedKeys } from "./trace_phase.ts";
 import { storeKey } from "./store_keys.ts";
 import { RunMemory, type StateArray } from "./stage_state.ts";
 
 /** A checkpoint read for a resume. */
 export interface ResumeState {
   state: CheckpointState;
-  /** Store entries by key. */
-  tensors: Record<string, Float32Array>;
+  /**
+   * Packed store entries by key (`packedKeys`), each as the checkpoint holds it: one buffer, or the chunks of a model
+   * that was split into several (`<key>.0`, `<key>.1`, …) by the limit of the executor that trained it.
+   */
+  tensors: Record<string, Float32Array[]>;
   /** Stage state by its checkpoint key. */
   stageState: [string, StateArray][];
 }
@@ -43,37 +46,31 @@ export async function readResumeState(
   const { tensors } = await readSafetensors(file);
   const need = new Map<string, number>(), optional = new Map<string, number>();
   const trained = new Set(plan.phases.flatMap((p) => p.updates));
-  for (const [m, info] of Object.entries(plan.models)) {
-    const n = layoutOf(storedShapes(info)).total;
+  for (const [key, m] of packedKeys(plan)) {
+    const n = layoutOf(storedShapes(plan.models[m])).total;
     // Frozen models are not saved (they come from their init); an older checkpoint's copy is accepted and ignored.
-    (trained.has(m) ? need : optional).set(storeKey.model(m), n);
-    optional.set(storeKey.ema(m), n);
+    const required = key === storeKey.model(m) ? trained.has(m) : key !== storeKey.ema(m);
+    (required ? need : optional).set(key, n);
   }
-  for (const p of plan.phases) {
-    for (const m of p.updates) {
-      for (const w of optimizerSlots(plan, p.optimizer)) {
-        need.set(storeKey.moment(p.optimizer, m, w), need.get(storeKey.model(m))!);
-      }
-    }
-  }
-  const out: Record<string, Float32Array> = {};
+  const out: Record<string, Float32Array[]> = {}, used = new Set<string>();
   for (const [key, n] of [...need, ...optional]) {
-    const t = tensors[key];
-    if (!t) {
+    const names = savedNames(tensors, key);
+    if (!names.length) {
       if (!need.has(key)) continue;
       throw new RunError(
         `${file}: no "${key}" (${n} values) in the checkpoint; the config's models or optimizers changed since it ` +
           `was written (see ${ref.dir}/config.yaml)`,
       );
     }
-    const got = t.shape.reduce((a, b) => a * b, 1);
+    const got = names.reduce((a, k) => a + tensors[k].shape.reduce((x, y) => x * y, 1), 0);
     if (got !== n) {
       throw new RunError(
         `${file}: "${key}" has ${got} values, the config needs ${n}; the model's shape changed since the ` +
           `checkpoint was written (see ${ref.dir}/config.yaml)`,
       );
     }
-    out[key] = toFloat32(t);
+    out[key] = names.map((k) => toFloat32(tensors[k]));
+    for (const k of names) used.add(k);
   }
   const stageState: [string, StateArray][] = [];
   for (const [key, t] of Object.entries(tensors)) {
@@ -83,7 +80,7 @@ export async function readResumeState(
     }
     stageState.push([key, t.data]);
   }
-  const unused = Object.keys(tensors).filter((k) => !need.has(k) && !optional.has(k) && !RunMemory.isStateKey(k));
+  const unused = Object.keys(tensors).filter((k) => !used.has(k) && !RunMemory.isStateKey(k));
   if (unused.length) warn(`${file}: warning: ignoring ${unused.join(", ")} (not in this config)`);
   if (state.seed !== seed) {
     warn(
@@ -95,6 +92,15 @@ export async function readResumeState(
     warn(`${json}: warning: the checkpoint was trained on ${state.executor}, this run uses ${executor}`);
   }
   return { state, tensors: out, stageState };
+}
+
+/** The names `key` is saved under: itself, or its chunks `key.0`, `key.1`, … in order; none when absent. */
+function savedNames(tensors: Record<string, unknown>, key: string): string[] {
+  if (key in tensors) return [key];
+  const names: string[] = [];
+  while (`${key}.${names.length}` in tensors) names.push(`${key}.${names.length}`);
+  // One buffer saved as "<key>.0" alone is not a split (chunking names a single buffer by its key).
+  return names.length > 1 ? names : [];
 }
 
 /** Keeps the rows of `metrics.jsonl` up to `step` (a resume rewrites what came after its checkpoint). */

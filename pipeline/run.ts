@@ -28,7 +28,7 @@ import { readInitFile } from "./init_weights.ts";
 import type { Plan } from "./plan.ts";
 import { Progress } from "./progress.ts";
 import { readResumeState, type ResumeState, truncateMetrics } from "./resume.ts";
-import { Scheduler } from "./scheduler.ts";
+import { Scheduler, storeKey } from "./scheduler.ts";
 import { type Dataset, datasetKinds, type EffectContext, type HostContext } from "./stage.ts";
 import { RunMemory } from "./stage_state.ts";
 
@@ -204,7 +204,7 @@ class Run {
     const metricsFile = `${this.out}/metrics.jsonl`;
     if (!this.resumed) return await Deno.writeTextFile(metricsFile, "");
     const { ref, state } = this.resumed;
-    for (const [key, data] of Object.entries(state.tensors)) this.sched.set(key, data);
+    for (const [key, parts] of Object.entries(state.tensors)) this.sched.setPacked(key, parts);
     this.memory.restore(state.stageState);
     this.start = state.state.step;
     this.metrics = { ...state.state.metrics };
@@ -331,18 +331,21 @@ class Run {
   async snapshot(step: number): Promise<RunSnapshot> {
     // Frozen models (no optimizer updates them: a teacher, a feature network) are rebuilt from their init on
     // resume, so checkpoints hold only what training changes.
-    const frozen = (key: string) => key.startsWith("model.") && !this.#trained.has(key.slice("model.".length));
+    const frozen = new Set(
+      Object.keys(this.plan.models).filter((m) => !this.#trained.has(m))
+        .flatMap((m) => this.sched.keysOf(storeKey.model(m), m)),
+    );
     const store: Record<string, Float32Array> = {};
-    for (const key of this.sched.keys().filter((k) => !frozen(k))) {
+    for (const key of this.sched.keys().filter((k) => !frozen.has(k))) {
       const data = await this.sched.get(key);
       for (let i = 0; i < data.length; i++) {
         if (!Number.isFinite(data[i])) throw new NonFiniteState(key, i, data[i]);
       }
       store[key] = data;
     }
-    const trained = Object.fromEntries(
-      Object.keys(this.plan.models).filter((m) => this.#trained.has(m)).map((m) => [m, this.sched.layouts[m]]),
-    );
+    const names = Object.keys(this.plan.models).filter((m) => this.#trained.has(m));
+    const trained = Object.fromEntries(names.map((m) => [m, this.sched.layouts[m]]));
+    const split = names.filter((m) => this.sched.chunks[m].length > 1);
     return {
       step,
       seed: this.cfg.seed,
@@ -352,6 +355,7 @@ class Run {
       store,
       stageState: this.memory.entries(),
       trained,
+      ...(split.length ? { chunks: Object.fromEntries(split.map((m) => [m, this.sched.chunks[m]])) } : {}),
       config: resolvedConfig(this.loaded, this.plan),
     };
   }

@@ -5,18 +5,19 @@
  *
  * @module
  */
-import type { Executor, HostArray } from "../engine/executors/executor.ts";
+import { type Executor, type HostArray, packLimit } from "../engine/executors/executor.ts";
 import { ema } from "../engine/optim.ts";
 import { Program, ResidentStore } from "../engine/program.ts";
-import { type Layout, packHost, unpackHost } from "../engine/pack.ts";
+import { chunkNames, type Layout, packHostChunks, splitFlat, unpackHostChunks } from "../engine/pack.ts";
 import { Rng } from "../engine/rng.ts";
 import { Trace } from "../engine/tensor.ts";
 import { initAdapters, mergeHost } from "../models/lora.ts";
+import { RunError } from "./errors.ts";
 import type { Plan } from "./plan.ts";
 import { modelKinds } from "./stage.ts";
 import { initRng } from "./init_weights.ts";
 import { storeKey } from "./store_keys.ts";
-import { modelLayouts, type TracedPhase, traceFused, tracePhase } from "./trace_phase.ts";
+import { modelChunks, modelLayouts, packedKeys, type TracedPhase, traceFused, tracePhase } from "./trace_phase.ts";
 
 export { storeKey };
 
@@ -26,7 +27,15 @@ interface CompiledPhase extends TracedPhase {
 
 /** Runs a plan's compiled phases on one executor. */
 export class Scheduler {
+  /** Each model's whole packed layout. */
   readonly layouts: Record<string, Layout>;
+  /**
+   * Each model's packed buffers under the executor's `packLimit`: `[layouts[m]]` where it fits one, and every store
+   * entry of the model (weights, EMA, optimizer slots) is then one key; else its chunks, under `<key>.<i>`.
+   */
+  readonly chunks: Record<string, Layout[]>;
+  /** Store entries that mirror a model's packing, → the model (`packedKeys`). */
+  readonly #packed: Map<string, string>;
   private readonly store: ResidentStore;
   private readonly compiled: CompiledPhase[] = [];
   private readonly emaGraphs = new Map<string, Program>();
@@ -44,6 +53,13 @@ export class Scheduler {
   ) {
     this.store = new ResidentStore(executor);
     this.layouts = modelLayouts(plan);
+    try {
+      this.chunks = modelChunks(plan, packLimit(executor), `the ${executor.name} executor`);
+    } catch (e) {
+      // One line at the run's start, before anything compiles, rather than a failed upload minutes in.
+      throw new RunError((e as Error).message);
+    }
+    this.#packed = packedKeys(plan);
   }
 
   /** Traces and compiles every phase. Returns node counts per phase, for the plan printout. */
@@ -55,8 +71,8 @@ export class Scheduler {
     for (const group of groups) {
       const t0 = performance.now();
       const c = group.length > 1
-        ? traceFused(this.plan, group, this.runSteps)
-        : tracePhase(this.plan, group[0], this.runSteps);
+        ? traceFused(this.plan, group, this.runSteps, this.chunks)
+        : tracePhase(this.plan, group[0], this.runSteps, this.chunks);
       const phase = c.phase;
       const program = await Program.create(this.store, c.graph, { inputs: c.stateIn, updates: c.stateOut });
       this.compiled.push({ ...c, program });
@@ -68,6 +84,33 @@ export class Scheduler {
   /** Sets a store entry from host data (initial weights, loaded checkpoints). */
   set(key: string, data: Float32Array): void {
     this.store.set(key, data);
+  }
+
+  /** The store keys of entry `key` of model `m`'s packing: `key` itself, or one per chunk. */
+  keysOf(key: string, m: string): string[] {
+    return chunkNames(key, this.chunks[m].length);
+  }
+
+  /**
+   * Sets a packed entry (`packedKeys`: weights, EMA, optimizer slot) from its buffers as saved, whole or chunked under
+   * any limit: split to this run's chunks, as views where the saved buffers are already those chunks.
+   */
+  setPacked(key: string, parts: readonly Float32Array[]): void {
+    const m = this.#packed.get(key);
+    if (m === undefined) throw new Error(`scheduler: "${key}" is not a packed entry of this plan`);
+    const chunks = this.chunks[m], keys = this.keysOf(key, m);
+    const same = parts.length === chunks.length && parts.every((p, i) => p.length === chunks[i].total);
+    const joined = () => {
+      const flat = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+      let at = 0;
+      for (const p of parts) {
+        flat.set(p, at);
+        at += p.length;
+      }
+      return flat;
+    };
+    const bufs = same ? parts : splitFlat(parts.length === 1 ? parts[0] : joined(), chunks);
+    bufs.forEach((b, i) => this.set(keys[i], b));
   }
 
   /** Reads a store entry back to the host. */
@@ -91,13 +134,18 @@ export class Scheduler {
         : m.init
         ? await loadInit(name, m.init)
         : modelKinds().get(m.kind)!.init(m.params, initRng(this.seed, name));
-      this.set(storeKey.model(name), packHost(values, this.layouts[name]));
+      const keys = this.keysOf(storeKey.model(name), name);
+      packHostChunks(values, this.chunks[name]).forEach((data, i) => this.set(keys[i], data));
     }
     for (const phase of this.compiled.flatMap((c) => c.members)) {
       const st = this.plan.stages[phase.optimizer];
       for (const m of phase.updates) {
-        const state = st.def.optimizer!.init(st.params, this.layouts[m].total);
-        for (const [slot, data] of Object.entries(state)) this.set(storeKey.moment(phase.optimizer, m, slot), data);
+        this.chunks[m].forEach((c, i) => {
+          const state = st.def.optimizer!.init(st.params, c.total);
+          for (const [slot, data] of Object.entries(state)) {
+            this.set(this.keysOf(storeKey.moment(phase.optimizer, m, slot), m)[i], data);
+          }
+        });
       }
     }
   }
@@ -107,8 +155,11 @@ export class Scheduler {
    * EMA'd adapters for `useEma`), under the model's own names, so that stages sampling from it see a full model.
    */
   async readModel(name: string, useEma = false): Promise<Record<string, Float32Array>> {
-    const key = useEma && this.store.has(storeKey.ema(name)) ? storeKey.ema(name) : storeKey.model(name);
-    const own = unpackHost(await this.get(key), this.layouts[name]);
+    const ema = this.keysOf(storeKey.ema(name), name);
+    const keys = useEma && this.store.has(ema[0]) ? ema : this.keysOf(storeKey.model(name), name);
+    const flats = [];
+    for (const key of keys) flats.push(await this.get(key));
+    const own = unpackHostChunks(flats, this.chunks[name]);
     const lora = this.plan.models[name].lora;
     if (!lora) return own;
     return mergeHost(await this.readModel(lora.base), own, lora);
@@ -140,22 +191,26 @@ export class Scheduler {
     return out;
   }
 
-  /** e ← decay·e + (1 − decay)·p for a model, on the executor (compiled once per model). */
+  /** e ← decay·e + (1 − decay)·p for a model, on the executor (compiled once per model, over all its buffers). */
   async updateEma(model: string, decay: number): Promise<void> {
-    const key = storeKey.ema(model), pk = storeKey.model(model);
-    if (!this.store.has(key)) {
-      this.set(key, await this.get(pk));
+    const keys = this.keysOf(storeKey.ema(model), model), pks = this.keysOf(storeKey.model(model), model);
+    if (!this.store.has(keys[0])) {
+      for (let i = 0; i < keys.length; i++) this.set(keys[i], await this.get(pks[i]));
       return;
     }
     let prog = this.emaGraphs.get(model);
     if (!prog) {
-      const tr = new Trace();
-      const e = tr.input("e", [this.layouts[model].total]), p = tr.input("p", [this.layouts[model].total]);
+      const tr = new Trace(), n = keys.length, [es, ps] = [chunkNames("e", n), chunkNames("p", n)];
+      const outs: Record<string, ReturnType<typeof ema>> = {}, inputs: Record<string, string> = {};
+      // Inputs in the order of the single-buffer graph (e, p, decay), so a model that fits compiles as it always did.
+      const ins = this.chunks[model].map((c, i) => [tr.input(es[i], [c.total]), tr.input(ps[i], [c.total])]);
       const d = tr.input("decay", []);
-      prog = await Program.create(this.store, tr.build({ e: ema(e, p, d) }), {
-        inputs: { e: key, p: pk },
-        updates: { e: key },
+      ins.forEach(([e, p], i) => {
+        outs[es[i]] = ema(e, p, d);
+        Object.assign(inputs, { [es[i]]: keys[i], [ps[i]]: pks[i] });
       });
+      const updates = Object.fromEntries(es.map((e, i) => [e, keys[i]]));
+      prog = await Program.create(this.store, tr.build(outs), { inputs, updates });
       this.emaGraphs.set(model, prog);
     }
     await prog.run({ decay: Float32Array.of(decay) }, []);

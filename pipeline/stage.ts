@@ -130,8 +130,15 @@ export interface UpdateContext {
   metric(name: string, value: Tensor): void;
 }
 
-/** One model's share of an update: its packed flat parameters, their gradient, and the optimizer's state for it. */
+/**
+ * One packed buffer's share of an update: flat parameters, their gradient, and the optimizer's state for them. A
+ * model is one buffer, hence one slot, unless its packing exceeds the executor's limit (engine/pack.ts
+ * `chunkLayout`): then it has one slot per chunk, in order, each with state of its own size. So a rule must be
+ * elementwise within a model, or combine a model's slots (as a global-norm clip combines all of them).
+ */
 export interface UpdateSlot {
+  /** The model this buffer belongs to. */
+  model: string;
   /** The model's packed parameters before the step. */
   param: Tensor;
   /** The loss's gradient with respect to `param`. */
@@ -141,14 +148,15 @@ export interface UpdateSlot {
 }
 
 /**
- * An optimizer kind's rule, in the spirit of optax's `init`/`update`: `init` gives the state of one model of `size`
- * packed parameters (the scheduler keeps it resident, and checkpoints save it under `opt.<stage>.<model>.<slot>`);
- * `update` traces one step for all the phase's models at once (a global-norm clip needs them together).
+ * An optimizer kind's rule, in the spirit of optax's `init`/`update`: `init` gives the state of one packed buffer of
+ * `size` parameters (the scheduler keeps it resident, and checkpoints save it under `opt.<stage>.<model>.<slot>`, or
+ * `….<slot>.<i>` for chunk i of a model split into several buffers); `update` traces one step for all the phase's
+ * slots at once (a global-norm clip needs them together), returning one result per slot, in their order.
  */
 export interface OptimizerRule<P> {
-  /** The state of one model of `size` packed parameters, by slot name (empty for a stateless rule). */
+  /** The state of one packed buffer of `size` parameters, by slot name (empty for a stateless rule). */
   init(params: P, size: number): Record<string, Float32Array>;
-  /** One step's new parameters and state for each of `models`, in their order. */
+  /** One step's new parameters and state for each of `models` (one slot per packed buffer), in their order. */
   update(ctx: UpdateContext, params: P, models: UpdateSlot[]): { param: Tensor; state: Record<string, Tensor> }[];
 }
 

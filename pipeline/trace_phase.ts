@@ -8,12 +8,15 @@ import { grad } from "../engine/grad.ts";
 import type { Graph } from "../engine/ir.ts";
 import { div } from "../engine/math.ts";
 import { stopGradient } from "../engine/ops.ts";
-import { type Layout, layoutOf, nest, pack, unpack } from "../engine/pack.ts";
+import { chunkLayout, chunkNames, type Layout, layoutOf, nest, packChunks, unpackChunks } from "../engine/pack.ts";
 import { type Tensor, Trace } from "../engine/tensor.ts";
 import { mergeTraced } from "../models/lora.ts";
 import type { Phase, Plan } from "./plan.ts";
 import { storedShapes } from "./plan_types.ts";
-import { modelKinds, type TraceContext } from "./stage.ts";
+import { modelKinds, type TraceContext, type UpdateSlot } from "./stage.ts";
+
+/** What an optimizer rule returns for one slot. */
+type UpdateResult = { param: Tensor; state: Record<string, Tensor> };
 import { storeKey } from "./store_keys.ts";
 
 /** A random input of a phase: drawn on the host each step from the seed, the stage, the tag and the step. */
@@ -47,6 +50,32 @@ export function modelLayouts(plan: Plan): Record<string, Layout> {
   return Object.fromEntries(Object.entries(plan.models).map(([n, m]) => [n, layoutOf(storedShapes(m))]));
 }
 
+/**
+ * Each declared model's packed buffers under an executor's `limit` of elements per buffer (engine/pack.ts
+ * `chunkLayout`): its whole layout, the only buffer, wherever it fits, so its store keys and graph inputs are as they
+ * always were; several, named `<key>.0`, `<key>.1`, … (`chunkNames`), where it does not.
+ */
+export function modelChunks(plan: Plan, limit: number, executor = "the executor"): Record<string, Layout[]> {
+  return Object.fromEntries(
+    Object.entries(modelLayouts(plan)).map(([n, l]) => [n, chunkLayout(l, limit, `model "${n}" on ${executor}`)]),
+  );
+}
+
+/**
+ * Every store entry that mirrors a model's packing, each → its model: the weights and EMA of every model, and each
+ * optimizer's state slots of the models it updates. A resume reads these; the scheduler splits them by the model.
+ */
+export function packedKeys(plan: Plan): Map<string, string> {
+  const keys = new Map<string, string>();
+  for (const m of Object.keys(plan.models)) keys.set(storeKey.model(m), m).set(storeKey.ema(m), m);
+  for (const p of plan.phases) {
+    for (const m of p.updates) {
+      for (const slot of optimizerSlots(plan, p.optimizer)) keys.set(storeKey.moment(p.optimizer, m, slot), m);
+    }
+  }
+  return keys;
+}
+
 /** The names of an optimizer stage's state slots per model: its rule's `init` keys. */
 export function optimizerSlots(plan: Plan, optimizer: string): string[] {
   const st = plan.stages[optimizer];
@@ -56,10 +85,15 @@ export function optimizerSlots(plan: Plan, optimizer: string): string[] {
 /**
  * Builds a phase's graph: its traced stages, the gradient of its optimizer's loss and the optimizer's update, with the
  * names that bind the graph to the run's store and host values. Needs no executor (the scheduler compiles the result;
- * planning and `--dry-run` only trace).
+ * planning and `--dry-run` only trace); `chunks` is its packing (`modelChunks`), by default one buffer per model.
  */
-export function tracePhase(plan: Plan, phase: Phase, runSteps?: number): TracedPhase {
-  const t = new PhaseTrace(plan, phase);
+export function tracePhase(
+  plan: Plan,
+  phase: Phase,
+  runSteps?: number,
+  chunks = modelChunks(plan, Infinity),
+): TracedPhase {
+  const t = new PhaseTrace(plan, phase, chunks);
   for (const name of phase.stages) t.stage(name);
   t.update(phase, runSteps);
   return t.result([phase]);
@@ -72,7 +106,12 @@ export function tracePhase(plan: Plan, phase: Phase, runSteps?: number): TracedP
  * The rest — the student's forward pass, the first thing both of ADD's phases compute — is traced once and shared,
  * and its activations serve the later phase's backward pass.
  */
-export function traceFused(plan: Plan, phases: Phase[], runSteps?: number): TracedPhase {
+export function traceFused(
+  plan: Plan,
+  phases: Phase[],
+  runSteps?: number,
+  chunks = modelChunks(plan, Infinity),
+): TracedPhase {
   if (phases.some((p) => p.every !== phases[0].every)) throw new Error("traceFused: the phases run at different steps");
   const updates = phases.flatMap((p) => p.updates);
   const merged: Phase = {
@@ -82,7 +121,7 @@ export function traceFused(plan: Plan, phases: Phase[], runSteps?: number): Trac
     reads: [...new Set(phases.flatMap((p) => p.reads))].filter((m) => !updates.includes(m)),
     every: phases[0].every,
   };
-  const t = new PhaseTrace(plan, merged);
+  const t = new PhaseTrace(plan, merged, chunks);
   const traced = new Set<string>(), changed = new Set<string>();
   for (const phase of phases) {
     const stale = new Set<string>();
@@ -101,7 +140,6 @@ export function traceFused(plan: Plan, phases: Phase[], runSteps?: number): Trac
 /** One phase being traced: the graph so far and the names binding it to the run. */
 class PhaseTrace {
   readonly tr = new Trace();
-  readonly layouts: Record<string, Layout>;
   readonly stateIn: Record<string, string> = {};
   readonly stateOut: Record<string, string> = {};
   readonly feeds: Record<string, string> = {};
@@ -112,21 +150,26 @@ class PhaseTrace {
   /** Stage outputs and fed host values by "stage.port". */
   readonly values = new Map<string, Tensor>();
   readonly step: Tensor;
-  /** Each model's parameters, flat (as stored) and unpacked by path: what its optimizer differentiates. */
-  readonly flats: Record<string, Tensor> = {};
+  /** Each model's parameters, flat (as stored: one buffer, or its chunks) and unpacked by path. */
+  readonly flats: Record<string, Tensor[]> = {};
   readonly params: Record<string, Record<string, Tensor>> = {};
   /** A LoRA model's weights as its forward pass sees them, merged from its base when first used (see `weights`). */
   readonly merged: Record<string, Record<string, Tensor>> = {};
 
-  constructor(readonly plan: Plan, readonly phase: Phase) {
-    this.layouts = modelLayouts(plan);
+  constructor(readonly plan: Plan, readonly phase: Phase, readonly chunks: Record<string, Layout[]>) {
     this.step = this.tr.input("step", []);
     for (const m of [...phase.updates, ...phase.reads]) {
-      const key = storeKey.model(m);
-      this.flats[m] = this.tr.input(key, [this.layouts[m].total]);
-      this.stateIn[key] = key;
-      this.params[m] = unpack(this.flats[m], this.layouts[m]);
+      this.flats[m] = this.resident(storeKey.model(m), m);
+      this.params[m] = unpackChunks(this.flats[m], chunks[m]);
     }
+  }
+
+  /** The graph inputs of store entry `key`, which mirrors model `m`'s packing: one per buffer, bound to the store. */
+  resident(key: string, m: string): Tensor[] {
+    return chunkNames(key, this.chunks[m].length).map((name, i) => {
+      this.stateIn[name] = name;
+      return this.tr.input(name, [this.chunks[m][i].total]);
+    });
   }
 
   /** Traces stage `name` on its inputs: earlier stages' outputs, or host values fed to the graph. */
@@ -201,19 +244,20 @@ class PhaseTrace {
    * parameters become the models' parameters for whatever is traced after (a fused later phase). Returns the models.
    */
   update(phase: Phase, runSteps?: number): string[] {
-    const { plan, layouts } = this, opt = plan.stages[phase.optimizer];
+    const { plan, chunks } = this, opt = plan.stages[phase.optimizer];
     const loss = this.values.get(`${opt.inputs.loss.stage}.${opt.inputs.loss.port}`)!;
     this.metric(`${phase.optimizer}.loss`, loss);
-    const gs = phase.updates.map((m) => pack(grad(loss, this.params[m]), layouts[m]));
+    const gs = phase.updates.map((m) => packChunks(grad(loss, this.params[m]), chunks[m]));
     const slotNames = optimizerSlots(plan, phase.optimizer);
-    const slots = phase.updates.map((m, i) => {
-      const state: Record<string, Tensor> = {};
-      for (const slot of slotNames) {
-        const key = storeKey.moment(phase.optimizer, m, slot);
-        state[slot] = this.tr.input(key, [layouts[m].total]);
-        this.stateIn[key] = key;
-      }
-      return { param: this.flats[m], grad: gs[i], state };
+    // One slot per buffer: a model split into chunks gives the rule one slot per chunk, in order.
+    const slots: UpdateSlot[] = phase.updates.flatMap((m, k) => {
+      const state = slotNames.map((slot) => this.resident(storeKey.moment(phase.optimizer, m, slot), m));
+      return gs[k].map((grad, i) => ({
+        model: m,
+        param: this.flats[m][i],
+        grad,
+        state: Object.fromEntries(slotNames.map((slot, j) => [slot, state[j][i]])),
+      }));
     });
     // The phase's n-th update is at step n·every (step is an exact f32 integer, so the division is exact).
     const count = phase.every === 1 ? this.step : div(this.step, phase.every);
@@ -226,21 +270,32 @@ class PhaseTrace {
       opt.params,
       slots,
     );
-    phase.updates.forEach((m, i) => {
-      const keys: [string, Tensor][] = [[storeKey.model(m), updated[i].param]];
-      for (const slot of slotNames) keys.push([storeKey.moment(phase.optimizer, m, slot), updated[i].state[slot]]);
-      for (const [key, t] of keys) {
-        if (!t) throw new Error(`optimizer "${phase.optimizer}" returned no "${key}"`);
-        this.outputs[`out.${key}`] = t;
-        this.stateOut[`out.${key}`] = key;
-      }
+    let at = 0;
+    for (const m of phase.updates) {
+      const mine = Array.from(chunks[m], (_, i) => updated[at + i]);
+      at += chunks[m].length;
+      this.output(phase.optimizer, m, slotNames, mine);
       // A constant to what follows, as the stored weights are to a later phase's graph: without the stop, a later
       // loss's gradient would flow back through this update into the earlier phase's (second order, not ADD).
-      this.flats[m] = stopGradient(updated[i].param);
-      this.params[m] = unpack(this.flats[m], layouts[m]);
+      this.flats[m] = mine.map((u) => stopGradient(u.param));
+      this.params[m] = unpackChunks(this.flats[m], chunks[m]);
       delete this.merged[m];
-    });
+    }
     return phase.updates;
+  }
+
+  /** Binds model `m`'s updated buffers and state slots (one result per buffer) to the store entries they replace. */
+  output(optimizer: string, m: string, slotNames: string[], mine: (UpdateResult | undefined)[]): void {
+    const n = this.chunks[m].length, keys: [string, Tensor | undefined][] = [];
+    chunkNames(storeKey.model(m), n).forEach((key, i) => keys.push([key, mine[i]?.param]));
+    for (const slot of slotNames) {
+      chunkNames(storeKey.moment(optimizer, m, slot), n).forEach((key, i) => keys.push([key, mine[i]?.state[slot]]));
+    }
+    for (const [key, t] of keys) {
+      if (!t) throw new Error(`optimizer "${optimizer}" returned no "${key}"`);
+      this.outputs[`out.${key}`] = t;
+      this.stateOut[`out.${key}`] = key;
+    }
   }
 
   result(members: Phase[]): TracedPhase {

@@ -49,10 +49,51 @@ export interface Executor {
   dispose(buf: Buffer): void;
   /** Compiles a graph. */
   prepare(graph: Graph, opts?: PrepareOptions): Promise<Prepared>;
+  /**
+   * The most elements one packed parameter buffer may hold on this executor: a model's packed parameters, its
+   * gradient, optimizer state and EMA are split into buffers of at most this many (engine/pack.ts `chunkLayout`).
+   * Absent: no limit. Read it through `packLimit`, which applies the `ADD_PACK_LIMIT` override.
+   */
+  readonly packLimit?: number;
   /** Number of buffers allocated and not yet disposed (for leak tests). */
   liveBuffers(): number;
   /** Releases everything the executor holds. */
   close(): Promise<void>;
+}
+
+/**
+ * `ex`'s limit of elements per packed buffer, or `ADD_PACK_LIMIT=N` when set: a smaller limit forces models to split
+ * (tests check that a split run computes what an unsplit one does); a larger one than the executor's only moves the
+ * failure to its first upload. Read at each call, so one process may plan under several limits.
+ */
+export function packLimit(ex: Pick<Executor, "packLimit">, v: string | undefined = envPackLimit()): number {
+  if (v === undefined || v === "") return ex.packLimit ?? Infinity;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`ADD_PACK_LIMIT=${v}: expected an integer ≥ 1 (elements)`);
+  return n;
+}
+
+/** The two WebGPU limits that bound one buffer (a device's, or the adapter's it was requested with). */
+export interface BufferLimits {
+  /** Bytes of the largest buffer the device creates. */
+  maxBufferSize: number;
+  /** Bytes of the largest storage buffer a shader binds. */
+  maxStorageBufferBindingSize: number;
+}
+
+/**
+ * The f32 elements of the largest packed buffer a WebGPU device takes: the smaller of its two limits, in whole
+ * 16-byte units, since uploads round a buffer up to a multiple of 16 bytes (onnxruntime's shaders bind vec4s).
+ */
+export function webGpuPackLimit(limits: BufferLimits): number {
+  return Math.floor(Math.min(limits.maxBufferSize, limits.maxStorageBufferBindingSize) / 16) * 4;
+}
+
+/** The override, where the process may read it without asking (a permission prompt must not stop a run). */
+function envPackLimit(): string | undefined {
+  const d = (globalThis as { Deno?: typeof Deno }).Deno;
+  if (d?.permissions?.querySync?.({ name: "env", variable: "ADD_PACK_LIMIT" }).state !== "granted") return undefined;
+  return d.env.get("ADD_PACK_LIMIT");
 }
 
 /** The executors the engine knows by name. */

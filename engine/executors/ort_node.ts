@@ -42,6 +42,15 @@ export function cpuArena(inputBytes: number, v = Deno.env.get("ADD_CPU_ARENA")):
   throw new Error(`ADD_CPU_ARENA=${v}: expected 0 or 1`);
 }
 
+/**
+ * Elements per packed buffer on cpu: 2^30 − 4, just under 4 GiB of f32. Nothing below memory binds here: Deno's
+ * Float32Array holds more than 2^32 elements and onnxruntime's CPU tensors are host memory with 64-bit sizes. The
+ * limit keeps each buffer's byte length below 2^32, where a 32-bit size anywhere between JS, N-API and onnxruntime
+ * would wrap, and it is above the largest model that runs here whole (Stable Diffusion 1.5's UNet, 859.5 M
+ * parameters, 3.4 GB: bench:sd15), so no model of today splits; SDXL's UNet (2.57 G) would be three buffers.
+ */
+export const CPU_PACK_LIMIT = 2 ** 30 - 4;
+
 const DTYPE_BYTES: Record<DType, number> = { f32: 4, i32: 4, bool: 1 };
 
 /**
@@ -68,6 +77,7 @@ class NodeBuffer implements Buffer {
 /** The `cpu` executor (onnxruntime-node). */
 export class OrtNodeExecutor implements Executor {
   readonly name = "cpu";
+  readonly packLimit = CPU_PACK_LIMIT;
   private live = 0;
   private readonly sessions = new Set<ort.InferenceSession>();
 

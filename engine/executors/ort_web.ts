@@ -13,7 +13,14 @@ import type { DType, Graph } from "../ir.ts";
 import { size } from "../ir.ts";
 import { lowerToOnnx, onnxOutputNames, type OnnxTarget } from "../onnx/lower.ts";
 import { hostData, ortType, sessionPrepared } from "./ort_shared.ts";
-import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
+import {
+  type Buffer,
+  type Executor,
+  type HostArray,
+  type Prepared,
+  type PrepareOptions,
+  webGpuPackLimit,
+} from "./executor.ts";
 
 type Ort = typeof OrtWeb;
 type Tensor = OrtWeb.Tensor;
@@ -114,9 +121,17 @@ abstract class OrtWebExecutor implements Executor {
   }
 }
 
+/**
+ * Elements per packed buffer on wasm: 2^29 − 4, just under 2 GiB of f32. onnxruntime-web copies every input into its
+ * wasm32 heap, which holds at most 4 GiB for all a step touches, so that heap, not one buffer, bounds a model here
+ * (weights, gradient and two moments of a 2^29-element model alone fill it); the limit keeps one tensor to half of it.
+ */
+export const WASM_PACK_LIMIT = 2 ** 29 - 4;
+
 /** The `wasm` executor: onnxruntime-web's wasm backend, one thread, host tensors. */
 export class OrtWasmExecutor extends OrtWebExecutor {
   readonly name = "wasm";
+  readonly packLimit = WASM_PACK_LIMIT;
 
   constructor(ort: Ort) {
     super(ort, "wasm");
@@ -146,10 +161,13 @@ export async function createWasmExecutor(): Promise<OrtWasmExecutor> {
  */
 export class OrtWebGpuExecutor extends OrtWebExecutor {
   readonly name = "webgpu";
+  /** The largest buffer `device` binds, in f32 elements (`webGpuPackLimit`): 33,554,432 on llvmpipe's 128 MiB. */
+  readonly packLimit: number;
 
   /** @param keep a session held open so ort keeps `device` alive (see `createWebGpuExecutor`). */
   constructor(ort: Ort, readonly device: GPUDevice, private keep: OrtWeb.InferenceSession | null) {
     super(ort, "webgpu");
+    this.packLimit = webGpuPackLimit(device.limits);
   }
 
   override async close(): Promise<void> {
@@ -210,8 +228,10 @@ export class OrtWebGpuExecutor extends OrtWebExecutor {
 }
 
 /**
- * Creates the `webgpu` executor. ort's WebGPU EP creates its device (with the adapter's full limits) on a session's
- * creation, publishes it as `ort.env.webgpu.device`, and destroys it when its last session is released. So a one-node
+ * Creates the `webgpu` executor. ort's WebGPU EP creates its device on a session's creation, requesting the adapter's
+ * maximum limits (on llvmpipe the device's maxBufferSize is the adapter's 2 GiB, not WebGPU's 256 MiB default;
+ * tests/engine/pack_chunks_test.ts checks it), so the packing limit read from the device is the adapter's own. It
+ * publishes the device as `ort.env.webgpu.device` and destroys it when its last session is released. So a one-node
  * session is created first and kept open until `close()`: uploads then allocate on the device every later session
  * runs on, and that device outlives the caller's sessions.
  */

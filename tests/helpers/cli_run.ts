@@ -27,12 +27,13 @@ export async function tmp(name: string): Promise<string> {
   return d;
 }
 
-export function command(script: string, args: string[]): Deno.Command {
+/** `env` is added to this process's environment (ADD_PACK_LIMIT for a run under a small buffer limit). */
+export function command(script: string, args: string[], env: Record<string, string> = {}): Deno.Command {
   return new Deno.Command(Deno.execPath(), {
     args: ["run", `--config=${ROOT}deno.json`, "--allow-read", `--allow-write=${tmpRoot}`, "--allow-env"]
       .concat(["--allow-ffi", "--allow-sys", script, ...args]),
     cwd: ROOT,
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -47,8 +48,8 @@ export interface Result {
 }
 
 /** Runs the CLI (`main.ts` or a user module) to the end. */
-export async function cli(args: string[], script = MAIN): Promise<Result> {
-  const r = await command(script, args).output();
+export async function cli(args: string[], script = MAIN, env: Record<string, string> = {}): Promise<Result> {
+  const r = await command(script, args, env).output();
   const dec = new TextDecoder();
   return { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr) };
 }
