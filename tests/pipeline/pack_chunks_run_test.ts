@@ -1,8 +1,10 @@
 // Chunked packing through the CLI (issue 15): the toy regression run under ADD_PACK_LIMIT=256 splits each of its two
 // 321-parameter MLPs (one trained with AdamW and an EMA, one frozen from an init file) into three buffers. Its losses,
-// weights, EMA and AdamW moments are bit for bit those of the same run unsplit, since the optimizer is elementwise and
-// a buffer boundary changes no arithmetic; its checkpoint holds the chunks under `<key>.0…2` (and no frozen model); it
-// resumes exactly, split or not; an unsplit checkpoint resumes split; and a parameter over the limit is one line.
+// weights, EMA and AdamW moments are bit for bit those of the same run unsplit, on cpu and on webgpu, since AdamW is
+// elementwise and a buffer boundary changes no arithmetic (a global-norm clip sums its norm in three parts, so there
+// the runs agree to float rounding); its checkpoint holds the chunks under `<key>.0…2` (and no frozen model); it resumes
+// exactly, split or not, and an unsplit checkpoint resumes split; a parameter over the limit is one line; and add_tiny
+// with fused phases and its frozen MobileNetV2 in six buffers writes the unsplit run's checkpoints and previews.
 import assert from "node:assert/strict";
 import { writeSafetensors } from "../../engine/safetensors.ts";
 import { Rng } from "../../engine/rng.ts";
@@ -170,5 +172,23 @@ Deno.test("add_tiny, fused, with its frozen MobileNetV2 split into 6 buffers: th
   // The images (each grid's JSON legend also holds its sampling time).
   for (const f of samples(a).filter((n) => n.endsWith(".png"))) {
     assert.ok(await sameBytes(`${a}/samples/${f}`, `${b}/samples/${f}`), f);
+  }
+});
+
+Deno.test("on webgpu (llvmpipe here) too: split into three buffers, the unsplit run's losses and files bit for bit", async () => {
+  const dir = await tmp("chunks-webgpu");
+  const cfg = await config(dir);
+  const sets = ["--set", "run.executor=webgpu", "--steps", "5"];
+  expectCode(await cli([cfg, "--out", `${dir}/whole`, ...sets]), 0, "unsplit");
+  expectCode(await cli([cfg, "--out", `${dir}/split`, ...sets], MAIN, SPLIT), 0, "split");
+  assertSameRows(await rows(`${dir}/whole`), await rows(`${dir}/split`), "metrics.jsonl");
+  const st = (await loadCheckpoint(checkpointAt(`${dir}/split`, 5))).tensors["state.safetensors"].tensors;
+  assert.deepEqual(Object.keys(st).filter((k) => k.startsWith("model.")).sort(), [
+    "model.net.0",
+    "model.net.1",
+    "model.net.2",
+  ]);
+  for (const f of ["net.safetensors", "net.ema.safetensors"]) {
+    assert.ok(await sameBytes(`${checkpointAt(`${dir}/whole`, 5)}/${f}`, `${checkpointAt(`${dir}/split`, 5)}/${f}`), f);
   }
 });
