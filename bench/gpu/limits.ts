@@ -1,35 +1,71 @@
 /**
- * What a WebGPU adapter's limits allow the engine: each model's parameters are one packed flat tensor (engine/pack.ts),
- * and so is each optimizer slot of it, and onnxruntime's WebGPU EP binds a tensor as one storage buffer. So the largest
- * model a run can hold is bounded by the largest buffer a shader may bind, whatever the GPU's memory.
+ * What a WebGPU adapter's limits allow the engine. Each model's parameters are packed into flat tensors
+ * (engine/pack.ts), and so are its gradient, each optimizer slot and its EMA; a model whose packing is larger than the
+ * largest buffer the device takes is split at parameter boundaries into several (`chunkLayout`, under the webgpu
+ * executor's `packLimit`). So one buffer bounds the largest single parameter, and the largest model is bounded by the
+ * GPU's memory, not by one buffer.
  *
  * @module
  */
+import { type BufferLimits, webGpuPackLimit } from "../../engine/executors/executor.ts";
 
-/** The limits that bound one tensor's buffer (the adapter's, which onnxruntime asks its device for). */
-export interface BufferLimits {
-  maxBufferSize: number;
-  maxStorageBufferBindingSize: number;
+export type { BufferLimits };
+
+/** A model a user of the engine brings: its parameter count and its largest parameter's. */
+export interface ModelSize {
+  params: number;
+  largest: number;
 }
 
-/** Models a user of the engine brings, by parameter count, to say which of them fit. */
-export const MODEL_SIZES: Record<string, number> = {
-  "configs/teacher.yaml UNet": 4_232_339,
-  "Stable Diffusion 1.5 UNet": 859_520_964,
-  "Stable Diffusion 2.1 UNet": 865_910_724,
-  "SDXL UNet": 2_567_463_684,
+/**
+ * Models by size. The teacher's and both Stable Diffusion UNets' figures are computed from their configs here
+ * (bench/sd15_config.ts; 2.1's is 1.5's with 1024-wide text, [5, 10, 20, 20] heads and linear projections); each
+ * UNet's largest parameter is `up_blocks.0.resnets.0.conv1.weight` [1280, 2560, 3, 3]. SDXL's total is the published
+ * one and its largest the same 2560 → 1280 3×3 conv from its architecture, not computed (the project's UNet kind has
+ * no SDXL text-time embedding).
+ */
+export const MODEL_SIZES: Record<string, ModelSize> = {
+  "configs/teacher.yaml UNet": { params: 4_232_339, largest: 294_912 },
+  "Stable Diffusion 1.5 UNet": { params: 859_520_964, largest: 29_491_200 },
+  "Stable Diffusion 2.1 UNet": { params: 865_910_724, largest: 29_491_200 },
+  "SDXL UNet": { params: 2_567_463_684, largest: 29_491_200 },
 };
 
-/** The largest number of parameters whose packed tensor (of `bytesPerParam` each) fits one bindable buffer. */
-export function largestPackedModel(limits: BufferLimits, bytesPerParam = 4): number {
-  const bytes = Math.min(limits.maxBufferSize, limits.maxStorageBufferBindingSize);
-  return Math.floor(bytes / bytesPerParam);
+/** The parameters of `bytesPerParam` bytes in the largest packed buffer (whole 16-byte units of both limits). */
+export function largestPackedBuffer(limits: BufferLimits, bytesPerParam = 4): number {
+  return bytesPerParam === 4
+    ? webGpuPackLimit(limits)
+    : Math.floor(Math.min(limits.maxBufferSize, limits.maxStorageBufferBindingSize) / 16) * 16 / bytesPerParam;
 }
 
-/** For each model of `sizes`: whether its packed fp32 parameters fit one buffer under `limits`. */
-export function modelFits(limits: BufferLimits, sizes = MODEL_SIZES): Record<string, boolean> {
-  const most = largestPackedModel(limits);
-  return Object.fromEntries(Object.entries(sizes).map(([name, n]) => [name, n <= most]));
+/** Copies of a trained model's packing a step holds resident: weights, gradient, AdamW's m and v, an EMA. */
+export const TRAINING_COPIES = 5;
+
+/**
+ * The largest model a run trains: no longer one buffer's worth (the packing splits), but what `memoryBytes` of GPU
+ * memory holds in `TRAINING_COPIES` copies, before activations; Infinity where the memory is not known (WebGPU does
+ * not report it). Zero when not even one parameter of `bytesPerParam` fits a buffer.
+ */
+export function largestPackedModel(limits: BufferLimits, memoryBytes = Infinity, bytesPerParam = 4): number {
+  if (largestPackedBuffer(limits, bytesPerParam) < 1) return 0;
+  return Math.floor(memoryBytes / (TRAINING_COPIES * bytesPerParam));
+}
+
+/** How a model packs under `limits`: whether its largest parameter fits one buffer, and in how many buffers at least. */
+export interface ModelPacking {
+  fits: boolean;
+  buffers: number;
+}
+
+/**
+ * For each model of `sizes`: whether it packs under `limits` (its largest fp32 parameter fits one buffer) and the
+ * fewest buffers its parameters take (the greedy split at parameter boundaries may take a few more).
+ */
+export function modelFits(limits: BufferLimits, sizes = MODEL_SIZES): Record<string, ModelPacking> {
+  const per = largestPackedBuffer(limits);
+  return Object.fromEntries(
+    Object.entries(sizes).map(([name, s]) => [name, { fits: s.largest <= per, buffers: Math.ceil(s.params / per) }]),
+  );
 }
 
 /** The adapter's description and every limit it reports, as plain data for a results file. */

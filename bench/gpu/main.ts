@@ -18,7 +18,7 @@
  */
 import { hasHardwareGpu } from "../../engine/executors/auto.ts";
 import { findTimeLine, type RunTime } from "../time_line.ts";
-import { adapterReport, largestPackedModel, modelFits } from "./limits.ts";
+import { adapterReport, largestPackedBuffer, modelFits } from "./limits.ts";
 import { parseResultLines, type ResultLine } from "./results.ts";
 
 const args = Deno.args;
@@ -123,15 +123,17 @@ if (adapter) {
     maxBufferSize: adapter.limits.maxBufferSize,
     maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
   };
-  results.largest_packed_fp32_params = largestPackedModel(limits);
-  results.models_fit_one_buffer = modelFits(limits);
+  // A model larger than one buffer is split into several (engine/pack.ts chunkLayout): one buffer bounds the largest
+  // parameter, memory the model (WebGPU does not report the GPU's memory, so that bound is not computed here).
+  results.largest_packed_buffer_fp32_params = largestPackedBuffer(limits);
+  results.largest_model = "bounded by GPU memory, not one buffer: each model packs into buffers of at most the above";
+  results.models_pack = modelFits(limits);
   console.log(`adapter: ${JSON.stringify({ ...adapter, limits: undefined })}`);
   console.log(
-    `buffer limits: ${
-      JSON.stringify(limits)
-    }; largest packed fp32 model ${results.largest_packed_fp32_params} parameters`,
+    `buffer limits: ${JSON.stringify(limits)}; one packed buffer holds ${results.largest_packed_buffer_fp32_params} ` +
+      `fp32 parameters (the largest parameter a model may have; a model above it splits into several)`,
   );
-  console.log(`fits one buffer: ${JSON.stringify(results.models_fit_one_buffer)}`);
+  console.log(`models (largest parameter fits, buffers at least): ${JSON.stringify(results.models_pack)}`);
 }
 if (!adapter || (!hardware && !ALLOW_SOFTWARE)) {
   results.error = adapter

@@ -1,4 +1,4 @@
-import { largestPackedModel, modelFits } from "../../bench/gpu/limits.ts";
+import { largestPackedBuffer, largestPackedModel, modelFits } from "../../bench/gpu/limits.ts";
 import { partSize, prune, walkDeps } from "../../bench/gpu/pack_plan.ts";
 import { parseResultLines } from "../../bench/gpu/results.ts";
 import { parseTimeLine } from "../../bench/time_line.ts";
@@ -34,13 +34,30 @@ Deno.test("parseTimeLine: seconds or minutes, per-phase shares as ms per step; o
   eq(parseTimeLine("step 3/30 | 1.2 it/s"), null, "not a time line");
 });
 
-Deno.test("largestPackedModel: the smaller of the two buffer limits, in fp32 parameters; which models fit", () => {
+Deno.test("gpu limits: one buffer bounds a parameter (both limits, 16-byte units), memory the model; what packs", () => {
   // llvmpipe's limits as Deno reports them here: a 128 MiB binding under a 2 GiB buffer.
   const llvmpipe = { maxBufferSize: 2147483647, maxStorageBufferBindingSize: 134217728 };
-  eq(largestPackedModel(llvmpipe), 33554432, "llvmpipe");
-  eq(largestPackedModel({ maxBufferSize: 1000, maxStorageBufferBindingSize: 4000 }, 2), 500, "fp16, buffer-bound");
+  eq(largestPackedBuffer(llvmpipe), 33554432, "llvmpipe");
+  eq(largestPackedBuffer({ maxBufferSize: 1000, maxStorageBufferBindingSize: 4000 }, 2), 496, "fp16, buffer-bound");
+  eq(
+    largestPackedBuffer({ maxBufferSize: 2 ** 32 - 1, maxStorageBufferBindingSize: 2 ** 32 - 1 }),
+    2 ** 30 - 4,
+    "wgpu",
+  );
+  // No longer one buffer's worth: the model is what memory holds in weights, gradient, m, v and EMA.
+  eq(largestPackedModel(llvmpipe) === Infinity, true, "memory unknown: unbounded by the buffer");
+  eq(largestPackedModel(llvmpipe, 141e9), Math.floor(141e9 / 20), "an H200's 141 GB, five fp32 copies");
+  eq(largestPackedModel({ maxBufferSize: 2, maxStorageBufferBindingSize: 2 }, 1e9), 0, "not even one parameter");
   const fits = modelFits(llvmpipe);
-  eq([fits["configs/teacher.yaml UNet"], fits["Stable Diffusion 1.5 UNet"]], [true, false], "fits");
+  eq(fits["configs/teacher.yaml UNet"], { fits: true, buffers: 1 }, "teacher");
+  eq(fits["Stable Diffusion 1.5 UNet"], { fits: true, buffers: 26 }, "SD 1.5: 26 buffers at least (31 greedily)");
+  eq(fits["SDXL UNet"], { fits: true, buffers: 77 }, "SDXL");
+  // Their largest parameter, a 2560 → 1280 3×3 conv, is 118 MB: under 128 MiB, over 100 MiB.
+  eq(
+    modelFits({ maxBufferSize: 2 ** 31, maxStorageBufferBindingSize: 100 * 2 ** 20 })["SDXL UNet"].fits,
+    false,
+    "100 MiB",
+  );
 });
 
 Deno.test("partSize: what is left of 64 MiB beside the tracked files; too little is an error", () => {
