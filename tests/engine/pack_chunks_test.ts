@@ -94,10 +94,10 @@ Deno.test("unpackChunks/packChunks traced: views and their gradients per buffer,
 });
 
 Deno.test("packLimit: the executor's, ADD_PACK_LIMIT over it, one line for a bad value", () => {
-  assert.equal(packLimit({ packLimit: 7 }, undefined), 7);
-  assert.equal(packLimit({}, undefined), Infinity);
-  assert.equal(packLimit({ packLimit: 7 }, "300"), 300);
+  // "" is unset, as an empty variable is (and unlike undefined, it does not read this process's environment).
+  assert.equal(packLimit({ packLimit: 7 }, ""), 7);
   assert.equal(packLimit({}, ""), Infinity);
+  assert.equal(packLimit({ packLimit: 7 }, "300"), 300);
   for (const bad of ["0", "-3", "1.5", "lots"]) {
     assert.throws(() => packLimit({}, bad), { message: `ADD_PACK_LIMIT=${bad}: expected an integer ≥ 1 (elements)` });
   }
