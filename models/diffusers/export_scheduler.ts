@@ -54,7 +54,9 @@ export function schedulerConfig(
     rescale_betas_zero_snr: s.zeroTerminalSnr,
     sample_max_value: 1.0,
     set_alpha_to_one: true,
-    steps_offset: 0,
+    // diffusers' Stable Diffusion pipelines warn at load about any value but SD's own 1, and rewrite it to 1. It is
+    // added to "leading" timesteps only, so with the other spacings 1 changes nothing.
+    steps_offset: spacing === "leading" ? 0 : 1,
     thresholding: false,
     timestep_spacing: spacing,
     trained_betas: null,
