@@ -134,8 +134,8 @@ export const TINY_TEXT_CONFIG = {
 };
 
 /** `text_encoder/` and `tokenizer/`'s files: a CLIPTextModel with CLIP's seeded initialisation, a CLIPTokenizer. */
-function textFiles(): Record<string, string | Uint8Array> {
-  const { config } = clipTextConfigFromJson(TINY_TEXT_CONFIG, "text_encoder/config.json");
+function textFiles(textConfig: Record<string, unknown>): Record<string, string | Uint8Array> {
+  const { config } = clipTextConfigFromJson(textConfig, "text_encoder/config.json");
   const weights = initClipText(config, new Rng(0).fold("text_encoder"));
   const shapes = clipTextShapes(config);
   const bpe = learnBpe(textEncoderCaptions(), TINY_VOCAB_SIZE);
@@ -161,7 +161,7 @@ function textFiles(): Record<string, string | Uint8Array> {
     unk_token: EOS_TOKEN,
   };
   return {
-    "text_encoder/config.json": json(TINY_TEXT_CONFIG),
+    "text_encoder/config.json": json(textConfig),
     "text_encoder/model.safetensors": encodeSafetensors(
       Object.fromEntries(Object.entries(weights).map(([k, data]) => [k, { data, shape: shapes[k] }])),
       // transformers refuses a safetensors file whose metadata does not name its format.
@@ -179,8 +179,19 @@ function textFiles(): Record<string, string | Uint8Array> {
   };
 }
 
+/**
+ * Config values that replace the tiny folder's own, per part: a still smaller pipeline for a committed fixture (the
+ * UNet's `cross_attention_dim` must then stay the text encoder's `hidden_size`).
+ */
+export interface TinyOverrides {
+  unet?: Record<string, unknown>;
+  vae?: Record<string, unknown>;
+  text_encoder?: Record<string, unknown>;
+}
+
 /** Writes the folder into `dir`. */
-export async function buildTinyDiffusers(dir: string): Promise<void> {
+export async function buildTinyDiffusers(dir: string, overrides: TinyOverrides = {}): Promise<void> {
+  const unetJson = { ...TINY_UNET_CONFIG, ...overrides.unet }, vaeJson = { ...TINY_VAE_CONFIG, ...overrides.vae };
   for (const sub of ["unet", "vae", "scheduler", "text_encoder", "tokenizer"]) {
     await Deno.mkdir(`${dir}/${sub}`, { recursive: true });
   }
@@ -200,18 +211,15 @@ export async function buildTinyDiffusers(dir: string): Promise<void> {
     vae: ["diffusers", "AutoencoderKL"],
   };
   await Deno.writeTextFile(`${dir}/model_index.json`, json(modelIndex));
-  await Deno.writeTextFile(`${dir}/unet/config.json`, json(TINY_UNET_CONFIG));
+  await Deno.writeTextFile(`${dir}/unet/config.json`, json(unetJson));
   await Deno.writeFile(
     `${dir}/unet/diffusion_pytorch_model.safetensors`,
-    seeded(unetShapes(unetConfig(TINY_UNET_CONFIG)), "unet"),
+    seeded(unetShapes(unetConfig(unetJson)), "unet"),
   );
-  await Deno.writeTextFile(`${dir}/vae/config.json`, json(TINY_VAE_CONFIG));
-  await Deno.writeFile(
-    `${dir}/vae/diffusion_pytorch_model.safetensors`,
-    seeded(vaeShapes(vaeConfig(TINY_VAE_CONFIG)), "vae"),
-  );
+  await Deno.writeTextFile(`${dir}/vae/config.json`, json(vaeJson));
+  await Deno.writeFile(`${dir}/vae/diffusion_pytorch_model.safetensors`, seeded(vaeShapes(vaeConfig(vaeJson)), "vae"));
   await Deno.writeTextFile(`${dir}/scheduler/scheduler_config.json`, json(TINY_SCHEDULER_CONFIG));
-  for (const [rel, data] of Object.entries(textFiles())) {
+  for (const [rel, data] of Object.entries(textFiles({ ...TINY_TEXT_CONFIG, ...overrides.text_encoder }))) {
     if (typeof data === "string") await Deno.writeTextFile(`${dir}/${rel}`, data);
     else await Deno.writeFile(`${dir}/${rel}`, data);
   }
