@@ -189,7 +189,8 @@ for (const name of ["cpu", "wasm", "webgpu"] as const) {
 Deno.test("ADD_CPU_THREADS: the cpu executor's threads, every core when unset, one line for a bad value", async () => {
   const { cpuThreadsFromEnv } = await import("../../engine/executors/ort_node.ts");
   if (cpuThreadsFromEnv("3") !== 3) throw new Error("ADD_CPU_THREADS=3 is not 3 threads");
-  if (cpuThreadsFromEnv(undefined) !== (navigator.hardwareConcurrency || 1)) throw new Error("unset: not every core");
+  // "" is unset; `undefined` would read the environment (the parameter's default), which a caller may have set.
+  if (cpuThreadsFromEnv("") !== (navigator.hardwareConcurrency || 1)) throw new Error("unset: not every core");
   for (const bad of ["0", "-1", "1.5", "two"]) {
     let msg = "";
     try {
@@ -203,7 +204,7 @@ Deno.test("ADD_CPU_THREADS: the cpu executor's threads, every core when unset, o
 
 Deno.test("ADD_CPU_ARENA: on for small graphs, off above the limit, forced either way, one line for a bad value", async () => {
   const { ARENA_LIMIT_BYTES, cpuArena } = await import("../../engine/executors/ort_node.ts");
-  if (!cpuArena(ARENA_LIMIT_BYTES, undefined) || cpuArena(ARENA_LIMIT_BYTES + 1, undefined)) {
+  if (!cpuArena(ARENA_LIMIT_BYTES, "") || cpuArena(ARENA_LIMIT_BYTES + 1, "")) {
     throw new Error("unset: the arena should be on up to the limit and off above it");
   }
   if (cpuArena(0, "0") || !cpuArena(4 * ARENA_LIMIT_BYTES, "1")) throw new Error("ADD_CPU_ARENA=0/1 is not forced");
