@@ -131,7 +131,7 @@ export function clipTextConfigFromJson(json: Record<string, unknown>, file: stri
  * maps each key to (as large CLIP and OpenCLIP encoders ship); without a variant, the fp16 or bf16 files where the
  * full-precision ones are absent.
  */
-function textWeights(dir: string, variant?: string): WeightMap {
+export function textWeights(dir: string, variant?: string): WeightMap {
   const tried = variant ? [variant] : [undefined, "fp16", "bf16"];
   const at = tried.findIndex((v) => {
     const { single, index } = weightNames(v, TRANSFORMERS_WEIGHTS);

@@ -3,7 +3,9 @@
  * `unet/` (the source folder's config.json and the trained weights under diffusers' keys, fp32 or the `.fp16.`
  * variant), `scheduler/scheduler_config.json` (the run's schedule; export_scheduler.ts), the text encoder and
  * tokenizer folders when the run encoded captions with a diffusers pipeline's, a `vae/` when the config names an
- * AutoencoderKL, `model_index.json` when the parts make a diffusers pipeline, and a model card `README.md`.
+ * AutoencoderKL, `model_index.json` when the parts make a diffusers pipeline, and a model card `README.md`. With
+ * `--fp16` every model's weights are float16 in its `fp16` variant's file, as `save_pretrained(variant="fp16")`
+ * lays a pipeline out.
  *
  * Everything is read and checked first; the files are then written into a temporary folder beside `--out` and renamed
  * onto it, so bad input or a failed write leaves nothing behind.
@@ -17,11 +19,12 @@ import { shownPath } from "../../ship/source.ts";
 import { decodeSafetensors, toFloat32 } from "../../engine/safetensors.ts";
 import { type DiffusersExportSource, type ExtraPart, readDiffusersSource } from "./export_source.ts";
 import { schedulerConfig, studentSpacing } from "./export_scheduler.ts";
-import { weightMap, weightNames } from "./folder.ts";
+import { TRANSFORMERS_WEIGHTS, type WeightMap, weightMap, weightNames } from "./folder.ts";
+import { textWeights } from "./clip_text_folder.ts";
 
 /** Options of `exportDiffusers`. */
 export interface DiffusersExportOptions {
-  /** Write the weights as float16, in the `fp16` variant's file names. */
+  /** Write the UNet's, VAE's and text encoder's weights as float16, in the `fp16` variant's file names. */
   fp16?: boolean;
   /** Use the EMA weights when the checkpoint kept them (default true). */
   ema?: boolean;
@@ -44,8 +47,9 @@ type Entry = Uint8Array | string | { copy: string };
 
 const DIFFUSERS_VERSION = "0.31.0";
 const FP16_MAX = 65504;
+const FLOATS: readonly string[] = ["F64", "F32", "F16", "BF16"];
 
-/** Safetensors bytes of `tensors` with the values of `weights`, float32 or float16. */
+/** Safetensors bytes of `tensors` with the values of `weights`, float32 or float16; keys without one stay as given. */
 function encodeWith(
   tensors: Record<string, TensorInput>,
   weights: Record<string, Float32Array>,
@@ -53,6 +57,7 @@ function encodeWith(
   source: string,
 ): Uint8Array {
   for (const k of Object.keys(tensors)) {
+    if (!weights[k]) continue;
     if (fp16) {
       const big = weights[k].findIndex((v) => !(Math.abs(v) <= FP16_MAX));
       if (big >= 0) {
@@ -78,21 +83,71 @@ function unetConfigJson(src: DiffusersExportSource): string {
   return JSON.stringify(json, null, 2) + "\n";
 }
 
-/** A diffusers part (the VAE): its config.json and its weights re-encoded in the export's dtype. */
-function diffusersPart(part: ExtraPart, fp16: boolean): Record<string, Entry> {
-  const w = weightMap(part.dir, part.variant);
+/**
+ * Every tensor of a part's weights (one file or its shards) in one file of the export's dtype, keys sorted. Integer
+ * tensors (an old text encoder's position_ids) keep theirs, as transformers' save_pretrained keeps them.
+ */
+function reencoded(w: WeightMap, fp16: boolean): Uint8Array {
   const weights: Record<string, Float32Array> = {}, tensors: Record<string, TensorInput> = {};
   for (const file of new Set(Object.values(w.files))) {
     const t = decodeSafetensors(Deno.readFileSync(file), file).tensors;
     for (const [k, f] of Object.entries(w.files)) {
-      if (f === file) weights[k] = toFloat32(t[k]), tensors[k] = { data: weights[k], shape: t[k].shape };
+      if (f !== file) continue;
+      tensors[k] = { data: t[k].data, shape: t[k].shape, dtype: t[k].dtype };
+      if (FLOATS.includes(t[k].dtype)) weights[k] = toFloat32(t[k]);
     }
   }
   const sorted = Object.fromEntries(Object.keys(tensors).sort().map((k) => [k, tensors[k]]));
+  return encodeWith(sorted, weights, fp16, w.source);
+}
+
+/** A diffusers part (the VAE): its config.json and its weights re-encoded in the export's dtype. */
+function diffusersPart(part: ExtraPart, fp16: boolean): Record<string, Entry> {
   return {
     [`${part.name}/config.json`]: { copy: `${part.dir}/config.json` },
-    [`${part.name}/${weightNames(fp16 ? "fp16" : undefined).single}`]: encodeWith(sorted, weights, fp16, w.source),
+    [`${part.name}/${weightNames(fp16 ? "fp16" : undefined).single}`]: reencoded(
+      weightMap(part.dir, part.variant),
+      fp16,
+    ),
   };
+}
+
+/** A transformers model's weights in any variant or format: `model[.v].safetensors`, a shard, an index, a pickle. */
+const MODEL_FILE = /^(model|pytorch_model|tf_model|flax_model)[.-]/;
+/** Weight files transformers' from_pretrained loads with no variant given. */
+const PLAIN_MODEL = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"];
+
+/**
+ * A transformers part: the tokenizer, and the text encoder, whose files are copied as they are unless the export is
+ * fp16 or the folder has a variant's weights only. Those get what transformers' `save_pretrained(variant=…)` writes:
+ * one `model[.fp16].safetensors` in the export's dtype and config.json's `torch_dtype` to match, since diffusers
+ * passes `variant="fp16"` on only to the parts whose folder has a file of that variant and would silently load an
+ * fp32 text encoder beside the fp16 UNet (or find no weights at all without a variant).
+ */
+async function transformersPart(part: ExtraPart, fp16: boolean): Promise<Record<string, Entry>> {
+  const rels = await filesUnder(part.dir), out: Record<string, Entry> = {};
+  const weights = rels.filter((r) => MODEL_FILE.test(r));
+  const asIs = !weights.length || (!fp16 && weights.some((r) => PLAIN_MODEL.includes(r)));
+  for (const rel of rels) {
+    if (asIs || !(MODEL_FILE.test(rel) || rel === "config.json")) {
+      out[`${part.name}/${rel}`] = { copy: `${part.dir}/${rel}` };
+    }
+  }
+  if (asIs) return out;
+  let w: WeightMap;
+  try {
+    w = textWeights(part.dir, part.variant);
+  } catch {
+    throw new Error(
+      `${part.dir}: the text encoder's weights are not safetensors (${weights.join(", ")}), so they cannot be ` +
+        "written as float16; export without --fp16",
+    );
+  }
+  const config = JSON.parse(await Deno.readTextFile(`${part.dir}/config.json`));
+  out[`${part.name}/config.json`] = JSON.stringify({ ...config, torch_dtype: fp16 ? "float16" : "float32" }, null, 2) +
+    "\n";
+  out[`${part.name}/${weightNames(fp16 ? "fp16" : undefined, TRANSFORMERS_WEIGHTS).single}`] = reencoded(w, fp16);
+  return out;
 }
 
 /** Every plain file under `dir`, relative to it (a link is refused rather than followed out of the tree). */
@@ -144,7 +199,7 @@ function modelCard(src: DiffusersExportSource, spacing: Spacing, files: string[]
   const steps = [1, 2, 4].map((n) => `${n}: [${Array.from(spacedTimesteps(T, n, spacing)).join(", ")}]`).join("; ");
   const at = src.step === null ? "" : ` at step ${src.step}${src.runSteps ? ` of ${src.runSteps}` : ""}`;
   const weights = src.weightsFile.endsWith(".ema.safetensors") ? "EMA weights" : "weights (no EMA kept or used)";
-  const variant = fp16 ? `, variant="fp16"` : "";
+  const variant = fp16 ? `, variant="fp16", torch_dtype=torch.float16` : "";
   const text = src.extras.find((p) => p.library === "transformers");
   const lines = [
     `# ${src.model}: a ${src.folder.className} ${add ? "distilled with ADD" : "trained"} by the add project`,
@@ -152,7 +207,7 @@ function modelCard(src: DiffusersExportSource, spacing: Spacing, files: string[]
     `Exported by \`deno task diffusers export\` from ${shownPath(src.checkpoint)}${at} (${weights}).`,
     "",
     `- Initial weights and config: ${src.folder.hubId ?? shownPath(src.folder.dir)}.`,
-    add ? `- Teacher: ${src.teacher ?? "none named"}; student timesteps [${src.trainedTimesteps!.join(", ")}].` : "",
+    add ? `- Teacher: ${src.teacher ?? "none named"}; student timesteps [${src.trainedTimesteps!.join(", ")}].` : null,
     `- Schedule: ${src.schedule.kind}, T = ${T}${src.schedule.zeroTerminalSnr ? ", zero terminal SNR" : ""}; ` +
     `prediction ${src.prediction}; \`scheduler/\` is a DDIMScheduler with "${spacing}" spacing (timesteps for ` +
     `${steps}).`,
@@ -160,18 +215,24 @@ function modelCard(src: DiffusersExportSource, spacing: Spacing, files: string[]
       ? "- Sampling: 1–4 steps, no classifier-free guidance. One step returns the clean estimate at T−1; for more " +
         "steps the project's ADD sampler re-noises that estimate with fresh noise, while DDIM reuses the predicted " +
         "noise, so multi-step samples differ from `deno task sample --sampler add`."
-      : "",
+      : null,
     `- Text encoder: ${
       text
-        ? `${shownPath(text.dir)} (copied)`
+        ? `${shownPath(text.dir)} (copied${fp16 ? ", its weights as float16" : ""})`
         : src.textEncoder
         ? `the run used ${src.textEncoder}, which is not a transformers folder, so it is not included`
         : "none (unconditional)"
     }.`,
+    fp16
+      ? "- Weights: float16, in the `fp16` variant's files only (the layout of diffusers' " +
+        '`save_pretrained(variant="fp16")`): `from_pretrained` finds them only when given `variant="fp16"`, and ' +
+        "loads them into float32 unless also given `torch_dtype=torch.float16`."
+      : null,
     "",
     "Files: " + files.map((f) => `\`${f}\``).join(", ") + ".",
     "",
     "```python",
+    ...(fp16 ? ["import torch", ""] : []),
     index
       ? `pipe = DiffusionPipeline.from_pretrained("<this folder>"${variant})`
       : `unet = ${src.folder.className}.from_pretrained("<this folder>", subfolder="unet"${variant})\n` +
@@ -183,7 +244,8 @@ function modelCard(src: DiffusersExportSource, spacing: Spacing, files: string[]
     "apply to this folder. See the source's model card and the project's NOTICE.",
     "",
   ];
-  return lines.filter((l, i) => l !== "" || lines[i - 1] !== "").join("\n");
+  // A bullet that does not apply is dropped: a blank line in its place would break the list.
+  return lines.filter((l) => l !== null).join("\n");
 }
 
 /** `--out` must be absent, an empty folder, or an earlier export (which is replaced). */
@@ -245,10 +307,7 @@ export async function exportDiffusers(
       "\n",
   };
   for (const part of src.extras) {
-    if (part.library === "diffusers") Object.assign(files, diffusersPart(part, fp16));
-    else {
-      for (const rel of await filesUnder(part.dir)) files[`${part.name}/${rel}`] = { copy: `${part.dir}/${rel}` };
-    }
+    Object.assign(files, part.library === "diffusers" ? diffusersPart(part, fp16) : await transformersPart(part, fp16));
   }
   const index = modelIndex(src.folder.className, src.extras);
   if (index) files["model_index.json"] = JSON.stringify(index, null, 2) + "\n";

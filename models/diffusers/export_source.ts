@@ -18,6 +18,7 @@ import { findStage, locate, type RunConfig } from "../../ship/source.ts";
 import { type DiffusersClass, diffusersClass } from "./classes.ts";
 import { type DiffusersFolder, isHubId, openFolder } from "./folder.ts";
 import { hubTextRoot } from "./clip_text_hub.ts";
+import { textWeights } from "./clip_text_folder.ts";
 import { diffusersUnet } from "./unet_kind.ts";
 import { loraOf, type MergeConfig, mergedWeights } from "../../pipeline/lora_merge.ts";
 
@@ -41,7 +42,7 @@ export interface ExtraPart {
   /** model_index.json's [library, class]. */
   library: "diffusers" | "transformers";
   className: string;
-  /** The weights variant to read, for a diffusers part. */
+  /** The weights variant the run read (a VAE's params, the text_encode stage's `variant`). */
   variant?: string;
 }
 
@@ -160,12 +161,21 @@ async function jsonField(file: string, pick: (j: Record<string, unknown>) => unk
   }
 }
 
+function readsAsText(dir: string, variant?: string): boolean {
+  try {
+    textWeights(dir, variant);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * The text encoder and tokenizer folders, when `model` (the text_encode stage's) is a diffusers pipeline folder (or a
  * downloaded hub id's) or its `text_encoder*` subfolder beside a `tokenizer*` one: the layout transformers'
  * `from_pretrained` reads. The project's own encoders (ONNX for transformers.js) are not: null.
  */
-async function textParts(model: string | null, subfolder: string | null): Promise<ExtraPart[]> {
+async function textParts(model: string | null, subfolder: string | null, variant?: string): Promise<ExtraPart[]> {
   if (!model) return [];
   // A pipeline's hub id was read from its download (clip_text_hub.ts), which has the layout of a local folder.
   const root = !(await isDir(model)) && isHubId(model) ? hubTextRoot(model) : model;
@@ -173,13 +183,15 @@ async function textParts(model: string | null, subfolder: string | null): Promis
   if (await isFile(`${enc}/text_encoder/config.json`)) enc = `${enc}/text_encoder`;
   const name = basename(enc), tokName = name.replace(/^text_encoder/, "tokenizer"), tok = `${dirname(enc)}/${tokName}`;
   const weights = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"];
-  const hasWeights = (await Promise.all(weights.map((w) => isFile(`${enc}/${w}`)))).some((b) => b);
+  const hasWeights = (await Promise.all(weights.map((w) => isFile(`${enc}/${w}`)))).some((b) => b) ||
+    // Only a variant's files (a hub pipeline fetched as fp16): the project's text encoder reads them, so does the export.
+    readsAsText(enc, variant);
   if (!name.startsWith("text_encoder") || !hasWeights || !(await isDir(tok))) return [];
   const arch = await jsonField(`${enc}/config.json`, (j) => (j.architectures as unknown[] | undefined)?.[0], "");
   if (!arch) return [];
   const tokClass = await jsonField(`${tok}/tokenizer_config.json`, (j) => j.tokenizer_class, "CLIPTokenizer");
   return [
-    { name, dir: enc, library: "transformers", className: arch },
+    { name, dir: enc, library: "transformers", className: arch, variant },
     { name: tokName, dir: tok, library: "transformers", className: tokClass },
   ];
 }
@@ -256,7 +268,11 @@ export async function readDiffusersSource(
   const teacherParams = (config.models?.[teacherName as string]?.params ?? {}) as DiffusersParams;
   const textModel = typeof text?.model === "string" ? text.model : text ? "models/text_encoder" : null;
   const extras = [
-    ...(await textParts(textModel, typeof text?.subfolder === "string" ? text.subfolder : null)),
+    ...(await textParts(
+      textModel,
+      typeof text?.subfolder === "string" ? text.subfolder : null,
+      typeof text?.variant === "string" ? text.variant : undefined,
+    )),
     ...vaePart(config, model),
   ];
   return {

@@ -4,7 +4,7 @@
 // make_exported.ts) is what the exporter writes today, and the project's forward and schedule of it equal what the
 // real diffusers computed from it (check_export.py); bad input is one line, exit 1, nothing written.
 import assert from "node:assert/strict";
-import { encodeSafetensors, readSafetensors, toFloat32 } from "../../../engine/safetensors.ts";
+import { readSafetensors, toFloat32 } from "../../../engine/safetensors.ts";
 import { makeSchedule, studentTimesteps } from "../../../models/diffusion/schedules.ts";
 import { exportDiffusers } from "../../../models/diffusers/export.ts";
 import { loadModel, runForward } from "../../../models/diffusers/forward.ts";
@@ -13,7 +13,7 @@ import { eulerSigmas, readSchedulerConfig, scheduleFromDiffusers } from "../../.
 import { diffusersUnet } from "../../../models/diffusers/unet_kind.ts";
 import { cli, expectCode, ROOT, tmp } from "../../helpers/cli_run.ts";
 import { FIXTURES, maxRel } from "./diffusers_reference.ts";
-import { imageFolder, studentYaml, tinyUnetFolder } from "./tiny_run.ts";
+import { handCheckpoint, imageFolder, studentYaml, tinyUnetFolder } from "./tiny_run.ts";
 
 const CLI = `${ROOT}diffusers.ts`;
 const EXPORTED = `${FIXTURES}exported_sd1`;
@@ -192,14 +192,6 @@ Deno.test("diffusers export: a diffusers folder that is not a run is not an expo
   assert.deepEqual(await listing(root), []);
 });
 
-/** A checkpoint folder written by hand: `config.yaml` and the student's weights (the folder's own, as float32). */
-async function handCheckpoint(dir: string, config: string, weightsOf: string, variant: string) {
-  await Deno.mkdir(dir, { recursive: true });
-  await Deno.writeTextFile(`${dir}/config.yaml`, config);
-  const t = await tensorsOf(`${weightsOf}/diffusion_pytorch_model.${variant}.safetensors`);
-  await Deno.writeFile(`${dir}/unet.safetensors`, encodeSafetensors(t));
-}
-
 Deno.test("diffusers export: a UNet2DModel gets a DDIMPipeline index; a diffusers text encoder and VAE are copied", async () => {
   const root = await tmp("diffusers_export_parts");
   const noise = "noise: { kind: diffusion_noise, params: { schedule: { kind: linear, T: 1000 }, prediction: eps } }";
@@ -237,13 +229,14 @@ stages:
   ${noise}
 `;
   await handCheckpoint(`${root}/sd`, sd, `${FIXTURES}unet_sd1`, "bf16");
-  const r = await exportDiffusers(`${root}/sd`, `${root}/sd_out`, { fp16: true });
+  // In fp32 the text encoder's files are the source's, byte for byte (export_fp16_test.ts: --fp16 re-encodes them).
+  const r = await exportDiffusers(`${root}/sd`, `${root}/sd_out`);
   for (const f of ["text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/vocab.json"]) {
     assert.ok(r.files.includes(f), f);
     const a = await Deno.readFile(`${root}/sd_out/${f}`), b = await Deno.readFile(`${FIXTURES}clip/${f}`);
     assert.deepEqual(a, b, f);
   }
-  assert.ok(r.files.includes("vae/diffusion_pytorch_model.fp16.safetensors"));
+  assert.ok(r.files.includes("vae/diffusion_pytorch_model.safetensors"));
   const sdIndex = JSON.parse(await Deno.readTextFile(`${root}/sd_out/model_index.json`));
   assert.equal(sdIndex._class_name, "StableDiffusionPipeline");
   assert.deepEqual(sdIndex.text_encoder, ["transformers", "CLIPTextModel"]);

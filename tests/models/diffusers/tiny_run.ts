@@ -4,7 +4,7 @@
 // image) with an EMA and a checkpoint every step.
 import { encode } from "fast-png";
 import { Rng } from "../../../engine/rng.ts";
-import { encodeSafetensors } from "../../../engine/safetensors.ts";
+import { encodeSafetensors, readSafetensors, toFloat32 } from "../../../engine/safetensors.ts";
 import { unetShapes } from "../../../models/diffusers/unet2d_condition.ts";
 import { unetConfig } from "../../../models/diffusers/unet2d_condition_config.ts";
 
@@ -94,4 +94,13 @@ stages:
     kind: checkpoint
     every: 1
 `;
+}
+
+/** A checkpoint folder written by hand: `config.yaml` and the student's weights (the folder's own, as float32). */
+export async function handCheckpoint(dir: string, config: string, weightsOf: string, variant: string): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(`${dir}/config.yaml`, config);
+  const t = (await readSafetensors(`${weightsOf}/diffusion_pytorch_model.${variant}.safetensors`)).tensors;
+  const f32 = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, { shape: v.shape, data: toFloat32(v) }]));
+  await Deno.writeFile(`${dir}/unet.safetensors`, encodeSafetensors(f32));
 }
