@@ -124,7 +124,7 @@ export function plannedEncoderDims(c: TextEncoderChoice, at: ChoiceKeys, cacheRo
   }
   if (c.model === USE_LITE_MODEL) return useLiteDims();
   if (folder) return read(() => pipeline ? diffusersTextDims(folder, c.subfolder, c.variant) : folderDims(folder));
-  if (!pipeline || !hubTextDownloaded(c.model, c.subfolder, cacheRoot)) return null;
+  if (!pipeline || !hubTextDownloaded(c.model, c.subfolder, cacheRoot, c.variant)) return null;
   return read(() => diffusersTextDims(hubTextRoot(c.model, cacheRoot), c.subfolder, c.variant));
 }
 

@@ -14,10 +14,10 @@ import { mergeTraced } from "../models/lora.ts";
 import type { Phase, Plan } from "./plan.ts";
 import { storedShapes } from "./plan_types.ts";
 import { modelKinds, type TraceContext, type UpdateSlot } from "./stage.ts";
+import { storeKey } from "./store_keys.ts";
 
 /** What an optimizer rule returns for one slot. */
 type UpdateResult = { param: Tensor; state: Record<string, Tensor> };
-import { storeKey } from "./store_keys.ts";
 
 /** A random input of a phase: drawn on the host each step from the seed, the stage, the tag and the step. */
 export interface RandomInput {

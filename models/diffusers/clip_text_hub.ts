@@ -18,6 +18,7 @@ import {
   hubUrl,
   isHubId,
   TRANSFORMERS_WEIGHTS,
+  weightNames,
 } from "./folder.ts";
 
 /** What a hub text encoder is read with: the hub options (fetcher, cache, token) and which encoder. */
@@ -41,10 +42,30 @@ export function hubTextRoot(id: string, cacheRoot?: string): string {
   return hubCacheDir(id, undefined, cacheRoot);
 }
 
-/** Whether `subfolder` (default text_encoder) of hub id `id` and its tokenizer are downloaded completely. */
-export function hubTextDownloaded(id: string, subfolder = "text_encoder", cacheRoot?: string): boolean {
-  const root = hubTextRoot(id, cacheRoot);
-  return isFile(`${root}/${subfolder}/config.json`) && isFile(`${root}/${tokenizerSubfolder(subfolder)}/${LAST}`);
+/**
+ * Whether `subfolder` (default text_encoder) of hub id `id` and its tokenizer are downloaded completely; with a
+ * `variant`, its weights too (a download of the default weights does not hold them, and the run would fetch them).
+ */
+export function hubTextDownloaded(
+  id: string,
+  subfolder = "text_encoder",
+  cacheRoot?: string,
+  variant?: string,
+): boolean {
+  const root = hubTextRoot(id, cacheRoot), dir = `${root}/${subfolder}`;
+  const done = isFile(`${dir}/config.json`) && isFile(`${root}/${tokenizerSubfolder(subfolder)}/${LAST}`);
+  if (!done || variant === undefined) return done;
+  const { single, index } = weightNames(variant, TRANSFORMERS_WEIGHTS);
+  return isFile(`${dir}/${single}`) || isFile(`${dir}/${index}`);
+}
+
+/** Whether this process may reach the hub without Deno asking for the permission (which would stop a run to wait). */
+function netGranted(): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "net", host: "huggingface.co" }).state === "granted";
+  } catch {
+    return false;
+  }
 }
 
 /** Whether the download folder of `id` is a diffusers pipeline's (its model_index.json was downloaded). */
@@ -71,10 +92,13 @@ export function readsAsHubPipeline(
  */
 export async function isHubPipeline(id: string, o: HubTextOptions = {}): Promise<boolean> {
   if (hubPipelineCached(id, o.cacheRoot)) return true;
+  // Without the permission (deno task run has none) the id goes to transformers.js, as before, whose cache may hold it.
+  if (!o.fetch && !netGranted()) return false;
   try {
     return await downloadHubFile(id, { ...o, subfolder: undefined }, "model_index.json");
-  } catch {
-    // Offline, or refused: not known to be a pipeline, so the id goes to transformers.js, whose own cache may hold it.
+  } catch (e) {
+    // The hub's own refusal (401/403 of a gated pipeline, a 5xx) is told as it is; only an unreachable hub is unknown.
+    if (e instanceof DiffusersFolderError && e.status !== undefined) throw e;
     return false;
   }
 }

@@ -14,8 +14,8 @@ import { decodeSafetensors, type SafetensorsDType, toFloat32 } from "../../engin
 
 /** One line naming the file or hub id and what is wrong with it. */
 export class DiffusersFolderError extends Error {
-  /** An error about `source` (a path or a hub id). */
-  constructor(source: string, problem: string) {
+  /** An error about `source` (a path or a hub id); `status`: the hub's HTTP status when it answered with an error. */
+  constructor(source: string, problem: string, readonly status?: number) {
     super(`${source}: ${problem}`);
     this.name = "DiffusersFolderError";
   }
@@ -341,7 +341,7 @@ async function fetchFile(id: string, o: HubOptions, dir: string, file: string): 
   if (!res.ok || !res.body) {
     await res.body?.cancel();
     const gated = res.status === 401 || res.status === 403 ? "; a gated or private model needs HF_TOKEN" : "";
-    throw new DiffusersFolderError(`hub id "${id}"`, `HTTP ${res.status} for ${url}${gated}`);
+    throw new DiffusersFolderError(`hub id "${id}"`, `HTTP ${res.status} for ${url}${gated}`, res.status);
   }
   await Deno.mkdir(dir, { recursive: true });
   const tmp = `${dest}.tmp-${crypto.randomUUID().slice(0, 8)}`;

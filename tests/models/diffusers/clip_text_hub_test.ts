@@ -178,6 +178,12 @@ Deno.test(
       assert.equal(await isHubPipeline("org/plain", { fetch: none.fetcher, cacheRoot: hubRoot }), false);
       const offline: Fetcher = () => Promise.reject(new TypeError("dns error"));
       assert.equal(await isHubPipeline("org/plain", { fetch: offline, cacheRoot: hubRoot }), false);
+      // The hub's refusal is its answer, told as it is (a gated pipeline), not taken for "no pipeline".
+      const gated: Fetcher = () => Promise.resolve(new Response("no", { status: 401 }));
+      await assert.rejects(
+        isHubPipeline("org/gated", { fetch: gated, cacheRoot: hubRoot, token: "" }),
+        /^DiffusersFolderError: hub id "org\/gated": HTTP 401 .*needs HF_TOKEN$/,
+      );
       const noTok = fakeHub("org/notok", {
         "text_encoder/config.json": (await filesOf(CLIP))["text_encoder/config.json"],
       });
@@ -250,6 +256,8 @@ Deno.test("text_encode with a diffusers hub id: planned from the download, or ne
       tokens: { dtype: "f32", shape: [2, 77, 32] },
       pooled: { dtype: "f32", shape: [2, 32] },
     });
+    // A variant the download does not hold is planned from dims (the run fetches it), not refused.
+    assert.deepEqual(plan({ model: id, variant: "fp16", dims: DIMS }).tokens.shape, [2, 77, 32]);
     const wrong = planError({ model: id, dims: { ...DIMS, width: 768 } });
     assert.equal(wrong.at, "params.dims");
     assert.match(wrong.message, /differ from the downloaded/);
