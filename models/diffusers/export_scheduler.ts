@@ -55,7 +55,8 @@ export function schedulerConfig(
     sample_max_value: 1.0,
     set_alpha_to_one: true,
     // diffusers' Stable Diffusion pipelines warn at load about any value but SD's own 1, and rewrite it to 1. It is
-    // added to "leading" timesteps only, so with the other spacings 1 changes nothing.
+    // added to "leading" timesteps only, so with the other spacings 1 changes nothing; studentSpacing never picks
+    // leading, and if it did, 0 would keep the project's own timesteps (the pipeline's rewrite would then shift them).
     steps_offset: spacing === "leading" ? 0 : 1,
     thresholding: false,
     timestep_spacing: spacing,
