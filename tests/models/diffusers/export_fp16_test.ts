@@ -165,3 +165,10 @@ Deno.test("diffusers export --fp16: a text encoder weight past float16 or pickle
     assert.ok(full.files.includes(`text_encoder/${Object.keys(c.weights)[0]}`), full.files.join());
   }
 });
+
+Deno.test("diffusers export --fp16: the committed exported_pipeline_fp16/ is exported_pipeline/ in fp16, file for file", async () => {
+  // make_exported_pipeline.ts writes both from one checkpoint; check_pipeline.py --fp16 loaded this one.
+  await assertFp16Layout(`${FIXTURES}exported_pipeline_fp16`, `${FIXTURES}exported_pipeline`);
+  const card = await Deno.readTextFile(`${FIXTURES}exported_pipeline_fp16/README.md`);
+  assert.match(card, /from_pretrained\("<this folder>", variant="fp16", torch_dtype=torch\.float16\)/);
+});
