@@ -11,7 +11,9 @@ import { ConfigError, loadConfig } from "./config.ts";
 import { fmtBytes, type Plan, planPipeline } from "./plan.ts";
 import { RunError, runPipeline } from "./run.ts";
 import { describeCadence } from "./cadence.ts";
-import { tracePhase } from "./trace_phase.ts";
+import { modelChunks, tracePhase } from "./trace_phase.ts";
+import { knownPackLimit, webGpuPackLimit } from "../engine/executors/executor.ts";
+import type { Layout } from "../engine/pack.ts";
 import { fmtSpec } from "./stage.ts";
 
 /** The command line's options, as commander parses them. */
@@ -124,6 +126,9 @@ function printPlan(
   plan: Plan,
   print: (s: string) => void,
 ) {
+  // Before any line, so that a parameter over the limit is the run's one line, as it is in a run.
+  const packing = dryRunPacking(plan, run.executor);
+  const split = Object.values(packing.chunks).some((c) => c.length > 1);
   print(
     `pipeline: ${plan.order.length} stages, ${run.steps} steps, seed ${run.seed}, executor ${run.executor}, out ${run.out}`,
   );
@@ -138,13 +143,16 @@ function printPlan(
   let i = 1;
   for (const h of plan.hosts) print(`  ${i++}. host: ${h}`);
   for (const p of plan.phases) {
-    const nodes = plan.traced?.[p.optimizer] ?? tracePhase(plan, p, run.steps).graph.nodes.length;
+    const nodes = split
+      ? tracePhase(plan, p, run.steps, packing.chunks).graph.nodes.length
+      : plan.traced?.[p.optimizer] ?? tracePhase(plan, p, run.steps).graph.nodes.length;
     const every = p.every === 1 ? "every step" : `every ${p.every} steps`;
     print(
       `  ${i++}. compiled graph "${p.optimizer}" on ${run.executor} (${every}): stages ${p.stages.join(" → ")}; ` +
         `updates ${p.updates.join(", ")}${p.reads.length ? `; reads ${p.reads.join(", ")}` : ""}; ${nodes} nodes`,
     );
   }
+  for (const line of packing.lines) print(line);
   for (const e of plan.effects) {
     const s = plan.stages[e];
     print(`  ${i++}. effect: ${e} [${s.def.kind}] ${describeCadence(s.cadence)}`);
@@ -166,6 +174,42 @@ function printPlan(
       fmtBytes(m.step)
     }, from the ${m.basis === "traced" ? "traced graphs" : "port types"})`,
   );
+}
+
+/** WebGPU's default buffer limits (the spec's), which an adapter may raise: the smallest packing limit webgpu has. */
+const WEBGPU_DEFAULT_PACK_LIMIT = webGpuPackLimit({ maxBufferSize: 2 ** 28, maxStorageBufferBindingSize: 2 ** 27 });
+
+/**
+ * The models' packing on `executor` as far as a dry run knows it without creating the executor (`knownPackLimit`;
+ * `ADD_PACK_LIMIT` applies), and a line per model that it splits — or that webgpu may split, whose limit is its
+ * adapter's: the node counts are then those of one buffer per model.
+ */
+function dryRunPacking(plan: Plan, executor: string): { chunks: Record<string, Layout[]>; lines: string[] } {
+  const limit = knownPackLimit(executor);
+  let chunks: Record<string, Layout[]>;
+  try {
+    chunks = modelChunks(plan, limit ?? Infinity, `the ${executor} executor`);
+  } catch (e) {
+    throw new RunError((e as Error).message);
+  }
+  const n = (x: number) => x.toLocaleString("en-US");
+  const lines: string[] = [];
+  for (const [name, c] of Object.entries(chunks)) {
+    const total = c.reduce((a, l) => a + l.total, 0);
+    if (c.length > 1) {
+      lines.push(
+        `packing: model "${name}" (${n(total)} parameters) in ${c.length} buffers of at most ${n(limit!)} ` +
+          `elements on ${executor}`,
+      );
+    } else if (limit === null && total > WEBGPU_DEFAULT_PACK_LIMIT) {
+      lines.push(
+        `packing: model "${name}" (${n(total)} parameters) splits on webgpu where the adapter's buffer limit is ` +
+          `under its size (at WebGPU's default limits: ${Math.ceil(total / WEBGPU_DEFAULT_PACK_LIMIT)} buffers or ` +
+          `more); the node counts above are for one buffer`,
+      );
+    }
+  }
+  return { chunks, lines };
 }
 
 export { runCommand } from "../ship/run_command.ts";

@@ -73,6 +73,39 @@ export function packLimit(ex: Pick<Executor, "packLimit">, v: string | undefined
   return n;
 }
 
+/**
+ * Elements per packed buffer on cpu: 2^30 − 4, just under 4 GiB of f32. Nothing below memory binds here: Deno's
+ * Float32Array holds more than 2^32 elements and onnxruntime's CPU tensors are host memory with 64-bit sizes. The
+ * limit keeps each buffer's byte length below 2^32, where a 32-bit size anywhere between JS, N-API and onnxruntime
+ * would wrap, and it is above the largest model that runs here whole (Stable Diffusion 1.5's UNet, 859.5 M
+ * parameters, 3.4 GB: bench:sd15), so no model of today splits; SDXL's UNet (2.57 G) would be three buffers.
+ */
+export const CPU_PACK_LIMIT = 2 ** 30 - 4;
+
+/**
+ * Elements per packed buffer on wasm: 2^29 − 4, just under 2 GiB of f32. onnxruntime-web copies every input into its
+ * wasm32 heap, which holds at most 4 GiB for all a step touches, so that heap, not one buffer, bounds a model here
+ * (weights, gradient and two moments of a 2^29-element model alone fill it); the limit keeps one tensor to half of it.
+ */
+export const WASM_PACK_LIMIT = 2 ** 29 - 4;
+
+/**
+ * The packing limit an executor of this name will have, where it is known without creating one (`--dry-run` plans
+ * without an executor): `ADD_PACK_LIMIT` where set, else cpu's and wasm's constants, none for the reference, and null
+ * for webgpu (its adapter's) and auto (webgpu's where an adapter exists).
+ */
+export function knownPackLimit(name: string): number | null {
+  const limit = name === "cpu"
+    ? CPU_PACK_LIMIT
+    : name === "wasm"
+    ? WASM_PACK_LIMIT
+    : name === "reference"
+    ? Infinity
+    : null;
+  const forced = packLimit({});
+  return Number.isFinite(forced) ? forced : limit;
+}
+
 /** The two WebGPU limits that bound one buffer (a device's, or the adapter's it was requested with). */
 export interface BufferLimits {
   /** Bytes of the largest buffer the device creates. */

@@ -10,7 +10,14 @@ import * as ort from "onnxruntime-node";
 import { type DType, type Graph, graphInputs, size } from "../ir.ts";
 import { type GradWeightLowering, lowerToOnnx } from "../onnx/lower.ts";
 import { hostData, ortType, sessionPrepared } from "./ort_shared.ts";
-import type { Buffer, Executor, HostArray, Prepared, PrepareOptions } from "./executor.ts";
+import {
+  type Buffer,
+  CPU_PACK_LIMIT,
+  type Executor,
+  type HostArray,
+  type Prepared,
+  type PrepareOptions,
+} from "./executor.ts";
 
 /** Prefix of onnxruntime profile files, from the environment (unset: no profiling). */
 const PROFILE = Deno.env.get("ADD_ORT_PROFILE") ?? "";
@@ -41,15 +48,6 @@ export function cpuArena(inputBytes: number, v = Deno.env.get("ADD_CPU_ARENA")):
   if (v === "0" || v === "1") return v === "1";
   throw new Error(`ADD_CPU_ARENA=${v}: expected 0 or 1`);
 }
-
-/**
- * Elements per packed buffer on cpu: 2^30 − 4, just under 4 GiB of f32. Nothing below memory binds here: Deno's
- * Float32Array holds more than 2^32 elements and onnxruntime's CPU tensors are host memory with 64-bit sizes. The
- * limit keeps each buffer's byte length below 2^32, where a 32-bit size anywhere between JS, N-API and onnxruntime
- * would wrap, and it is above the largest model that runs here whole (Stable Diffusion 1.5's UNet, 859.5 M
- * parameters, 3.4 GB: bench:sd15), so no model of today splits; SDXL's UNet (2.57 G) would be three buffers.
- */
-export const CPU_PACK_LIMIT = 2 ** 30 - 4;
 
 const DTYPE_BYTES: Record<DType, number> = { f32: 4, i32: 4, bool: 1 };
 

@@ -19,6 +19,7 @@ import {
   type HostArray,
   type Prepared,
   type PrepareOptions,
+  WASM_PACK_LIMIT,
   webGpuPackLimit,
 } from "./executor.ts";
 
@@ -120,13 +121,6 @@ abstract class OrtWebExecutor implements Executor {
     this.sessions.clear();
   }
 }
-
-/**
- * Elements per packed buffer on wasm: 2^29 − 4, just under 2 GiB of f32. onnxruntime-web copies every input into its
- * wasm32 heap, which holds at most 4 GiB for all a step touches, so that heap, not one buffer, bounds a model here
- * (weights, gradient and two moments of a 2^29-element model alone fill it); the limit keeps one tensor to half of it.
- */
-export const WASM_PACK_LIMIT = 2 ** 29 - 4;
 
 /** The `wasm` executor: onnxruntime-web's wasm backend, one thread, host tensors. */
 export class OrtWasmExecutor extends OrtWebExecutor {

@@ -192,3 +192,40 @@ Deno.test("on webgpu (llvmpipe here) too: split into three buffers, the unsplit 
     assert.ok(await sameBytes(`${checkpointAt(`${dir}/whole`, 5)}/${f}`, `${checkpointAt(`${dir}/split`, 5)}/${f}`), f);
   }
 });
+
+Deno.test("--dry-run counts the nodes of the split graph a run compiles, and names each split model", async () => {
+  const dir = await tmp("chunks-dry-run");
+  const cfg = await config(dir);
+  const nodes = (s: string, re: RegExp) => Number(s.match(re)?.[1]);
+  const dry = await cli([cfg, "--out", `${dir}/dry`, "--dry-run"], MAIN, SPLIT);
+  expectCode(dry, 0, "dry run, split");
+  for (const m of ["frozen", "net"]) {
+    assert.match(
+      dry.stdout,
+      new RegExp(`^packing: model "${m}" \\(321 parameters\\) in 3 buffers of at most 256 `, "m"),
+    );
+  }
+  const run = await cli([cfg, "--out", `${dir}/run`, "--steps", "1"], MAIN, SPLIT);
+  expectCode(run, 0, "one step, split");
+  const planned = nodes(dry.stdout, /compiled graph "opt" on cpu .*; (\d+) nodes$/m);
+  assert.equal(planned, nodes(run.stderr + run.stdout, /compiled phase "opt": (\d+) nodes/), "planned vs compiled");
+  const whole = await cli([cfg, "--out", `${dir}/dry-whole`, "--dry-run"]);
+  expectCode(whole, 0, "dry run, unsplit");
+  assert.doesNotMatch(whole.stdout, /^packing:/m);
+  assert.notEqual(nodes(whole.stdout, /compiled graph "opt" on cpu .*; (\d+) nodes$/m), planned, "the split traced");
+});
+
+Deno.test("--dry-run on webgpu: a model over WebGPU's default buffer limits is said to split by the adapter's", async () => {
+  const dir = await tmp("chunks-dry-run-webgpu");
+  // 3 × 4,000² weights, 48 M parameters: over the 33,554,432 f32 of WebGPU's default 128 MiB binding.
+  const cfg = await writeConfig(dir, "big.yaml", toyYaml({ hidden: [4000, 4000, 4000, 4000] }, ""));
+  const r = await cli([cfg, "--out", `${dir}/out`, "--dry-run", "--executor", "webgpu"]);
+  expectCode(r, 0, "dry run");
+  assert.match(
+    r.stdout,
+    /^packing: model "net" \(48,024,001 parameters\) splits on webgpu .*\(at WebGPU's default limits: 2 buffers or more\)/m,
+  );
+  const cpu = await cli([cfg, "--out", `${dir}/out`, "--dry-run", "--executor", "cpu"]);
+  expectCode(cpu, 0, "dry run on cpu");
+  assert.doesNotMatch(cpu.stdout, /^packing:/m, "fits one cpu buffer");
+});
