@@ -165,3 +165,25 @@ export function simplify(g: Graph): Graph {
   }
   return { nodes, outputs: g.outputs.map((o) => ({ name: o.name, node: remap[o.node] })) };
 }
+
+/**
+ * `g` with the named inputs replaced by constants holding `values` (f32, one value per element of the input): for
+ * weights a graph only reads, so that the executor's compiler may fold and re-lay them out once (onnxruntime's cpu
+ * provider then runs convolutions on constant filters in its blocked NCHWc layout, fused with their bias and
+ * activation). Node ids and outputs do not change; a name that is no f32 input, or a wrong length, is an error.
+ */
+export function withConstants(g: Graph, values: ReadonlyMap<string, Float32Array>): Graph {
+  const found = new Set<string>();
+  const nodes = g.nodes.map((n): Node => {
+    if (n.op !== "input" || !values.has(n.attrs.name)) return n;
+    const data = values.get(n.attrs.name)!;
+    if (n.dtype !== "f32" || data.length !== size(n.shape)) {
+      throw new Error(`withConstants: "${n.attrs.name}" is ${n.dtype}[${n.shape}], given ${data.length} f32 values`);
+    }
+    found.add(n.attrs.name);
+    return { op: "const", inputs: [], attrs: { data }, shape: n.shape, dtype: "f32" };
+  });
+  const missing = [...values.keys()].filter((k) => !found.has(k));
+  if (missing.length) throw new Error(`withConstants: no input named ${missing.map((m) => `"${m}"`).join(", ")}`);
+  return { nodes, outputs: g.outputs };
+}

@@ -148,6 +148,26 @@ export function packedInputs(
 }
 
 /**
+ * A frozen model's weights in a graph that only reads them (a sampler's UNet, a VAE): constants where the model fits
+ * `limit` elements (the executor's `constantLimit`), else the graph inputs of `packedInputs`, with `uploads` giving
+ * each input's data for the store.
+ */
+export function frozenWeights(
+  tr: Trace,
+  name: string,
+  chunks: readonly Layout[],
+  weights: Record<string, ArrayLike<number>>,
+  limit: number,
+): { params: Record<string, Tensor>; uploads: [string, Float32Array][] } {
+  const flats = packHostChunks(weights, chunks);
+  if (chunks.reduce((a, c) => a + c.total, 0) <= limit) {
+    return { params: unpackChunks(flats.map((f, i) => tr.constant(f, [chunks[i].total])), chunks), uploads: [] };
+  }
+  const w = packedInputs(tr, name, chunks);
+  return { params: w.params, uploads: w.names.map((n, i) => [n, flats[i]]) };
+}
+
+/**
  * Splits one flat array of a whole layout into its chunks' buffers (views, no copy): what a buffer saved whole
  * becomes where the executor's limit splits it.
  */

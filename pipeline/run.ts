@@ -192,12 +192,13 @@ class Run {
 
   /** Compiles the phases, initialises (or restores) the state and opens the metrics file. */
   async prepare(fresh: boolean): Promise<void> {
+    // Weights first: the compiled graphs hold the frozen models' as constants.
+    await this.sched.initialise((m, path) => this.initWeights(m, path));
     for (const c of await this.sched.compile()) {
       this.print(
         `compiled phase "${c.optimizer}": ${c.nodes} nodes on ${this.executor.name} in ${(c.ms / 1000).toFixed(1)} s`,
       );
     }
-    await this.sched.initialise((m, path) => this.initWeights(m, path));
     // Only what this system wrote is removed: --out may name a folder that holds other things too.
     if (fresh) await Deno.remove(checkpointRoot(this.out), { recursive: true }).catch(() => {});
     await Deno.mkdir(this.out, { recursive: true });

@@ -5,7 +5,8 @@
  *
  * @module
  */
-import { type Executor, type HostArray, packLimit } from "../engine/executors/executor.ts";
+import { constantLimit, type Executor, type HostArray, packLimit } from "../engine/executors/executor.ts";
+import { withConstants } from "../engine/ir.ts";
 import { ema } from "../engine/optim.ts";
 import { Program, ResidentStore } from "../engine/program.ts";
 import { chunkNames, type Layout, packHostChunks, splitFlat, unpackHostChunks } from "../engine/pack.ts";
@@ -36,6 +37,12 @@ export class Scheduler {
   readonly chunks: Record<string, Layout[]>;
   /** Store entries that mirror a model's packing, → the model (`packedKeys`). */
   readonly #packed: Map<string, string>;
+  /**
+   * The store keys of the models no phase updates (a teacher, a feature network) that the graphs hold as constants,
+   * as far as the executor's `constantLimit` goes (in the plan's order of models); the store keeps them too, for
+   * host stages that read them.
+   */
+  readonly constantKeys: ReadonlySet<string>;
   private readonly store: ResidentStore;
   private readonly compiled: CompiledPhase[] = [];
   private readonly emaGraphs = new Map<string, Program>();
@@ -60,9 +67,26 @@ export class Scheduler {
       throw new RunError((e as Error).message);
     }
     this.#packed = packedKeys(plan);
+    const trained = new Set(plan.phases.flatMap((p) => p.updates));
+    const keys = new Set<string>();
+    let room: number;
+    try {
+      room = constantLimit(executor);
+    } catch (e) {
+      throw new RunError((e as Error).message);
+    }
+    for (const m of Object.keys(plan.models).filter((m) => !trained.has(m))) {
+      if (this.layouts[m].total > room) continue;
+      room -= this.layouts[m].total;
+      for (const k of this.keysOf(storeKey.model(m), m)) keys.add(k);
+    }
+    this.constantKeys = keys;
   }
 
-  /** Traces and compiles every phase. Returns node counts per phase, for the plan printout. */
+  /**
+   * Traces and compiles every phase, after `initialise` (frozen models' weights go into the graphs as constants, see
+   * `constantKeys`). Returns node counts per phase, for the plan printout.
+   */
   async compile(): Promise<{ optimizer: string; nodes: number; ms: number }[]> {
     const info = [];
     const phases = this.plan.phases;
@@ -74,7 +98,13 @@ export class Scheduler {
         ? traceFused(this.plan, group, this.runSteps, this.chunks)
         : tracePhase(this.plan, group[0], this.runSteps, this.chunks);
       const phase = c.phase;
-      const program = await Program.create(this.store, c.graph, { inputs: c.stateIn, updates: c.stateOut });
+      const constants = new Map<string, Float32Array>(), inputs: Record<string, string> = {};
+      for (const [input, key] of Object.entries(c.stateIn)) {
+        if (this.constantKeys.has(key)) constants.set(input, await this.get(key));
+        else inputs[input] = key;
+      }
+      const graph = constants.size ? withConstants(c.graph, constants) : c.graph;
+      const program = await Program.create(this.store, graph, { inputs, updates: c.stateOut });
       this.compiled.push({ ...c, program });
       info.push({ optimizer: phase.optimizer, nodes: c.graph.nodes.length, ms: performance.now() - t0 });
     }
@@ -137,7 +167,7 @@ export class Scheduler {
       const keys = this.keysOf(storeKey.model(name), name);
       packHostChunks(values, this.chunks[name]).forEach((data, i) => this.set(keys[i], data));
     }
-    for (const phase of this.compiled.flatMap((c) => c.members)) {
+    for (const phase of this.plan.phases) {
       const st = this.plan.stages[phase.optimizer];
       for (const m of phase.updates) {
         this.chunks[m].forEach((c, i) => {

@@ -55,6 +55,12 @@ export interface Executor {
    * Absent: no limit. Read it through `packLimit`, which applies the `ADD_PACK_LIMIT` override.
    */
   readonly packLimit?: number;
+  /**
+   * The most elements of frozen weights (a teacher, a feature network: read, never trained) that a graph compiled
+   * here holds as constants rather than inputs, where that makes it faster; absent: none. Read it through
+   * `constantLimit`, which applies the `ADD_CONSTANT_WEIGHTS` override.
+   */
+  readonly constantLimit?: number;
   /** Number of buffers allocated and not yet disposed (for leak tests). */
   liveBuffers(): number;
   /** Releases everything the executor holds. */
@@ -72,6 +78,36 @@ export function packLimit(ex: Pick<Executor, "packLimit">, v: string | undefined
   if (!Number.isSafeInteger(n) || n < 1) throw new Error(`ADD_PACK_LIMIT=${v}: expected an integer ≥ 1 (elements)`);
   return n;
 }
+
+/**
+ * `ex`'s limit of frozen-weight elements a graph may hold as constants, or with `ADD_CONSTANT_WEIGHTS=0` none and
+ * with `=1` no limit (tests compare the two ways; a benchmark measures them).
+ */
+export function constantLimit(
+  ex: Pick<Executor, "constantLimit">,
+  v: string | undefined = envVar("ADD_CONSTANT_WEIGHTS"),
+): number {
+  if (v === undefined || v === "") return ex.constantLimit ?? 0;
+  if (v === "0" || v === "1") return v === "1" ? Infinity : 0;
+  throw new Error(`ADD_CONSTANT_WEIGHTS=${v}: expected 0 or 1`);
+}
+
+/**
+ * Elements of frozen weights a cpu graph holds as constants: 2^26 (256 MB of f32). Constant filters let onnxruntime
+ * run a convolution in its NCHWc layout with bias and activation fused: `deno run -A bench/constant_weights.ts`
+ * (2026-12-04, AMD EPYC 2-core) ran a chain of depthwise 3×3 at [16, 960, 2, 2] 17.6× faster than with the filter as
+ * an input, pointwise 960←160 7.4×, a 3×3 of 32 channels at 32² 1.5×. The limit bounds the copy the session keeps
+ * beside the store's, and the model file, which onnxruntime reads only up to 2 GB: Stable Diffusion's frozen UNet
+ * stays an input.
+ */
+export const CPU_CONSTANT_LIMIT = 2 ** 26;
+
+/**
+ * Elements of frozen weights a wasm graph holds as constants: 2^24 (64 MB), a small share of the 4 GiB wasm32 heap
+ * that every input of a step already shares. There is no NCHWc layout in the wasm build; folding still paid in the
+ * same benchmark: depthwise 3×3 at [16, 144, 16, 16] 2.1×, pointwise 1.3×, 3×3 convolutions the same.
+ */
+export const WASM_CONSTANT_LIMIT = 2 ** 24;
 
 /**
  * Elements per packed buffer on cpu: 2^30 − 4, just under 4 GiB of f32. Nothing below memory binds here: Deno's
@@ -122,11 +158,15 @@ export function webGpuPackLimit(limits: BufferLimits): number {
   return Math.floor(Math.min(limits.maxBufferSize, limits.maxStorageBufferBindingSize) / 16) * 4;
 }
 
-/** The override, where the process may read it without asking (a permission prompt must not stop a run). */
-function envPackLimit(): string | undefined {
+/** An override, where the process may read it without asking (a permission prompt must not stop a run). */
+function envVar(variable: string): string | undefined {
   const d = (globalThis as { Deno?: typeof Deno }).Deno;
-  if (d?.permissions?.querySync?.({ name: "env", variable: "ADD_PACK_LIMIT" }).state !== "granted") return undefined;
-  return d.env.get("ADD_PACK_LIMIT");
+  if (d?.permissions?.querySync?.({ name: "env", variable }).state !== "granted") return undefined;
+  return d.env.get(variable);
+}
+
+function envPackLimit(): string | undefined {
+  return envVar("ADD_PACK_LIMIT");
 }
 
 /** The executors the engine knows by name. */

@@ -12,6 +12,7 @@ import { type GradWeightLowering, lowerToOnnx } from "../onnx/lower.ts";
 import { hostData, ortType, sessionPrepared } from "./ort_shared.ts";
 import {
   type Buffer,
+  CPU_CONSTANT_LIMIT,
   CPU_PACK_LIMIT,
   type Executor,
   type HostArray,
@@ -76,6 +77,7 @@ class NodeBuffer implements Buffer {
 export class OrtNodeExecutor implements Executor {
   readonly name = "cpu";
   readonly packLimit = CPU_PACK_LIMIT;
+  readonly constantLimit = CPU_CONSTANT_LIMIT;
   private live = 0;
   private readonly sessions = new Set<ort.InferenceSession>();
 

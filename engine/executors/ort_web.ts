@@ -19,6 +19,7 @@ import {
   type HostArray,
   type Prepared,
   type PrepareOptions,
+  WASM_CONSTANT_LIMIT,
   WASM_PACK_LIMIT,
   webGpuPackLimit,
 } from "./executor.ts";
@@ -126,6 +127,7 @@ abstract class OrtWebExecutor implements Executor {
 export class OrtWasmExecutor extends OrtWebExecutor {
   readonly name = "wasm";
   readonly packLimit = WASM_PACK_LIMIT;
+  readonly constantLimit = WASM_CONSTANT_LIMIT;
 
   constructor(ort: Ort) {
     super(ort, "wasm");

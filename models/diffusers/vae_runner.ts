@@ -5,8 +5,8 @@
  *
  * @module
  */
-import { type Executor, packLimit } from "../../engine/executors/executor.ts";
-import { chunkLayout, layoutOf, packedInputs, packHostChunks } from "../../engine/pack.ts";
+import { constantLimit, type Executor, packLimit } from "../../engine/executors/executor.ts";
+import { chunkLayout, frozenWeights, layoutOf } from "../../engine/pack.ts";
 import { Program, ResidentStore } from "../../engine/program.ts";
 import { Trace } from "../../engine/tensor.ts";
 import { type ModelInfo, modelKinds } from "../../pipeline/stage.ts";
@@ -40,16 +40,16 @@ export class VaeRunner {
     if (!def) throw new Error(`VaeRunner: model kind "${vae.kind}" is not registered`);
     const tr = new Trace();
     const chunks = chunkLayout(layoutOf(def.shapes(p)), packLimit(executor), `VaeRunner on ${executor.name}`);
-    const w = packedInputs(tr, "weights", chunks);
+    const w = frozenWeights(tr, "weights", chunks, weights, constantLimit(executor));
     const port = direction === "encode" ? "x" : "latent", outPort = direction === "encode" ? "latent" : "image";
     const input = tr.input("input", [batch, ...shape]);
     const spec = def.types(p, { [port]: { dtype: "f32", shape: [batch, ...shape] } })[outPort];
     if (!spec) throw new Error(`VaeRunner: a ${vae.kind} gives no ${outPort} for ${port}`);
     const out = def.apply(p, w.params, { [port]: input })[outPort];
     const store = new ResidentStore(executor);
-    const inputs = Object.fromEntries(w.names.map((n) => [n, n]));
+    const inputs = Object.fromEntries(w.uploads.map(([n]) => [n, n]));
     const program = await Program.create(store, tr.build({ out }), { inputs });
-    packHostChunks(weights, chunks).forEach((data, i) => store.set(w.names[i], data));
+    for (const [n, data] of w.uploads) store.set(n, data);
     const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
     const outShape = spec.shape.slice(1);
     return new VaeRunner(store, program, batch, { in: prod(shape), out: prod(outShape) }, outShape);

@@ -5,9 +5,9 @@
  *
  * @module
  */
-import { type Executor, packLimit } from "../../engine/executors/executor.ts";
+import { constantLimit, type Executor, packLimit } from "../../engine/executors/executor.ts";
 import { Program, ResidentStore } from "../../engine/program.ts";
-import { chunkLayout, layoutOf, packedInputs, packHostChunks } from "../../engine/pack.ts";
+import { chunkLayout, frozenWeights, layoutOf } from "../../engine/pack.ts";
 import { Rng } from "../../engine/rng.ts";
 import { Trace } from "../../engine/tensor.ts";
 import { unetDenoiser, type UNetParams } from "../unet.ts";
@@ -45,16 +45,16 @@ export class UNetRunner {
   ): Promise<UNetRunner> {
     const u = asDenoiser(model), tr = new Trace();
     const chunks = chunkLayout(layoutOf(u.shapes), packLimit(executor), `UNetRunner on ${executor.name}`);
-    const w = packedInputs(tr, "weights", chunks);
+    const w = frozenWeights(tr, "weights", chunks, weights, constantLimit(executor));
     const x = tr.input("x", [batch, u.in_channels, u.size, u.size]), t = tr.input("t", [batch]);
     const tokens = u.context_dim ? tr.input("tokens", [batch, textLength, u.context_dim]) : undefined;
     const pooled = u.pooled_dim ? tr.input("pooled", [batch, u.pooled_dim]) : undefined;
     const out = u.forward(w.params, x, t, tokens, pooled);
-    // The weights stay resident: inputs bound to the store and never replaced.
+    // The weights stay resident: constants, or inputs bound to the store and never replaced.
     const store = new ResidentStore(executor);
-    const inputs = Object.fromEntries(w.names.map((n) => [n, n]));
+    const inputs = Object.fromEntries(w.uploads.map(([n]) => [n, n]));
     const program = await Program.create(store, tr.build({ out }), { inputs });
-    packHostChunks(weights, chunks).forEach((data, i) => store.set(w.names[i], data));
+    for (const [n, data] of w.uploads) store.set(n, data);
     return new UNetRunner(store, program, u, batch, textLength);
   }
 

@@ -151,9 +151,11 @@ Deno.test({
     const x = new Rng(6).normal(2 * 3 * 8 * 8),
       text = { tokens: new Rng(7).normal(2 * 3 * 4), pooled: new Float32Array(0), length: 3 };
     const ex = await createExecutor("cpu");
-    const before = Deno.env.get("ADD_PACK_LIMIT");
+    const before = Deno.env.get("ADD_PACK_LIMIT"), constants = Deno.env.get("ADD_CONSTANT_WEIGHTS");
     try {
-      // The unsplit runner under the executor's own limit, whatever the environment says.
+      // The weights as inputs (on cpu they would be constants, unsplit), the unsplit runner under the executor's own
+      // limit, whatever the environment says.
+      Deno.env.set("ADD_CONSTANT_WEIGHTS", "0");
       Deno.env.delete("ADD_PACK_LIMIT");
       const whole = await UNetRunner.create(ex, u, weights, 2, 3);
       const a = await whole.run(x, 500, text);
@@ -166,6 +168,8 @@ Deno.test({
     } finally {
       if (before === undefined) Deno.env.delete("ADD_PACK_LIMIT");
       else Deno.env.set("ADD_PACK_LIMIT", before);
+      if (constants === undefined) Deno.env.delete("ADD_CONSTANT_WEIGHTS");
+      else Deno.env.set("ADD_CONSTANT_WEIGHTS", constants);
       await ex.close();
     }
   },

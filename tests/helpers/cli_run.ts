@@ -28,15 +28,16 @@ export async function tmp(name: string): Promise<string> {
 }
 
 /**
- * `env` is added to this process's environment (ADD_PACK_LIMIT for a run under a small buffer limit); a limit set in
- * this process's own environment is not passed on, so that a run meant unsplit is unsplit.
+ * `env` is added to this process's environment (ADD_PACK_LIMIT for a run under a small buffer limit,
+ * ADD_CONSTANT_WEIGHTS); these two set in this process's own environment are not passed on, so that a run meant
+ * unsplit is unsplit and one meant with the executor's own constant weights has them.
  */
 export function command(script: string, args: string[], env: Record<string, string> = {}): Deno.Command {
   return new Deno.Command(Deno.execPath(), {
     args: ["run", `--config=${ROOT}deno.json`, "--allow-read", `--allow-write=${tmpRoot}`, "--allow-env"]
       .concat(["--allow-ffi", "--allow-sys", script, ...args]),
     cwd: ROOT,
-    env: { NO_COLOR: "1", ADD_PACK_LIMIT: "", ...env },
+    env: { NO_COLOR: "1", ADD_PACK_LIMIT: "", ADD_CONSTANT_WEIGHTS: "", ...env },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
